@@ -1,0 +1,160 @@
+"""DBOS Transact (Python library) with its default SQLite system database, all in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+from dbos import DBOS, DBOSConfig, SetWorkflowID
+
+from .common import Json, Peer
+
+
+@DBOS.step()
+def tf_step(x: int) -> int:
+    return x + 1
+
+
+@DBOS.step()
+def tf_stamp() -> float:
+    return time.monotonic()
+
+
+@DBOS.workflow()
+def tf_steps(n: int) -> int:
+    acc = 0
+    for _ in range(n):
+        acc = tf_step(acc)
+    return acc
+
+
+@DBOS.workflow()
+def tf_wait_event(timeout_s: float) -> float:
+    msg = DBOS.recv("wake", timeout_seconds=timeout_s)
+    if msg is None:
+        raise TimeoutError("no message within the timeout")
+    return tf_stamp()
+
+
+@DBOS.workflow()
+def tf_sleep(sleep_ms: int) -> list[float]:
+    t0 = tf_stamp()
+    DBOS.sleep(sleep_ms / 1000.0)
+    t1 = tf_stamp()
+    return [t0, t1]
+
+
+class DbosPeer(Peer):
+    """Workflows run in this process (DBOS is a library). DBOS refuses its blocking API on a thread
+    with a running event loop, so each driver call runs in a worker thread via asyncio.to_thread;
+    latencies are timed inside that thread."""
+
+    name = "dbos"
+
+    def __init__(self, notification_poll_s: float | None, sqlite_wal: bool, call_timeout_s: float) -> None:
+        self._poll = notification_poll_s
+        self._wal = sqlite_wal
+        self._recv_timeout_s = min(call_timeout_s, 60.0)
+        self._db: Path | None = None
+        self._launched = False
+
+    async def start(self, workdir: Path) -> None:
+        self._db = workdir / "dbos_system.sqlite"
+        if self._wal:
+            # journal_mode=WAL is stored in the file, so DBOS's own connections inherit it.
+            with sqlite3.connect(self._db) as c:
+                c.execute("PRAGMA journal_mode=WAL")
+        config: DBOSConfig = {
+            "name": "tf-peers-bench",
+            "system_database_url": f"sqlite:///{self._db}",
+            "log_level": "WARNING",
+        }
+        if self._poll is not None:
+            config["notification_listener_polling_interval_sec"] = self._poll
+
+        def launch() -> None:
+            DBOS(config=config)
+            DBOS.launch()
+
+        await asyncio.to_thread(launch)
+        self._launched = True
+
+    async def stop(self) -> None:
+        if self._launched:
+            self._launched = False
+            await asyncio.to_thread(DBOS.destroy, workflow_completion_timeout_sec=0)
+
+    def version(self) -> Json:
+        return {"dbos": importlib.metadata.version("dbos"), "sqlite": sqlite3.sqlite_version}
+
+    def durability(self) -> Json:
+        journal = "unknown"
+        if self._db is not None and self._db.exists():
+            with sqlite3.connect(self._db) as c:
+                journal = str(c.execute("PRAGMA journal_mode").fetchone()[0])
+        with sqlite3.connect(":memory:") as c:
+            sync = int(c.execute("PRAGMA synchronous").fetchone()[0])
+        sync_name = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(sync, str(sync))
+        poll = self._poll if self._poll is not None else 1.0
+        how = "set by the harness" if self._wal else "stock: SQLite default, DBOS sets no journal mode"
+        return {
+            "summary": (
+                f"DBOS system database on a SQLite file, journal_mode={journal} ({how}), synchronous={sync_name} "
+                "(SQLite default, DBOS does not change it): each step's result is committed before the next step"
+            ),
+            "system_database": "sqlite",
+            "sqlite_journal_mode": journal,
+            "sqlite_synchronous": sync_name,
+            "notification_listener_polling_interval_s": poll,
+            "notification_polling_is_default": self._poll is None,
+        }
+
+    # Driver code, run in a worker thread.
+
+    @staticmethod
+    def _one_step_sync() -> float:
+        t0 = time.perf_counter()
+        res = DBOS.start_workflow(tf_steps, 1).get_result()
+        dt = time.perf_counter() - t0
+        assert res == 1
+        return dt
+
+    @staticmethod
+    def _aggregate_sync(workflows: int, steps: int) -> None:
+        handles = [DBOS.start_workflow(tf_steps, steps) for _ in range(workflows)]
+        for h in handles:
+            assert h.get_result() == steps
+
+    def _signal_sync(self, settle_s: float) -> float:
+        wfid = f"tf-wake-{uuid.uuid4()}"
+        with SetWorkflowID(wfid):
+            handle = DBOS.start_workflow(tf_wait_event, self._recv_timeout_s)
+        time.sleep(settle_s)
+        t0 = time.monotonic()
+        DBOS.send(wfid, "go", topic="wake")
+        t1 = handle.get_result()
+        return t1 - t0
+
+    @staticmethod
+    def _sleep_sync(sleep_ms: int) -> float:
+        t0, t1 = DBOS.start_workflow(tf_sleep, sleep_ms).get_result()
+        return t1 - t0
+
+    async def one_step(self) -> float:
+        return await asyncio.to_thread(self._one_step_sync)
+
+    async def sequential(self, steps: int) -> None:
+        assert await asyncio.to_thread(lambda: DBOS.start_workflow(tf_steps, steps).get_result()) == steps
+
+    async def aggregate(self, workflows: int, steps: int) -> None:
+        await asyncio.to_thread(self._aggregate_sync, workflows, steps)
+
+    async def signal_wakeup(self, settle_s: float) -> float:
+        return await asyncio.to_thread(self._signal_sync, settle_s)
+
+    async def sleep_gap(self, sleep_ms: int) -> float:
+        return await asyncio.to_thread(self._sleep_sync, sleep_ms)

@@ -1,0 +1,228 @@
+"""Restate: the single-node server from npm (@restatedev/restate-server) with default RocksDB storage
+under a temp dir, the Python SDK services in a separate hypercorn process, driven over HTTP ingress."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import subprocess
+import sys
+import time
+import tomllib
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .common import PEERS_DIR, Json, Peer, ProcessGroup, free_port, log, tail, wait_tcp
+from .locate import restate_binary
+
+SERVICE_APP = "tfpeers.restate_service:app"
+
+
+def _config_toml(node_port: int, admin_port: int, ingress_port: int) -> str:
+    """Only addresses, names and housekeeping are set; storage and durability stay Restate's defaults."""
+    return f"""\
+node-name = "tf-peers-bench"
+cluster-name = "tf-peers-bench"
+bind-address = "127.0.0.1:{node_port}"
+advertised-address = "http://127.0.0.1:{node_port}/"
+disable-telemetry = true
+shutdown-timeout = "10s"
+log-filter = "warn"
+log-format = "compact"
+log-disable-ansi-codes = true
+
+[admin]
+bind-address = "127.0.0.1:{admin_port}"
+disable-web-ui = true
+
+[ingress]
+bind-address = "127.0.0.1:{ingress_port}"
+"""
+
+
+def _get(cfg: dict[str, Any], dotted: str) -> Any:
+    cur: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+class RestatePeer(Peer):
+    name = "restate"
+
+    def __init__(self, procs: ProcessGroup) -> None:
+        self._procs = procs
+        self._bin = restate_binary()
+        self._server: subprocess.Popen[bytes] | None = None
+        self._service: subprocess.Popen[bytes] | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._server_version = "unknown"
+        self._effective: dict[str, Any] = {}
+
+    async def start(self, workdir: Path) -> None:
+        if self._bin is None:
+            raise RuntimeError("restate-server binary not found under bench/peers/node_modules (run setup.sh)")
+        self._server_version = subprocess.run(
+            [str(self._bin), "--version"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
+        node_port, admin_port, ingress_port, svc_port = free_port(), free_port(), free_port(), free_port()
+        cfg = workdir / "restate.toml"
+        cfg.write_text(_config_toml(node_port, admin_port, ingress_port))
+        dumped = subprocess.run(
+            [str(self._bin), "--config-file", str(cfg), "--dump-config"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        self._effective = tomllib.loads(dumped)
+
+        server_log = workdir / "restate-server.log"
+        self._server = self._procs.start(
+            "restate-server",
+            [
+                str(self._bin),
+                "--config-file",
+                str(cfg),
+                "--base-dir",
+                str(workdir / "restate-data"),
+                "--listen-mode",
+                "tcp",
+                "--no-logo",
+            ],
+            server_log,
+            cwd=workdir,
+        )
+        admin = f"http://127.0.0.1:{admin_port}"
+        async with httpx.AsyncClient(timeout=5) as probe:
+            deadline = time.monotonic() + 90
+            while True:
+                if self._server.poll() is not None:
+                    raise RuntimeError(f"restate-server exited with {self._server.returncode}:\n{tail(server_log)}")
+                try:
+                    if (await probe.get(f"{admin}/health")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"restate admin not healthy after 90s:\n{tail(server_log)}")
+                await asyncio.sleep(0.2)
+
+            svc_log = workdir / "restate-service.log"
+            self._service = self._procs.start(
+                "restate service (hypercorn)",
+                [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{svc_port}", "--workers", "1", SERVICE_APP],
+                svc_log,
+                cwd=PEERS_DIR,
+            )
+            await asyncio.to_thread(wait_tcp, svc_port, 60.0, self._service)
+
+            resp = await probe.post(
+                f"{admin}/deployments", json={"uri": f"http://127.0.0.1:{svc_port}", "force": True}, timeout=60
+            )
+            if resp.status_code >= 300:
+                raise RuntimeError(f"registering the deployment failed: {resp.status_code} {resp.text}")
+        log(f"restate up: ingress 127.0.0.1:{ingress_port}, admin {admin_port}, service {svc_port}")
+
+        self._http = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{ingress_port}",
+            timeout=httpx.Timeout(300.0),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
+        )
+        # The new deployment reaches the ingress shortly after registration.
+        deadline = time.monotonic() + 60
+        while True:
+            resp = await self._http.post("/TfBench/steps", json=1)
+            if resp.status_code == 200:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ingress not serving TfBench after 60s: {resp.status_code} {resp.text}")
+            await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
+        for attr in ("_service", "_server"):
+            proc: subprocess.Popen[bytes] | None = getattr(self, attr)
+            if proc is not None:
+                setattr(self, attr, None)
+                self._procs.stop(proc)
+
+    def version(self) -> Json:
+        return {
+            "restate-server": self._server_version,
+            "restate-sdk": importlib.metadata.version("restate-sdk"),
+            "hypercorn": importlib.metadata.version("hypercorn"),
+        }
+
+    def durability(self) -> Json:
+        keys = [
+            "default-replication",
+            "bifrost.default-provider",
+            "log-server.rocksdb-disable-wal-fsync",
+            "bifrost.local.rocksdb-disable-wal",
+            "bifrost.local.rocksdb-disable-wal-fsync",
+            "metadata-server.type",
+            "worker.storage.rocksdb-memory-budget",
+        ]
+        effective = {k: _get(self._effective, k) for k in keys if _get(self._effective, k) is not None}
+        return {
+            "summary": (
+                "Restate single-node server, default RocksDB storage (Bifrost log + partition store) under a temp "
+                "dir; only addresses changed from the defaults. Each ctx.run result is appended to the durable log "
+                "(RocksDB WAL with fsync) before the handler resumes"
+            ),
+            "storage": "rocksdb (defaults)",
+            "effective_config": effective,
+            "service_transport": "hypercorn, HTTP/2 cleartext (bidirectional protocol), separate process",
+        }
+
+    def _h(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise RuntimeError("restate peer not started")
+        return self._http
+
+    async def _call(self, path: str, body: Any = None) -> Any:
+        resp = await self._h().post(path, json=body) if body is not None else await self._h().post(path)
+        if resp.status_code != 200:
+            raise RuntimeError(f"POST {path}: {resp.status_code} {resp.text[:300]}")
+        return resp.json() if resp.content else None
+
+    async def one_step(self) -> float:
+        t0 = time.perf_counter()
+        res = await self._call("/TfBench/steps", 1)
+        dt = time.perf_counter() - t0
+        assert res == 1
+        return dt
+
+    async def sequential(self, steps: int) -> None:
+        assert await self._call("/TfBench/steps", steps) == steps
+
+    async def aggregate(self, workflows: int, steps: int) -> None:
+        results = await asyncio.gather(*(self._call("/TfBench/steps", steps) for _ in range(workflows)))
+        assert all(r == steps for r in results)
+
+    async def signal_wakeup(self, settle_s: float) -> float:
+        key = f"tf-wake-{uuid.uuid4()}"
+        run = asyncio.create_task(self._call(f"/TfWaitSignal/{key}/run"))
+        try:
+            await asyncio.sleep(settle_s)
+            if run.done():
+                raise RuntimeError(f"workflow ended before the signal: {run.result()!r}")
+            t0 = time.monotonic()
+            await self._call(f"/TfWaitSignal/{key}/wake")
+            t1 = float(await run)
+        finally:
+            if not run.done():
+                run.cancel()
+        return t1 - t0
+
+    async def sleep_gap(self, sleep_ms: int) -> float:
+        t0, t1 = await self._call("/TfBench/sleep", sleep_ms)
+        return float(t1) - float(t0)

@@ -1,0 +1,55 @@
+"""Restate services for the benchmark, served as an ASGI app by hypercorn (HTTP/2 cleartext).
+
+    python -m hypercorn --bind 127.0.0.1:PORT tfpeers.restate_service:app
+
+Steps are ctx.run blocks: the SDK proposes each result to the server and resumes the handler only
+once the server acknowledged the journal entry (durably appended to its log).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import restate
+
+bench = restate.Service("TfBench")
+waiter = restate.Workflow("TfWaitSignal")
+
+
+async def _step(x: int) -> int:
+    return x + 1
+
+
+async def _stamp() -> float:
+    return time.monotonic()
+
+
+@bench.handler()
+async def steps(ctx: restate.Context, n: int) -> int:
+    acc = 0
+    for _ in range(n):
+        acc = await ctx.run_typed("step", _step, x=acc)
+    return acc
+
+
+@bench.handler()
+async def sleep(ctx: restate.Context, sleep_ms: int) -> list[float]:
+    t0 = await ctx.run_typed("t0", _stamp)
+    await ctx.sleep(timedelta(milliseconds=sleep_ms))
+    t1 = await ctx.run_typed("t1", _stamp)
+    return [t0, t1]
+
+
+@waiter.main()
+async def run(ctx: restate.WorkflowContext) -> float:
+    await ctx.promise("wake", type_hint=str).value()
+    return await ctx.run_typed("stamp", _stamp)
+
+
+@waiter.handler()
+async def wake(ctx: restate.WorkflowSharedContext) -> None:
+    await ctx.promise("wake", type_hint=str).resolve("go")
+
+
+app = restate.app(services=[bench, waiter])

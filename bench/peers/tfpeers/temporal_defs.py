@@ -1,0 +1,51 @@
+"""Temporal workflow definitions. Imported inside Temporal's workflow sandbox: temporalio only.
+
+Steps are regular activities (not local activities): each activity's result is recorded in the
+workflow history on the server before the workflow goes on.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+
+STEP_TIMEOUT = timedelta(seconds=60)
+
+
+@workflow.defn(name="TfSteps")
+class StepsWorkflow:
+    @workflow.run
+    async def run(self, steps: int) -> int:
+        acc = 0
+        for _ in range(steps):
+            acc = await workflow.execute_activity("tf_step", acc, start_to_close_timeout=STEP_TIMEOUT, result_type=int)
+        return acc
+
+
+@workflow.defn(name="TfWaitSignal")
+class WaitSignalWorkflow:
+    def __init__(self) -> None:
+        self._woken = False
+
+    @workflow.signal(name="wake")
+    def wake(self) -> None:
+        self._woken = True
+
+    @workflow.run
+    async def run(self) -> float:
+        await workflow.wait_condition(lambda: self._woken)
+        stamp: float = await workflow.execute_activity(
+            "tf_stamp", start_to_close_timeout=STEP_TIMEOUT, result_type=float
+        )
+        return stamp
+
+
+@workflow.defn(name="TfSleep")
+class SleepWorkflow:
+    @workflow.run
+    async def run(self, sleep_ms: int) -> list[float]:
+        t0 = await workflow.execute_activity("tf_stamp", start_to_close_timeout=STEP_TIMEOUT, result_type=float)
+        await workflow.sleep(timedelta(milliseconds=sleep_ms))
+        t1 = await workflow.execute_activity("tf_stamp", start_to_close_timeout=STEP_TIMEOUT, result_type=float)
+        return [t0, t1]

@@ -1,0 +1,168 @@
+"""The four workloads, measured the same way for every peer (see README.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from .common import Json, Peer, Sizes, log, metric, percentile
+
+T = TypeVar("T")
+
+WORKLOADS = ("sequential_steps", "aggregate_steps", "one_step_latency", "wakeup_latency")
+
+
+async def _bounded(coro: Awaitable[T], sizes: Sizes) -> T:
+    return await asyncio.wait_for(coro, timeout=sizes.call_timeout_s)
+
+
+async def warm_up(peer: Peer, sizes: Sizes) -> None:
+    """Workers warm: a few one-step runs plus one short run of each other shape before measuring."""
+    for _ in range(sizes.warmup_runs):
+        await _bounded(peer.one_step(), sizes)
+    await _bounded(peer.sequential(5), sizes)
+    await _bounded(peer.aggregate(2, 2), sizes)
+    await _bounded(peer.sleep_gap(10), sizes)
+
+
+async def _sequential(peer: Peer, sizes: Sizes, repeats: int) -> Json:
+    rates: list[float] = []
+    elapsed: list[float] = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        await _bounded(peer.sequential(sizes.seq_steps), sizes)
+        dt = time.perf_counter() - t0
+        elapsed.append(round(dt, 4))
+        rates.append(sizes.seq_steps / dt)
+        log(f"{peer.name} sequential_steps repeat {r + 1}/{repeats}: {rates[-1]:.1f} steps/s")
+    return {
+        "params": {"workflows": 1, "steps_per_workflow": sizes.seq_steps},
+        "metrics": {"steps_per_s": metric(rates, "steps/s", "higher")},
+        "raw": {"elapsed_s": elapsed},
+    }
+
+
+async def _aggregate(peer: Peer, sizes: Sizes, repeats: int) -> Json:
+    total = sizes.agg_workflows * sizes.agg_steps
+    rates: list[float] = []
+    elapsed: list[float] = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        await _bounded(peer.aggregate(sizes.agg_workflows, sizes.agg_steps), sizes)
+        dt = time.perf_counter() - t0
+        elapsed.append(round(dt, 4))
+        rates.append(total / dt)
+        log(f"{peer.name} aggregate_steps repeat {r + 1}/{repeats}: {rates[-1]:.1f} steps/s")
+    return {
+        "params": {"workflows": sizes.agg_workflows, "steps_per_workflow": sizes.agg_steps, "total_steps": total},
+        "metrics": {"total_steps_per_s": metric(rates, "steps/s", "higher")},
+        "raw": {"elapsed_s": elapsed},
+    }
+
+
+async def _latency_loop(
+    peer: Peer, sizes: Sizes, runs: int, what: str, run_once: Callable[[], Awaitable[float]]
+) -> list[float]:
+    """Up to `runs` sequential runs, stopping early (logged) past the repeat's time budget."""
+    deadline = time.monotonic() + sizes.repeat_budget_s
+    out: list[float] = []
+    for _ in range(runs):
+        if time.monotonic() > deadline:
+            log(f"{peer.name} {what}: time budget of {sizes.repeat_budget_s:.0f}s spent after {len(out)} runs")
+            break
+        out.append(await _bounded(run_once(), sizes))
+    if not out:
+        raise RuntimeError(f"{what}: no run finished within the budget")
+    return out
+
+
+async def _one_step(peer: Peer, sizes: Sizes, repeats: int) -> Json:
+    async def once() -> float:
+        return await peer.one_step() * 1000.0
+
+    p50s: list[float] = []
+    p99s: list[float] = []
+    raw: list[list[float]] = []
+    for r in range(repeats):
+        lat = await _latency_loop(peer, sizes, sizes.latency_runs, "one_step_latency", once)
+        p50s.append(percentile(lat, 50))
+        p99s.append(percentile(lat, 99))
+        raw.append([round(x, 3) for x in lat])
+        log(f"{peer.name} one_step_latency repeat {r + 1}/{repeats}: p50 {p50s[-1]:.2f} ms p99 {p99s[-1]:.2f} ms")
+    return {
+        "params": {"runs_per_repeat": sizes.latency_runs, "runs_done": [len(x) for x in raw]},
+        "metrics": {"p50_ms": metric(p50s, "ms", "lower"), "p99_ms": metric(p99s, "ms", "lower")},
+        "raw": {"latencies_ms": raw},
+    }
+
+
+async def _wakeup(peer: Peer, sizes: Sizes, repeats: int) -> Json:
+    settle_s = sizes.settle_ms / 1000.0
+
+    async def signal_once() -> float:
+        return await peer.signal_wakeup(settle_s) * 1000.0
+
+    async def sleep_once() -> float:
+        return await peer.sleep_gap(sizes.sleep_ms) * 1000.0 - sizes.sleep_ms
+
+    sig_p50: list[float] = []
+    sig_p99: list[float] = []
+    over_p50: list[float] = []
+    over_p99: list[float] = []
+    raw_sig: list[list[float]] = []
+    raw_over: list[list[float]] = []
+    for r in range(repeats):
+        sig = await _latency_loop(peer, sizes, sizes.wakeup_runs, "wakeup_latency/signal", signal_once)
+        over = await _latency_loop(peer, sizes, sizes.wakeup_runs, "wakeup_latency/sleep", sleep_once)
+        sig_p50.append(percentile(sig, 50))
+        sig_p99.append(percentile(sig, 99))
+        over_p50.append(percentile(over, 50))
+        over_p99.append(percentile(over, 99))
+        raw_sig.append([round(x, 3) for x in sig])
+        raw_over.append([round(x, 3) for x in over])
+        log(
+            f"{peer.name} wakeup_latency repeat {r + 1}/{repeats}: signal p50 {sig_p50[-1]:.2f} ms, "
+            f"sleep({sizes.sleep_ms} ms) overshoot p50 {over_p50[-1]:.2f} ms"
+        )
+    return {
+        "params": {
+            "runs_per_repeat": sizes.wakeup_runs,
+            "settle_ms": sizes.settle_ms,
+            "sleep_ms": sizes.sleep_ms,
+            "signal_runs_done": [len(x) for x in raw_sig],
+            "sleep_runs_done": [len(x) for x in raw_over],
+        },
+        "metrics": {
+            "signal_p50_ms": metric(sig_p50, "ms", "lower"),
+            "signal_p99_ms": metric(sig_p99, "ms", "lower"),
+            "sleep_overshoot_p50_ms": metric(over_p50, "ms", "lower"),
+            "sleep_overshoot_p99_ms": metric(over_p99, "ms", "lower"),
+        },
+        "raw": {"signal_latencies_ms": raw_sig, "sleep_overshoot_ms": raw_over},
+    }
+
+
+_RUNNERS: dict[str, Callable[[Peer, Sizes, int], Awaitable[Json]]] = {
+    "sequential_steps": _sequential,
+    "aggregate_steps": _aggregate,
+    "one_step_latency": _one_step,
+    "wakeup_latency": _wakeup,
+}
+
+
+async def run_workload(name: str, peer: Peer, sizes: Sizes, repeats: int) -> Json:
+    """Run one workload; a failure is recorded in the result instead of ending the peer's run."""
+    t0 = time.perf_counter()
+    try:
+        result = await _RUNNERS[name](peer, sizes, repeats)
+        result = {"status": "ok", **result}
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # recorded, the other workloads still run
+        log(f"{peer.name} {name} failed: {exc!r}")
+        result = {"status": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    result["wall_s"] = round(time.perf_counter() - t0, 3)
+    return result

@@ -1,0 +1,26 @@
+"""tenantflow guest SDK: write durable workflows that run inside a tenantflow host.
+
+    from tenantflow_guest import WorkflowEntrypoint
+
+    class Hello(WorkflowEntrypoint):
+        def run(self, event, step):
+            greeting = step.do("greet", lambda: f"hello {event.payload['name']}")
+            step.sleep("pause", "1 hour")
+            return greeting
+"""
+
+from ._entrypoint import WorkflowEntrypoint
+from ._errors import EventTimeoutError, NonRetryableError, NoWorkflowsError, StepFailedError, WorkflowDefinitionError
+from ._step import Event, StepContext, WorkflowEvent
+
+__all__ = [
+    "Event",
+    "EventTimeoutError",
+    "NoWorkflowsError",
+    "NonRetryableError",
+    "StepContext",
+    "StepFailedError",
+    "WorkflowDefinitionError",
+    "WorkflowEntrypoint",
+    "WorkflowEvent",
+]

@@ -1,0 +1,86 @@
+"""Glue between a tenant module and the component's exports (`workflows`, `run`).
+
+The compiler generates an app module that calls `build_world(tenant_module)` at build
+time; the returned class is what componentize-py exports as `WitWorld`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import traceback
+from types import ModuleType
+from typing import Any, Callable
+
+from ._durations import from_epoch_ms
+from ._entrypoint import WorkflowEntrypoint, workflow_name
+from ._errors import NoWorkflowsError, StepFailedError, WorkflowDefinitionError
+from ._host import Host, WitHost
+from ._step import AsyncStep, Step, WorkflowEvent, drive
+
+
+def find_workflows(module: ModuleType) -> dict[str, type[WorkflowEntrypoint]]:
+    """Every WorkflowEntrypoint subclass defined (or imported) in the module, by name."""
+    found: dict[str, type[WorkflowEntrypoint]] = {}
+    for value in vars(module).values():
+        if isinstance(value, type) and issubclass(value, WorkflowEntrypoint) and value is not WorkflowEntrypoint:
+            name = workflow_name(value)
+            if name in found and found[name] is not value:
+                raise WorkflowDefinitionError(f"two workflow classes are named {name!r}: {found[name].__qualname__} and {value.__qualname__}")
+            found[name] = value
+    if not found:
+        raise NoWorkflowsError(f"module {module.__name__!r} defines no WorkflowEntrypoint subclass")
+    return found
+
+
+def run_workflow(cls: type[WorkflowEntrypoint], host: Callable[[], Host], payload_json: str, instance_id: str, workflow: str, created_at_ms: int) -> tuple[bool, Any]:
+    """Run one workflow from the top. Returns (True, result_json) or (False, (name, message))."""
+    try:
+        event = WorkflowEvent(json.loads(payload_json), instance_id, workflow, from_epoch_ms(created_at_ms))
+        instance = cls()
+        step = Step(host())
+        if inspect.iscoroutinefunction(cls.run):
+            result = drive(instance.run(event, AsyncStep(step)))
+        else:
+            result = instance.run(event, step)
+            if inspect.isawaitable(result):
+                result = drive(result)
+        try:
+            return True, json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return False, ("TypeError", f"workflow {workflow!r} returned a value that is not JSON-serializable: {exc}")
+    except StepFailedError as exc:
+        return False, (exc.error_name, exc.message)
+    except RecursionError as exc:
+        return False, ("RecursionError", str(exc))
+    except BaseException as exc:  # noqa: BLE001 - an uncaught guest error must never abort the instance
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return False, (type(exc).__name__, f"workflow {workflow!r} raised {type(exc).__name__}({exc})")
+        # The traceback goes to stderr (the instance's log); the outcome keeps the message.
+        traceback.print_exception(exc, file=sys.stderr)
+        return False, (type(exc).__name__, str(exc) or type(exc).__name__)
+
+
+def build_world(module: ModuleType) -> type:
+    """The `WitWorld` export class for a tenant module (validated at build time)."""
+    workflows = find_workflows(module)
+    # componentize-py snapshots the interpreter after this import-time call: modules the
+    # guest needs later (the generated bindings included) must be imported now.
+    from wit_world.imports import durable, types  # noqa: F401
+
+    class WitWorld:
+        def workflows(self) -> list[str]:
+            return sorted(workflows)
+
+        def run(self, workflow: str, event: Any) -> Any:
+            cls = workflows.get(workflow)
+            if cls is None:
+                known = ", ".join(sorted(workflows))
+                return types.Outcome_Failed(types.ErrorInfo("UnknownWorkflow", f"this component defines no workflow {workflow!r} (it defines: {known})"))
+            ok, value = run_workflow(cls, WitHost, event.payload, event.instance_id, workflow, event.created_at)
+            if ok:
+                return types.Outcome_Complete(value)
+            return types.Outcome_Failed(types.ErrorInfo(*value))
+
+    return WitWorld

@@ -1,0 +1,263 @@
+"""SQLite storage: schema and migrations, the group-commit writer, and read connections.
+
+One writer thread owns the only write connection. Callers (worker threads running
+guests, the asyncio API) submit write operations; the writer runs every operation that
+is queued in one transaction and one durable commit (WAL, synchronous=FULL), so the
+throughput of many concurrent instances is not one fsync per step. Each operation runs
+inside its own savepoint, so one failing operation does not undo the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import aiosqlite
+
+T = TypeVar("T")
+WriteOp = Callable[[sqlite3.Connection], T]
+
+SCHEMA_VERSION = 1
+
+# Each entry migrates from version i to i+1.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE components (
+        digest TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        workflows TEXT NOT NULL,           -- JSON list of workflow names
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE deployments (
+        pk INTEGER PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        workflow TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        deployed_at INTEGER NOT NULL
+    );
+    CREATE INDEX deployments_current ON deployments(tenant, workflow, pk);
+    CREATE TABLE instances (
+        pk INTEGER PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        id TEXT NOT NULL,
+        workflow TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        params TEXT NOT NULL,              -- JSON
+        metadata TEXT,                     -- JSON, platform-owned, never used to authorize
+        status TEXT NOT NULL,
+        output TEXT,                       -- JSON
+        error_name TEXT,
+        error_message TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        started_at INTEGER,
+        ended_at INTEGER,
+        wake_at INTEGER,                   -- next timer (sleep, retry, wait timeout)
+        waiting_for TEXT,                  -- event type of a pending wait
+        pause_requested INTEGER NOT NULL DEFAULT 0,
+        generation INTEGER NOT NULL DEFAULT 0,   -- fencing token: bumped by terminate/restart
+        claim_owner TEXT,                  -- host running it now, with its lease
+        lease_until INTEGER,
+        log_bytes INTEGER NOT NULL DEFAULT 0,
+        log_dropped INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (tenant, id)
+    );
+    CREATE INDEX instances_active ON instances(status) WHERE status IN ('queued','running','waiting','waitingForPause');
+    CREATE INDEX instances_by_tenant ON instances(tenant, pk);
+    CREATE TABLE journal (
+        instance_pk INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,                -- step | sleep | event
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,              -- done | failed | retrying | waiting | timed_out
+        attempts INTEGER NOT NULL DEFAULT 0,
+        result TEXT,                       -- JSON: step result, or the received event
+        error_name TEXT,
+        error_message TEXT,
+        wake_at INTEGER,                   -- sleep end, wait timeout, next retry
+        event_type TEXT,
+        started_at INTEGER,
+        ended_at INTEGER,
+        history TEXT,                      -- JSON list of failed attempts
+        PRIMARY KEY (instance_pk, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        pk INTEGER PRIMARY KEY,
+        instance_pk INTEGER NOT NULL,
+        event_type TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        consumed_seq INTEGER               -- journal seq of the wait that took it
+    );
+    CREATE INDEX events_pending ON events(instance_pk, event_type, pk) WHERE consumed_seq IS NULL;
+    CREATE TABLE logs (
+        pk INTEGER PRIMARY KEY,
+        instance_pk INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        stream TEXT NOT NULL,              -- stdout | stderr | debug | info | warning | error
+        message TEXT NOT NULL
+    );
+    CREATE INDEX logs_by_instance ON logs(instance_pk, pk);
+    """,
+]
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    return conn
+
+
+def migrate(path: Path | str) -> None:
+    """Create or upgrade the schema; refuse a database from a newer tenantflow."""
+    conn = connect(path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            conn.execute("ROLLBACK")
+            raise RuntimeError(f"database {path} has schema version {version}; this tenantflow supports up to {SCHEMA_VERSION}")
+        for script in MIGRATIONS[version:]:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+class _Stop:
+    pass
+
+
+class GroupCommitWriter:
+    """The single writer: runs queued operations in shared transactions."""
+
+    max_batch = 512
+
+    def __init__(self, path: Path | str) -> None:
+        self._path = path
+        self._queue: queue.SimpleQueue[tuple[WriteOp[Any], Future[Any]] | _Stop] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="tenantflow-writer", daemon=True)
+        self.commits = 0
+        self.operations = 0
+        self._thread.start()
+
+    def submit(self, op: WriteOp[T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((op, future))
+        return future
+
+    def run(self, op: WriteOp[T]) -> T:
+        """Run `op` and wait until it is durably committed."""
+        return self.submit(op).result()
+
+    async def arun(self, op: WriteOp[T]) -> T:
+        return await asyncio.wrap_future(self.submit(op))
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_Stop())
+            self._thread.join()
+
+    def _loop(self) -> None:
+        conn = connect(self._path)
+        try:
+            while True:
+                item = self._queue.get()
+                if isinstance(item, _Stop):
+                    return
+                batch = [item]
+                stop = False
+                while len(batch) < self.max_batch:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(more, _Stop):
+                        stop = True
+                        break
+                    batch.append(more)
+                self._commit(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[WriteOp[Any], Future[Any]]]) -> None:
+        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, future in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = op(conn)
+                except BaseException as exc:  # noqa: BLE001 - handed to the submitter
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((future, None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((future, result, None))
+            conn.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 - e.g. disk full: nothing in the batch committed
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        self.commits += 1
+        self.operations += len(batch)
+        for future, result, error in outcomes:
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+
+class Readers:
+    """Read connections: one per worker thread (guests' replays) plus one async one."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._async: aiosqlite.Connection | None = None
+
+    def sync(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(str(self._path), isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    async def aconn(self) -> aiosqlite.Connection:
+        if self._async is None:
+            self._async = await aiosqlite.connect(str(self._path), isolation_level=None)
+            await self._async.execute("PRAGMA query_only=ON")
+        return self._async
+
+    async def aclose(self) -> None:
+        if self._async is not None:
+            await self._async.close()
+            self._async = None
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()

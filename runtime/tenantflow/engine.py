@@ -1,0 +1,369 @@
+"""The embeddable engine: `async with Engine("flows.db") as engine: ...`.
+
+Opens (and migrates) the SQLite database, runs the scheduler while open, and exposes
+tenant-scoped instance operations through `engine.tenant(name)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import fcntl
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import IO, Any, Callable, Optional, Sequence, TypeVar
+
+import wasmtime
+
+from . import journal as jn
+from .clock import Clock, SystemClock
+from .database import GroupCommitWriter, Readers, migrate
+from .errors import HostBusy, InstanceNotFound, InvalidInput, UnknownWorkflow
+from .executor import Executor, build_linker
+from .isolates import IsolateCache
+from .limits import Limits, check_event_type, check_instance_id, check_tenant, check_workflow_name, encode_json
+from .models import ComponentInfo, InstancePage, InstanceStatus, InstanceSummary, LogLine, instance_status, ts
+from .registry import ComponentStore, digest_of
+from .sandbox import EpochTicker, SandboxConfig, make_engine
+from .scheduler import Scheduler
+
+T = TypeVar("T")
+DEFAULT_TENANT = "default"
+SETTLED = frozenset({"complete", "errored", "terminated", "paused"})
+
+
+def default_artifact_dir() -> Path:
+    """Precompiled artifacts are keyed by digest and engine config, so one machine-wide
+    cache is safe to share between databases (and saves seconds per cold start)."""
+    env = os.environ.get("TENANTFLOW_CACHE_DIR")
+    if env:
+        return Path(env) / "artifacts"
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "tenantflow" / "artifacts"
+
+
+class Engine:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Optional[Clock] = None,
+        limits: Optional[Limits] = None,
+        workers: int = 4,
+        per_tenant_concurrency: Optional[int] = None,
+        artifact_dir: Optional[Path] = None,
+        sandbox: Optional[SandboxConfig] = None,
+        run_scheduler: bool = True,
+        cache_max_count: int = 64,
+        cache_max_bytes: int = 4 * 1024**3,
+        cache_idle_seconds: float = 600.0,
+    ) -> None:
+        self.path = Path(path)
+        self.clock: Clock = clock or SystemClock()
+        self.limits = limits or Limits()
+        self.workers = workers
+        self.per_tenant_concurrency = per_tenant_concurrency or workers
+        self.data_dir = self.path.with_name(self.path.name + ".d")
+        self.artifact_dir = artifact_dir or default_artifact_dir()
+        self.sandbox_config = sandbox or SandboxConfig()
+        self.run_scheduler = run_scheduler
+        self._cache_args = (cache_max_count, cache_max_bytes, cache_idle_seconds)
+        self.host_id = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._opened = False
+        self._lock_file: Optional[IO[str]] = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def __aenter__(self) -> "Engine":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.run_scheduler:
+            self._take_host_lock()
+        await asyncio.to_thread(migrate, self.path)
+        self.writer = GroupCommitWriter(self.path)
+        self.readers = Readers(self.path)
+        self.wasm_engine: wasmtime.Engine = make_engine(self.sandbox_config)
+        self._ticker = EpochTicker(self.wasm_engine)
+        max_count, max_bytes, idle = self._cache_args
+        self.isolates = IsolateCache(self.wasm_engine, self.sandbox_config, self.artifact_dir, max_count=max_count, max_bytes=max_bytes, idle_seconds=idle)
+        self.components = ComponentStore(self.data_dir / "components")
+        self.executor = Executor(
+            linker=build_linker(self.wasm_engine),
+            cache=self.isolates,
+            writer=self.writer,
+            readers=self.readers,
+            clock=self.clock,
+            limits=self.limits,
+            host_id=self.host_id,
+            load_component_bytes=self.components.get,
+            memory_for=lambda tenant: self.limits.memory_bytes,
+        )
+        self.scheduler = Scheduler(self.executor, self.clock, workers=self.workers, per_tenant=self.per_tenant_concurrency)
+        self._opened = True
+        if self.run_scheduler:
+            self.scheduler.start(await self.read(jn.active_instances_query()))
+
+    async def close(self) -> None:
+        if not self._opened:
+            return
+        self._opened = False
+        if self.run_scheduler:
+            await self.scheduler.close()
+        self.writer.close()
+        await self.readers.aclose()
+        self._ticker.stop()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _take_host_lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        handle = open(lock_path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise HostBusy(f"another tenantflow host is running the scheduler on {self.path}; use its API (--url) instead") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(self.host_id)
+        handle.flush()
+        self._lock_file = handle
+
+    # ---- plumbing shared by bindings -------------------------------------------------
+    async def read(self, query: jn.Query[T]) -> T:
+        return await query.arun(await self.readers.aconn())
+
+    async def write(self, op: Callable[[Any], T]) -> T:
+        return await self.writer.arun(op)
+
+    def now(self) -> int:
+        return self.clock.now_ms()
+
+    # ---- components ------------------------------------------------------------------
+    async def register_component(self, wasm: bytes) -> ComponentInfo:
+        """Validate and store a component (compiling it into the artifact cache)."""
+        digest = digest_of(wasm)
+        await asyncio.to_thread(self.isolates.get, digest, lambda: wasm)
+        workflows = await asyncio.to_thread(self.executor.workflows, digest)
+        await asyncio.to_thread(self.components.put, wasm)
+        await self.write(jn.record_component(digest, len(wasm), workflows, self.now()))
+        return ComponentInfo(digest=digest, size=len(wasm), workflows=workflows)
+
+    async def deploy(self, tenant: str, wasm: bytes) -> ComponentInfo:
+        """Register a component and make it the current version of its workflows for `tenant`."""
+        check_tenant(tenant)
+        info = await self.register_component(wasm)
+        await self.write(jn.record_deployment(tenant, info.digest, info.workflows, self.now()))
+        return info
+
+    # ---- tenants ---------------------------------------------------------------------
+    def tenant(self, tenant: str) -> "TenantBinding":
+        return TenantBinding(self, check_tenant(tenant))
+
+    def _after_control(self, result: jn.ControlResult) -> None:
+        if not self.run_scheduler:
+            return
+        sched = self.scheduler
+        control = sched.control(result.pk)
+        if result.status in ("queued",):
+            if control is not None:  # restarted while running: stop the old run, replay after
+                control.cancelled = True
+            sched.make_ready(result.pk, result.tenant)
+        elif result.status == "waitingForPause" and control is not None:
+            control.pause_requested = True
+        elif result.status == "running" and control is not None:  # resumed before the pause landed
+            control.pause_requested = False
+        elif result.status in ("paused", "terminated", "deleted"):
+            if control is not None:
+                control.cancelled = result.status != "paused"
+            sched.forget(result.pk)
+
+
+def _encode_cursor(pk: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"pk": pk}).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return int(data["pk"])
+    except (ValueError, KeyError, TypeError):
+        raise InvalidInput(f"invalid cursor {cursor!r}") from None
+
+
+class TenantBinding:
+    """Every instance operation, scoped to one tenant. Another tenant's instance is
+    indistinguishable from a missing one."""
+
+    def __init__(self, engine: Engine, tenant: str) -> None:
+        self.engine = engine
+        self.name = tenant
+
+    async def _digest_for(self, workflow: str, digest: Optional[str]) -> str:
+        check_workflow_name(workflow)
+        if digest is not None:
+            info = await self.engine.read(jn.component_query(digest))
+            if info is None:
+                raise UnknownWorkflow(f"component {digest[:12]} is not registered")
+            if workflow not in info[2]:
+                raise UnknownWorkflow(f"component {digest[:12]} defines no workflow {workflow!r} (it defines: {', '.join(info[2])})")
+            return digest
+        current = await self.engine.read(jn.current_digest_query(self.name, workflow))
+        if current is None:
+            raise UnknownWorkflow(f"tenant {self.name!r} has no deployed workflow {workflow!r}")
+        return current
+
+    async def create(
+        self,
+        workflow: str,
+        params: Any = None,
+        *,
+        id: Optional[str] = None,
+        digest: Optional[str] = None,
+        metadata: Optional[dict[str, Any]] = None,
+    ) -> str:
+        """Create an instance (queued at once). Returns its id."""
+        return (await self.create_batch([{"workflow": workflow, "params": params, "id": id, "digest": digest, "metadata": metadata}]))[0]
+
+    async def create_batch(self, items: Sequence[dict[str, Any]]) -> list[str]:
+        """Create several instances atomically (a duplicate id fails the whole batch)."""
+        if not items:
+            raise InvalidInput("a batch needs at least one instance")
+        now = self.engine.now()
+        new: list[jn.NewInstance] = []
+        seen: set[str] = set()
+        for item in items:
+            unknown = set(item) - {"workflow", "params", "id", "digest", "metadata"}
+            if unknown:
+                raise InvalidInput(f"unknown fields in instance spec: {sorted(unknown)}")
+            instance_id = check_instance_id(item["id"]) if item.get("id") is not None else uuid.uuid4().hex
+            if instance_id in seen:
+                raise InvalidInput(f"instance id {instance_id!r} appears twice in the batch")
+            seen.add(instance_id)
+            workflow = item.get("workflow")
+            if not isinstance(workflow, str):
+                raise InvalidInput("each instance needs a workflow name")
+            digest = await self._digest_for(workflow, item.get("digest"))
+            params = encode_json(item.get("params"), self.engine.limits.max_params_bytes, "params")
+            metadata = encode_json(item["metadata"], self.engine.limits.max_params_bytes, "metadata") if item.get("metadata") is not None else None
+            new.append(jn.NewInstance(self.name, instance_id, workflow, digest, params, metadata, now))
+        pks = await self.engine.write(jn.insert_instances(new))
+        if self.engine.run_scheduler:
+            for pk in pks:
+                self.engine.scheduler.make_ready(pk, self.name)
+        return [n.id for n in new]
+
+    async def _row(self, instance_id: str) -> jn.InstanceRow:
+        check_instance_id(instance_id)
+        row = await self.engine.read(jn.instance_query(self.name, instance_id))
+        if row is None:
+            raise InstanceNotFound(instance_id)
+        return row
+
+    async def status(self, instance_id: str) -> InstanceStatus:
+        row = await self._row(instance_id)
+        steps = await self.engine.read(jn.journal_query(row.pk))
+        return instance_status(row, steps)
+
+    def get(self, instance_id: str) -> "Instance":
+        return Instance(self, check_instance_id(instance_id))
+
+    async def _control(self, op: Callable[[Any], jn.ControlResult]) -> str:
+        result = await self.engine.write(op)
+        self.engine._after_control(result)
+        return result.status
+
+    async def pause(self, instance_id: str) -> str:
+        return await self._control(jn.pause(self.name, check_instance_id(instance_id), self.engine.now()))
+
+    async def resume(self, instance_id: str) -> str:
+        return await self._control(jn.resume(self.name, check_instance_id(instance_id), self.engine.now()))
+
+    async def terminate(self, instance_id: str) -> str:
+        return await self._control(jn.terminate(self.name, check_instance_id(instance_id), self.engine.now()))
+
+    async def restart(self, instance_id: str) -> str:
+        return await self._control(jn.restart(self.name, check_instance_id(instance_id), self.engine.now()))
+
+    async def delete(self, instance_id: str) -> None:
+        await self._control(jn.delete(self.name, check_instance_id(instance_id)))
+
+    async def send_event(self, instance_id: str, event_type: str, payload: Any = None) -> None:
+        """Deliver an event: to the waiting step if one waits for its type, else buffered."""
+        check_instance_id(instance_id)
+        check_event_type(event_type)
+        body = encode_json(payload, self.engine.limits.max_event_payload_bytes, "event payload")
+        sent = await self.engine.write(jn.send_event(self.name, instance_id, event_type, body, self.engine.now()))
+        if self.engine.run_scheduler and sent.status in ("waiting", "running", "waitingForPause", "queued"):
+            if sent.status != "waiting" or sent.waiting_for == event_type:
+                self.engine.scheduler.make_ready(sent.pk, self.name)
+
+    async def list(
+        self, *, workflow: Optional[str] = None, status: Optional[str] = None, limit: int = 50, cursor: Optional[str] = None
+    ) -> InstancePage:
+        if status is not None and status not in jn.STATUSES:
+            raise InvalidInput(f"unknown status {status!r}; one of {', '.join(jn.STATUSES)}")
+        if not 1 <= limit <= 1000:
+            raise InvalidInput("limit must be between 1 and 1000")
+        before = _decode_cursor(cursor) if cursor else None
+        rows = await self.engine.read(jn.list_query(self.name, workflow, status, before, limit + 1))
+        page = rows[:limit]
+        return InstancePage(
+            instances=[
+                InstanceSummary(id=r.id, workflow=r.workflow, status=r.status, created_at=ts(r.created_at), ended_at=ts(r.ended_at))  # type: ignore[arg-type]
+                for r in page
+            ],
+            next_cursor=_encode_cursor(page[-1].pk) if len(rows) > limit else None,
+        )
+
+    async def logs(self, instance_id: str, limit: int = 1000) -> list[LogLine]:
+        row = await self._row(instance_id)
+        lines = await self.engine.read(jn.logs_query(row.pk, limit))
+        return [LogLine(at=ts(at), stream=stream, message=message) for at, stream, message in lines]  # type: ignore[arg-type]
+
+    async def wait(self, instance_id: str, *, timeout: float = 60.0, statuses: frozenset[str] = SETTLED) -> InstanceStatus:
+        """Wait until the instance reaches one of `statuses` (default: finished or paused)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            row = await self._row(instance_id)  # the envelope only: cheap to poll
+            if row.status in statuses:
+                return await self.status(instance_id)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"instance {instance_id!r} is still {row.status} after {timeout} s")
+            await self.engine.scheduler.changed(min(remaining, 0.25))
+
+
+class Instance:
+    """A handle on one instance (Cloudflare's `Workflow.get(id)`)."""
+
+    def __init__(self, binding: TenantBinding, instance_id: str) -> None:
+        self.binding = binding
+        self.id = instance_id
+
+    async def status(self) -> InstanceStatus:
+        return await self.binding.status(self.id)
+
+    async def pause(self) -> str:
+        return await self.binding.pause(self.id)
+
+    async def resume(self) -> str:
+        return await self.binding.resume(self.id)
+
+    async def terminate(self) -> str:
+        return await self.binding.terminate(self.id)
+
+    async def restart(self) -> str:
+        return await self.binding.restart(self.id)
+
+    async def send_event(self, event_type: str, payload: Any = None) -> None:
+        await self.binding.send_event(self.id, event_type, payload)

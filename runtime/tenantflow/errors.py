@@ -1,0 +1,57 @@
+"""Errors the engine raises to its callers, each with a stable code for the API layer."""
+
+from __future__ import annotations
+
+
+class TenantflowError(Exception):
+    """Base class: `code` is stable (API error code), the message is for humans."""
+
+    code = "internal"
+
+
+class InvalidInput(TenantflowError, ValueError):
+    code = "invalid_input"
+
+
+class PayloadTooLarge(InvalidInput):
+    code = "payload_too_large"
+
+
+class InstanceNotFound(TenantflowError, LookupError):
+    """Also raised for another tenant's instance: the two are indistinguishable."""
+
+    code = "not_found"
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(f"instance {instance_id!r} not found")
+        self.instance_id = instance_id
+
+
+class InstanceAlreadyExists(TenantflowError):
+    code = "already_exists"
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(f"instance {instance_id!r} already exists")
+        self.instance_id = instance_id
+
+
+class InvalidState(TenantflowError):
+    """The operation does not apply to the instance's current status."""
+
+    code = "invalid_state"
+
+
+class UnknownWorkflow(TenantflowError, LookupError):
+    code = "unknown_workflow"
+
+
+class ComponentError(TenantflowError):
+    """A component could not be loaded, verified or compiled."""
+
+    code = "component_error"
+
+
+class HostBusy(TenantflowError):
+    """Another host process runs the scheduler on this database."""
+
+    code = "host_busy"

@@ -1,0 +1,590 @@
+"""One invocation of an instance: a fresh Wasm instance that replays the journal.
+
+The guest's `run` starts from the top on every invocation. Each durable call takes the
+next sequence number; calls already in the journal are answered from it (loaded once per
+invocation), new ones are recorded, and a step's result is durable before the guest goes
+on. When the instance has to wait (sleep, event, retry backoff, pause) the host import
+raises `Unwind`, which traps out of the guest (the guest cannot catch it); the instance is
+dropped and replayed later. Runs on a worker thread: everything here is synchronous.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import wasmtime
+from wasmtime import component as wc
+
+from . import journal as jn
+from .clock import Clock
+from .database import GroupCommitWriter, Readers
+from .isolates import IsolateCache
+from .limits import EVENT_TYPE, Limits, format_bytes
+from .sandbox import INTERRUPTED, new_store
+
+WIT_PACKAGE = "tenantflow:workflow"
+WIT_VERSION = "0.1.0"
+DURABLE = f"{WIT_PACKAGE}/durable@{WIT_VERSION}"
+
+
+class Unwind(Exception):
+    """Raised from a host import to leave the guest: the instance waits, pauses, stops or errs.
+
+    An `Exception` (not BaseException) because wasmtime-py only carries `Exception`s
+    across the guest boundary."""
+
+    def __init__(
+        self,
+        reason: str,
+        error: Optional[tuple[str, str]] = None,
+        status: str = "",
+        wake_at: Optional[int] = None,
+        waiting_for: Optional[str] = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason  # waiting | paused | cancelled | errored
+        self.error = error
+        self.status = status  # for waiting/paused: the status now recorded
+        self.wake_at = wake_at
+        self.waiting_for = waiting_for
+
+
+@dataclass
+class Control:
+    """Signals from the API to a running invocation (checked at each durable call)."""
+
+    pause_requested: bool = False
+    cancelled: bool = False
+
+
+@dataclass
+class InvocationResult:
+    status: str  # the instance's status after this invocation
+    wake_at: Optional[int] = None
+    waiting_for: Optional[str] = None
+    error: Optional[tuple[str, str]] = None
+
+
+@dataclass
+class _StepRun:
+    seq: int
+    name: str
+    limit: int
+    delay_ms: int
+    backoff: str
+    timeout_ms: int
+    attempt: int
+    started_at: int
+    entry: Optional[jn.JournalEntry]
+
+
+def backoff_delay_ms(backoff: str, delay_ms: int, attempt: int) -> int:
+    """Delay before the retry that follows failed `attempt` (Cloudflare semantics)."""
+    if backoff == "constant":
+        return delay_ms
+    if backoff == "linear":
+        return delay_ms * attempt
+    return delay_ms * 2 ** (attempt - 1)
+
+
+def format_duration_ms(ms: int) -> str:
+    for unit, size in (("day", 86_400_000), ("hour", 3_600_000), ("minute", 60_000), ("second", 1000)):
+        if ms >= size and ms % size == 0:
+            n = ms // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{ms / 1000:g} s" if ms >= 1000 else f"{ms} ms"
+
+
+def _record(**fields: Any) -> wc.Record:
+    rec = wc.Record()
+    for key, value in fields.items():
+        setattr(rec, key.replace("_", "-"), value)
+    return rec
+
+
+def _get(record: Any, field_name: str) -> Any:
+    return getattr(record, field_name)
+
+
+def _error_info(name: str, message: str) -> wc.Record:
+    return _record(name=name, message=message)
+
+
+# step-state is "tagged" in wasmtime-py's sense (two cases carry records), so it crosses as
+# Variant; attempt-result, wait-result and outcome are untagged (payload types differ).
+def _done(result: str) -> wc.Variant:
+    return wc.Variant("done", result)
+
+
+def _failed(name: str, message: str) -> wc.Variant:
+    return wc.Variant("failed", _error_info(name, message))
+
+
+def _execute(attempt: int, key: str) -> wc.Variant:
+    return wc.Variant("execute", _record(attempt=attempt, idempotency_key=key))
+
+
+_current = threading.local()
+
+
+class Invocation:
+    """State of one invocation; host imports on this thread dispatch to it."""
+
+    def __init__(self, executor: "Executor", row: jn.InstanceRow, control: Control) -> None:
+        self.x = executor
+        self.row = row
+        self.control = control
+        self.generation = row.generation
+        self.journal: list[jn.JournalEntry] = []
+        self.events: list[jn.PendingEvent] = []
+        self.seq = 0
+        self.replay_len = 0  # journal entries recorded before this invocation
+        self.step: Optional[_StepRun] = None
+        self.store: Optional[wasmtime.Store] = None
+        self.deadline_ms = 0  # end of this invocation's budget (monotonic ms)
+        self.step_deadline = 0  # end of the running attempt's timeout (monotonic ms)
+        self.logs: list[tuple[int, str, str]] = []
+        self.partial: dict[str, str] = {}
+        self.log_bytes = 0
+        self.log_dropped = 0
+
+    # ---- helpers ---------------------------------------------------------------------
+    def now(self) -> int:
+        return self.x.clock.now_ms()
+
+    def commit(self, op: Callable[[Any], Any]) -> Any:
+        try:
+            return self.x.writer.run(op)
+        except jn.Fenced:
+            raise Unwind("cancelled") from None
+
+    def fatal(self, name: str, message: str) -> Unwind:
+        return Unwind("errored", (name, message))
+
+    def check_control(self) -> None:
+        if self.control.cancelled:
+            raise Unwind("cancelled")
+        if self.control.pause_requested:
+            self.commit(jn.mark_paused(self.row.pk, self.generation, self.now()))
+            raise Unwind("paused", status="paused")
+
+    def next_call(self, kind: str, name: str) -> Optional[jn.JournalEntry]:
+        """Take the next sequence number; the recorded entry there, checked for determinism."""
+        self.check_control()
+        if self.step is not None:
+            raise self.fatal(
+                "InvalidDurableCall",
+                f"{kind} {name!r} was called inside the body of step {self.step.name!r}; durable calls cannot be nested in a step",
+            )
+        if len(name) > self.x.limits.max_step_name_chars:
+            raise self.fatal("InvalidStepName", f"{kind} name is {len(name)} characters; at most {self.x.limits.max_step_name_chars} are allowed")
+        seq = self.seq
+        self.seq += 1
+        if seq < len(self.journal):
+            entry = self.journal[seq]
+            if entry.kind != kind or entry.name != name:
+                raise self.fatal(
+                    "NonDeterminismError",
+                    f"non-determinism at position {seq}: the journal has {entry.kind} {entry.name!r}, "
+                    f"but the workflow now calls {kind} {name!r}",
+                )
+            return entry
+        if seq >= self.x.limits.max_steps_per_instance:
+            raise self.fatal("StepLimitExceeded", f"the instance reached its limit of {self.x.limits.max_steps_per_instance} durable calls")
+        return None
+
+    def idempotency_key(self, seq: int) -> str:
+        raw = f"{self.row.tenant}\0{self.row.id}\0{self.generation}\0{seq}"
+        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+    def check_deadlines(self) -> Optional[str]:
+        """Called every epoch slice while guest code runs: why it must stop now, if it must."""
+        if self.control.cancelled:
+            return "cancelled"
+        now = self.now_wall()
+        if self.step is not None and now >= self.step_deadline:
+            return "step-timeout"
+        if now >= self.deadline_ms:
+            return "invocation-timeout"
+        return None
+
+    @staticmethod
+    def now_wall() -> int:
+        # CPU deadlines are wall-clock on this host, independent of the (injectable) clock.
+        return time.monotonic_ns() // 1_000_000
+
+    def suspend(self, entry: jn.JournalEntry, wake_at: Optional[int], waiting_for: Optional[str]) -> Unwind:
+        status = self.commit(jn.record_entry(self.row.pk, self.generation, entry, suspend=(wake_at, waiting_for), now=self.now()))
+        return Unwind("waiting", status=status or "waiting", wake_at=wake_at, waiting_for=waiting_for)
+
+    # ---- steps -----------------------------------------------------------------------
+    def begin_step(self, name: str, config: Any) -> wc.Variant:
+        entry = self.next_call("step", name)
+        retries = _get(config, "retries")
+        run = _StepRun(
+            seq=self.seq - 1, name=name, limit=_get(retries, "limit"), delay_ms=_get(retries, "delay"),
+            backoff=_get(retries, "backoff"), timeout_ms=_get(config, "timeout"), attempt=1, started_at=0, entry=entry,
+        )
+        if entry is not None:
+            if entry.status == "done":
+                return _done(entry.result or "null")
+            if entry.status == "failed":
+                return _failed(entry.error_name or "Error", entry.error_message or "")
+            if entry.wake_at is not None and entry.wake_at > self.now():  # woken before the retry is due
+                raise self.suspend(entry, entry.wake_at, None)
+            run.attempt = entry.attempts + 1
+        return self.execute(run)
+
+    def execute(self, run: _StepRun) -> wc.Variant:
+        run.started_at = self.now()
+        self.step = run
+        self.step_deadline = self.now_wall() + run.timeout_ms
+        return _execute(run.attempt, self.idempotency_key(run.seq))
+
+    def end_attempt(self, name: str, outcome: Any) -> wc.Variant:
+        run = self.step
+        if run is None or run.name != name:
+            raise self.fatal("InvalidDurableCall", f"end of attempt for step {name!r}, which is not running")
+        self.step = None
+        if isinstance(outcome, wc.Variant):  # tolerate either representation
+            outcome = outcome.payload
+        if isinstance(outcome, str):
+            if len(outcome.encode()) > self.x.limits.max_step_result_bytes:
+                message = (
+                    f"step {name!r} returned {format_bytes(len(outcome.encode()))}; "
+                    f"the limit is {format_bytes(self.x.limits.max_step_result_bytes)}"
+                )
+                return self.attempt_failed(run, "StepResultTooLarge", message, retryable=False)
+            return self.attempt_succeeded(run, outcome)
+        return self.attempt_failed(run, _get(outcome, "name"), _get(outcome, "message"), _get(outcome, "retryable"))
+
+    def _entry(self, run: _StepRun) -> jn.JournalEntry:
+        if run.entry is None:
+            run.entry = jn.JournalEntry(seq=run.seq, kind="step", name=run.name, status="running", started_at=run.started_at)
+            self.journal.append(run.entry)
+        return run.entry
+
+    def attempt_succeeded(self, run: _StepRun, result: str) -> wc.Variant:
+        entry = self._entry(run)
+        entry.status, entry.result, entry.attempts, entry.ended_at, entry.wake_at = "done", result, run.attempt, self.now(), None
+        self.commit(jn.record_entry(self.row.pk, self.generation, entry, now=entry.ended_at))
+        return _done(result)
+
+    def attempt_failed(self, run: _StepRun, error_name: str, message: str, retryable: bool) -> wc.Variant:
+        entry = self._entry(run)
+        now = self.now()
+        entry.attempts = run.attempt
+        entry.history.append({"attempt": run.attempt, "started_at": run.started_at, "ended_at": now, "error": {"name": error_name, "message": message}})
+        entry.error_name, entry.error_message = error_name, message
+        if not retryable or run.attempt > run.limit:
+            entry.status, entry.ended_at, entry.wake_at = "failed", now, None
+            self.commit(jn.record_entry(self.row.pk, self.generation, entry, now=now))
+            return _failed(error_name, message)
+        delay = backoff_delay_ms(run.backoff, run.delay_ms, run.attempt)
+        entry.status = "retrying"
+        if delay <= 0:  # retry in place: nothing to wait for
+            entry.wake_at = None
+            self.x.writer.submit(jn.record_entry(self.row.pk, self.generation, entry, now=now))
+            run.attempt += 1
+            return self.execute(run)
+        entry.wake_at = now + delay
+        raise self.suspend(entry, entry.wake_at, None)
+
+    def step_timed_out(self) -> InvocationResult:
+        """The epoch deadline fired inside a step body: a failed attempt (then replay)."""
+        run = self.step
+        assert run is not None
+        self.step = None
+        try:
+            self.attempt_failed(run, "StepTimeoutError", f"step {run.name!r} exceeded its {format_duration_ms(run.timeout_ms)} timeout", True)
+        except Unwind as unwind:
+            return self.x.settle(self, unwind)
+        # Failed for good (or retry in place): replay at once; the guest sees the failure there.
+        self.commit(jn.requeue(self.row.pk, self.generation, self.now()))
+        return InvocationResult("queued")
+
+    # ---- sleeps and events ------------------------------------------------------------
+    def sleep_until(self, kind: str, name: str, until: Optional[int], duration: Optional[int]) -> None:
+        entry = self.next_call(kind, name)
+        now = self.now()
+        if entry is None:
+            wake = until if until is not None else now + (duration or 0)
+            entry = jn.JournalEntry(seq=self.seq - 1, kind=kind, name=name, status="waiting", wake_at=wake, started_at=now)
+            self.journal.append(entry)
+            if wake > now:
+                raise self.suspend(entry, wake, None)
+        if entry.status == "done":
+            return
+        assert entry.wake_at is not None
+        if entry.wake_at > now:
+            raise self.suspend(entry, entry.wake_at, None)
+        entry.status, entry.ended_at = "done", now
+        self.x.writer.submit(jn.record_entry(self.row.pk, self.generation, entry, now=now))  # bookkeeping only
+
+    def wait_for_event(self, name: str, event_type: str, timeout: Optional[int]) -> Any:
+        entry = self.next_call("event", name)
+        if not EVENT_TYPE.match(event_type):
+            raise self.fatal("InvalidEventType", f"wait {name!r}: invalid event type {event_type!r} (1 to 100 letters, digits, '-' or '_')")
+        now = self.now()
+        if entry is None:
+            timeout_ms = self.x.limits.default_event_timeout_ms if timeout is None else timeout
+            entry = jn.JournalEntry(seq=self.seq - 1, kind="event", name=name, status="waiting", event_type=event_type, wake_at=now + timeout_ms, started_at=now)
+            self.journal.append(entry)
+        elif entry.event_type != event_type:
+            raise self.fatal(
+                "NonDeterminismError",
+                f"non-determinism at position {entry.seq}: the journal waits for event type {entry.event_type!r}, the workflow now for {event_type!r}",
+            )
+        if entry.status == "done":
+            return self._received(entry.result or "{}")
+        if entry.status == "timed_out":
+            return None
+        event = next((e for e in self.events if e.event_type == event_type), None)
+        if event is not None:
+            self.events.remove(event)
+            entry.status, entry.ended_at = "done", now
+            entry.result = json.dumps({"type": event.event_type, "payload": json.loads(event.payload), "timestamp": event.created_at})
+            self.commit(jn.record_entry(self.row.pk, self.generation, entry, consume_event=event.pk, now=now))
+            return self._received(entry.result)
+        assert entry.wake_at is not None
+        if entry.wake_at <= now:
+            entry.status, entry.ended_at = "timed_out", now
+            self.commit(jn.record_entry(self.row.pk, self.generation, entry, now=now))
+            return None  # wait-result is untagged: None is `timed-out`
+        raise self.suspend(entry, entry.wake_at, event_type)
+
+    @staticmethod
+    def _received(result: str) -> wc.Record:
+        data = json.loads(result)
+        return _record(event_type=data["type"], payload=json.dumps(data["payload"]), timestamp=data["timestamp"])
+
+    # ---- logs ------------------------------------------------------------------------
+    def log(self, stream: str, message: str) -> None:
+        if self.seq < self.replay_len and stream != "host":
+            return  # this line was logged when the code first ran: replays stay quiet
+        size = len(message.encode())
+        if self.log_bytes + size > self.x.limits.max_log_bytes_per_instance:
+            self.log_dropped += size
+            return
+        self.log_bytes += size
+        self.logs.append((self.now(), stream, message))
+
+    def output(self, stream: str) -> Callable[[bytes], None]:
+        """A WASI stdout/stderr sink that logs whole lines (print() writes in pieces)."""
+
+        def write(data: bytes) -> None:
+            text = self.partial.pop(stream, "") + data.decode("utf-8", "replace")
+            *lines, rest = text.split("\n")
+            for line in lines:
+                self.log(stream, line)
+            if rest:
+                if len(rest) > 64 * 1024:  # no newline in sight: do not buffer without bound
+                    self.log(stream, rest)
+                else:
+                    self.partial[stream] = rest
+
+        return write
+
+    def flush_output(self) -> None:
+        for stream, rest in self.partial.items():
+            self.log(stream, rest)
+        self.partial.clear()
+
+
+def _invocation() -> Invocation:
+    inv: Optional[Invocation] = getattr(_current, "invocation", None)
+    if inv is None:
+        raise RuntimeError("host import called outside an invocation")
+    return inv
+
+
+def _host_begin_step(_: Any, name: str, config: Any) -> Any:
+    return _invocation().begin_step(name, config)
+
+
+def _host_end_attempt(_: Any, name: str, outcome: Any) -> Any:
+    return _invocation().end_attempt(name, outcome)
+
+
+def _host_sleep(_: Any, name: str, duration: int) -> None:
+    _invocation().sleep_until("sleep", name, None, duration)
+
+
+def _host_sleep_until(_: Any, name: str, until: int) -> None:
+    _invocation().sleep_until("sleep", name, until, None)
+
+
+def _host_wait_for_event(_: Any, name: str, event_type: str, timeout: Optional[int]) -> Any:
+    return _invocation().wait_for_event(name, event_type, timeout)
+
+
+def _host_log(_: Any, level: str, message: str) -> None:
+    inv: Optional[Invocation] = getattr(_current, "invocation", None)
+    if inv is not None:
+        inv.log(str(level), message)
+
+
+HOST_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "begin-step": _host_begin_step,
+    "end-attempt": _host_end_attempt,
+    "sleep": _host_sleep,
+    "sleep-until": _host_sleep_until,
+    "wait-for-event": _host_wait_for_event,
+    "log": _host_log,
+}
+
+
+def build_linker(engine: wasmtime.Engine) -> wc.Linker:
+    """One linker per engine: WASI (nothing granted per store) plus the durable imports."""
+    try:
+        from .fastcall import add_fast_func as add
+    except ImportError:  # pragma: no cover - the stock path is always correct, only slower
+        add = None
+    linker = wc.Linker(engine)
+    linker.add_wasip2()
+    with linker.root() as root:
+        with root.add_instance(DURABLE) as durable:
+            for name, fn in HOST_FUNCTIONS.items():
+                if add is not None:
+                    add(durable, name, fn)
+                else:
+                    durable.add_func(name, fn)
+    return linker
+
+
+def _trap_message(exc: BaseException) -> str:
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "stack overflow" in ln or "call stack exhausted" in ln:
+            return "the workflow exhausted its stack (deep recursion)"
+        if "out of bounds memory" in ln:
+            return "the workflow accessed memory out of bounds"
+        if "unreachable" in ln:
+            return "the workflow aborted (wasm `unreachable` executed)"
+    return lines[0] if lines else type(exc).__name__
+
+
+@dataclass
+class Executor:
+    """Runs invocations; shared by the scheduler's worker threads."""
+
+    linker: wc.Linker
+    cache: IsolateCache
+    writer: GroupCommitWriter
+    readers: Readers
+    clock: Clock
+    limits: Limits
+    host_id: str
+    load_component_bytes: Callable[[str], bytes]
+    lease_ms: int = 60_000
+    memory_for: Callable[[str], int] = field(default=lambda tenant: 256 * 1024 * 1024)
+
+    def instantiate(self, digest: str, inv: Optional[Invocation], memory_bytes: int) -> tuple[wasmtime.Store, wc.Instance]:
+        component = self.cache.get(digest, lambda: self.load_component_bytes(digest))
+        if inv is not None:
+            check = inv.check_deadlines
+        else:  # inspecting a component: its exports get a fixed budget
+            until = time.monotonic() + 30
+
+            def check() -> Optional[str]:
+                return "inspect-timeout" if time.monotonic() > until else None
+
+        store = new_store(
+            self.cache.engine,
+            memory_bytes=memory_bytes,
+            check=check,
+            on_stdout=inv.output("stdout") if inv else None,
+            on_stderr=inv.output("stderr") if inv else None,
+        )
+        started = time.perf_counter()
+        instance = self.linker.instantiate(store, component)
+        self.cache.stats.instantiations += 1
+        self.cache.stats.instantiate_seconds += time.perf_counter() - started
+        return store, instance
+
+    def workflows(self, digest: str) -> list[str]:
+        """The workflow names a component exports."""
+        store, instance = self.instantiate(digest, None, self.limits.memory_bytes)
+        func = instance.get_func(store, "workflows")
+        if func is None:
+            raise RuntimeError("component does not export `workflows`; was it built with `tenantflow compile`?")
+        names = func(store)
+        func.post_return(store)
+        return list(names)
+
+    def invoke(self, pk: int, control: Control) -> InvocationResult:
+        """Run the instance from the top until it completes, fails or has to wait."""
+        conn = self.readers.sync()
+        row = jn.instance_by_pk_query(pk).run(conn)
+        if row is None or row.status not in jn.ACTIVE:
+            return InvocationResult(row.status if row else "deleted")
+        control.pause_requested = control.pause_requested or bool(row.pause_requested)
+        inv = Invocation(self, row, control)
+        inv.journal = jn.journal_query(pk).run(conn)
+        inv.replay_len = len(inv.journal)
+        inv.events = jn.pending_events_query(pk).run(conn)
+        now = self.clock.now_ms()
+        self.writer.submit(jn.start_invocation(pk, row.generation, self.host_id, now + self.lease_ms, now))
+        inv.deadline_ms = inv.now_wall() + self.limits.invocation_timeout_ms
+        _current.invocation = inv
+        self.cache.stats.live_instances += 1
+        try:
+            try:
+                store, instance = self.instantiate(row.digest, inv, self.memory_for(row.tenant))
+            except Exception as exc:  # noqa: BLE001 - a component that cannot load errs its instance
+                return self.settle(inv, Unwind("errored", ("ComponentError", f"could not load the workflow's component: {exc}")))
+            inv.store = store
+            run = instance.get_func(store, "run")
+            if run is None:
+                return self.settle(inv, Unwind("errored", ("ComponentError", "component does not export `run`")))
+            event = _record(payload=row.params, instance_id=row.id, workflow=row.workflow, created_at=row.created_at)
+            try:
+                outcome = run(store, row.workflow, event)
+            except Unwind as unwind:
+                return self.settle(inv, unwind)
+            except wasmtime.WasmtimeError as trap:
+                if control.cancelled:  # terminated, restarted or shutting down: record nothing
+                    return self.settle(inv, Unwind("cancelled"))
+                if INTERRUPTED in str(trap):
+                    if "step-timeout" in str(trap) and inv.step is not None:
+                        return inv.step_timed_out()
+                    budget = format_duration_ms(self.limits.invocation_timeout_ms)
+                    return self.settle(inv, Unwind("errored", ("InvocationTimeoutError", f"the invocation exceeded its {budget} budget")))
+                inv.log("host", f"guest trapped: {trap}")  # the full trap, for the operator
+                return self.settle(inv, Unwind("errored", ("WorkflowCrashed", _trap_message(trap))))
+            if isinstance(outcome, wc.Variant):
+                outcome = outcome.payload
+            if isinstance(outcome, str):
+                return self.settle(inv, None, output=outcome)
+            return self.settle(inv, Unwind("errored", (_get(outcome, "name"), _get(outcome, "message"))))
+        except Unwind as unwind:  # raised while settling (e.g. fenced)
+            return self.settle(inv, unwind)
+        finally:
+            _current.invocation = None
+            self.cache.stats.live_instances -= 1
+            inv.flush_output()
+            if inv.logs or inv.log_dropped:
+                self.writer.submit(jn.append_logs(pk, inv.logs, self.limits.max_log_bytes_per_instance))
+
+    def settle(self, inv: Invocation, unwind: Optional[Unwind], output: Optional[str] = None) -> InvocationResult:
+        """Make the invocation's end durable and tell the scheduler what comes next."""
+        pk, gen, now = inv.row.pk, inv.generation, self.clock.now_ms()
+        try:
+            if unwind is None:
+                self.writer.run(jn.finish(pk, gen, "complete", output, None, now))
+                return InvocationResult("complete")
+            if unwind.reason == "errored":
+                self.writer.run(jn.finish(pk, gen, "errored", None, unwind.error, now))
+                return InvocationResult("errored", error=unwind.error)
+        except jn.Fenced:
+            pass
+        if unwind is not None and unwind.reason in ("waiting", "paused") and unwind.status:
+            return InvocationResult(unwind.status, unwind.wake_at, unwind.waiting_for)
+        row = jn.instance_by_pk_query(pk).run(self.readers.sync())  # cancelled / fenced: report what it is now
+        return InvocationResult(row.status if row else "deleted", row.wake_at if row else None)

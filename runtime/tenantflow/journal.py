@@ -1,0 +1,466 @@
+"""The durable record of instances: envelopes, journal entries, events and logs.
+
+Reads return plain dataclasses; writes are functions of a connection that the
+group-commit writer runs. Every write an invocation makes is fenced by the instance's
+generation: terminate and restart bump it, so a late write from an abandoned invocation
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterable, Optional, TypeVar
+
+import aiosqlite
+
+from .errors import InstanceAlreadyExists
+
+ACTIVE = ("queued", "running", "waiting", "waitingForPause")
+FINISHED = ("complete", "errored", "terminated")
+R = TypeVar("R")
+STATUSES = ("queued", "running", "paused", "waitingForPause", "waiting", "errored", "terminated", "complete")
+
+INSTANCE_COLUMNS = (
+    "pk, tenant, id, workflow, digest, params, metadata, status, output, error_name, error_message, "
+    "created_at, updated_at, started_at, ended_at, wake_at, waiting_for, pause_requested, generation, log_bytes, log_dropped"
+)
+JOURNAL_COLUMNS = "seq, kind, name, status, attempts, result, error_name, error_message, wake_at, event_type, started_at, ended_at, history"
+
+
+class Fenced(Exception):
+    """The instance moved on (terminated, restarted, deleted) while this invocation ran."""
+
+
+@dataclass
+class InstanceRow:
+    pk: int
+    tenant: str
+    id: str
+    workflow: str
+    digest: str
+    params: str
+    metadata: Optional[str]
+    status: str
+    output: Optional[str]
+    error_name: Optional[str]
+    error_message: Optional[str]
+    created_at: int
+    updated_at: int
+    started_at: Optional[int]
+    ended_at: Optional[int]
+    wake_at: Optional[int]
+    waiting_for: Optional[str]
+    pause_requested: int
+    generation: int
+    log_bytes: int
+    log_dropped: int
+
+
+@dataclass
+class JournalEntry:
+    seq: int
+    kind: str
+    name: str
+    status: str
+    attempts: int = 0
+    result: Optional[str] = None
+    error_name: Optional[str] = None
+    error_message: Optional[str] = None
+    wake_at: Optional[int] = None
+    event_type: Optional[str] = None
+    started_at: Optional[int] = None
+    ended_at: Optional[int] = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class PendingEvent:
+    pk: int
+    event_type: str
+    payload: str
+    created_at: int
+
+
+@dataclass
+class NewInstance:
+    tenant: str
+    id: str
+    workflow: str
+    digest: str
+    params: str
+    metadata: Optional[str]
+    created_at: int
+
+
+def _instance(row: Iterable[Any]) -> InstanceRow:
+    return InstanceRow(*row)
+
+
+def _entry(row: tuple[Any, ...]) -> JournalEntry:
+    *head, history = row
+    return JournalEntry(*head, history=json.loads(history) if history else [])
+
+
+# ---- reads ----------------------------------------------------------------------
+# A read is a Query (SQL, parameters, how to map the rows) so that worker threads run it
+# on their own sqlite3 connection and the asyncio API runs it on aiosqlite, from one text.
+
+@dataclass(frozen=True)
+class Query(Generic[R]):
+    sql: str
+    params: tuple[Any, ...]
+    mapper: Callable[[list[Any]], R]
+
+    def run(self, conn: sqlite3.Connection) -> R:
+        return self.mapper(conn.execute(self.sql, self.params).fetchall())
+
+    async def arun(self, conn: aiosqlite.Connection) -> R:
+        async with conn.execute(self.sql, self.params) as cursor:
+            return self.mapper(list(await cursor.fetchall()))
+
+
+def _first_instance(rows: list[Any]) -> Optional[InstanceRow]:
+    return _instance(rows[0]) if rows else None
+
+
+def instance_query(tenant: str, instance_id: str) -> Query[Optional[InstanceRow]]:
+    return Query(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE tenant=? AND id=?", (tenant, instance_id), _first_instance)
+
+
+def instance_by_pk_query(pk: int) -> Query[Optional[InstanceRow]]:
+    return Query(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE pk=?", (pk,), _first_instance)
+
+
+def journal_query(pk: int) -> Query[list[JournalEntry]]:
+    return Query(f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE instance_pk=? ORDER BY seq", (pk,), lambda rows: [_entry(r) for r in rows])
+
+
+def pending_events_query(pk: int) -> Query[list[PendingEvent]]:
+    return Query(
+        "SELECT pk, event_type, payload, created_at FROM events WHERE instance_pk=? AND consumed_seq IS NULL ORDER BY pk",
+        (pk,),
+        lambda rows: [PendingEvent(*r) for r in rows],
+    )
+
+
+def active_instances_query() -> Query[list[tuple[int, str, str, Optional[int], int]]]:
+    """(pk, tenant, status, wake_at, generation) of every instance the scheduler owns."""
+    return Query(
+        "SELECT pk, tenant, status, wake_at, generation FROM instances WHERE status IN ('queued','running','waiting','waitingForPause')",
+        (),
+        lambda rows: [tuple(r) for r in rows],  # type: ignore[misc]
+    )
+
+
+def list_query(tenant: str, workflow: Optional[str], status: Optional[str], before_pk: Optional[int], limit: int) -> Query[list[InstanceRow]]:
+    """Newest first; `before_pk` is the cursor."""
+    where, params = ["tenant=?"], [tenant]
+    for column, value in (("workflow", workflow), ("status", status)):
+        if value is not None:
+            where.append(f"{column}=?")
+            params.append(value)
+    if before_pk is not None:
+        where.append("pk<?")
+        params.append(str(before_pk))
+    sql = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE {' AND '.join(where)} ORDER BY pk DESC LIMIT ?"
+    return Query(sql, (*params, limit), lambda rows: [_instance(r) for r in rows])
+
+
+def logs_query(pk: int, limit: int) -> Query[list[tuple[int, str, str]]]:
+    return Query("SELECT at, stream, message FROM logs WHERE instance_pk=? ORDER BY pk LIMIT ?", (pk, limit), lambda rows: [tuple(r) for r in rows])  # type: ignore[misc]
+
+
+def current_digest_query(tenant: str, workflow: str) -> Query[Optional[str]]:
+    return Query(
+        "SELECT digest FROM deployments WHERE tenant=? AND workflow=? ORDER BY pk DESC LIMIT 1",
+        (tenant, workflow),
+        lambda rows: rows[0][0] if rows else None,
+    )
+
+
+def component_query(digest: str) -> Query[Optional[tuple[str, int, list[str]]]]:
+    return Query(
+        "SELECT digest, size, workflows FROM components WHERE digest=?",
+        (digest,),
+        lambda rows: (rows[0][0], rows[0][1], json.loads(rows[0][2])) if rows else None,
+    )
+
+
+# ---- writes (run by the group-commit writer) ----------------------------------------
+
+def insert_instances(new: list[NewInstance]) -> Callable[[sqlite3.Connection], list[int]]:
+    """All or nothing: a duplicate id fails the whole batch, naming the id."""
+
+    def op(conn: sqlite3.Connection) -> list[int]:
+        pks = []
+        for inst in new:
+            try:
+                cur = conn.execute(
+                    "INSERT INTO instances (tenant, id, workflow, digest, params, metadata, status, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    (inst.tenant, inst.id, inst.workflow, inst.digest, inst.params, inst.metadata, inst.created_at, inst.created_at),
+                )
+            except sqlite3.IntegrityError:
+                raise InstanceAlreadyExists(inst.id) from None
+            pks.append(int(cur.lastrowid or 0))
+        return pks
+
+    return op
+
+
+def _fence(conn: sqlite3.Connection, pk: int, generation: int) -> None:
+    row = conn.execute("SELECT generation, status FROM instances WHERE pk=?", (pk,)).fetchone()
+    if row is None or row[0] != generation or row[1] in FINISHED or row[1] == "paused":
+        raise Fenced()
+
+
+def start_invocation(pk: int, generation: int, owner: str, lease_until: int, now: int) -> Callable[[sqlite3.Connection], None]:
+    def op(conn: sqlite3.Connection) -> None:
+        _fence(conn, pk, generation)
+        conn.execute(
+            "UPDATE instances SET status = CASE WHEN pause_requested THEN 'waitingForPause' ELSE 'running' END, "
+            "started_at = COALESCE(started_at, ?), updated_at=?, claim_owner=?, lease_until=?, wake_at=NULL, waiting_for=NULL WHERE pk=?",
+            (now, now, owner, lease_until, pk),
+        )
+
+    return op
+
+
+def _upsert_entry(conn: sqlite3.Connection, pk: int, e: JournalEntry) -> None:
+    conn.execute(
+        f"INSERT OR REPLACE INTO journal (instance_pk, {JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (pk, e.seq, e.kind, e.name, e.status, e.attempts, e.result, e.error_name, e.error_message, e.wake_at,
+         e.event_type, e.started_at, e.ended_at, json.dumps(e.history) if e.history else None),
+    )
+
+
+def _suspend(conn: sqlite3.Connection, pk: int, wake_at: Optional[int], waiting_for: Optional[str], now: int) -> str:
+    row = conn.execute("SELECT pause_requested FROM instances WHERE pk=?", (pk,)).fetchone()
+    status = "paused" if row and row[0] else "waiting"
+    conn.execute(
+        "UPDATE instances SET status=?, wake_at=?, waiting_for=?, updated_at=?, claim_owner=NULL, lease_until=NULL WHERE pk=?",
+        (status, wake_at, waiting_for, now, pk),
+    )
+    return status
+
+
+def record_entry(
+    pk: int,
+    generation: int,
+    entry: JournalEntry,
+    *,
+    suspend: Optional[tuple[Optional[int], Optional[str]]] = None,
+    consume_event: Optional[int] = None,
+    now: int,
+) -> Callable[[sqlite3.Connection], Optional[str]]:
+    """Record one journal entry; optionally consume an event and suspend the instance
+    (wake time, awaited event type) in the same transaction. Returns the new status when
+    suspending (`waiting`, or `paused` if a pause was requested)."""
+
+    def op(conn: sqlite3.Connection) -> Optional[str]:
+        _fence(conn, pk, generation)
+        _upsert_entry(conn, pk, entry)
+        if consume_event is not None:
+            cur = conn.execute("UPDATE events SET consumed_seq=? WHERE pk=? AND consumed_seq IS NULL", (entry.seq, consume_event))
+            if cur.rowcount != 1:
+                raise Fenced()
+        if suspend is not None:
+            return _suspend(conn, pk, suspend[0], suspend[1], now)
+        return None
+
+    return op
+
+
+def mark_paused(pk: int, generation: int, now: int) -> Callable[[sqlite3.Connection], None]:
+    def op(conn: sqlite3.Connection) -> None:
+        _fence(conn, pk, generation)
+        conn.execute(
+            "UPDATE instances SET status='paused', updated_at=?, claim_owner=NULL, lease_until=NULL WHERE pk=?", (now, pk)
+        )
+
+    return op
+
+
+def finish(
+    pk: int, generation: int, status: str, output: Optional[str], error: Optional[tuple[str, str]], now: int
+) -> Callable[[sqlite3.Connection], None]:
+    def op(conn: sqlite3.Connection) -> None:
+        _fence(conn, pk, generation)
+        conn.execute(
+            "UPDATE instances SET status=?, output=?, error_name=?, error_message=?, ended_at=?, updated_at=?, "
+            "wake_at=NULL, waiting_for=NULL, pause_requested=0, claim_owner=NULL, lease_until=NULL WHERE pk=?",
+            (status, output, error[0] if error else None, error[1] if error else None, now, now, pk),
+        )
+
+    return op
+
+
+def requeue(pk: int, generation: int, now: int) -> Callable[[sqlite3.Connection], None]:
+    """Hand an instance back to the queue (e.g. its code could not be loaded yet)."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        _fence(conn, pk, generation)
+        conn.execute("UPDATE instances SET status='queued', updated_at=?, claim_owner=NULL, lease_until=NULL WHERE pk=?", (now, pk))
+
+    return op
+
+
+def append_logs(pk: int, lines: list[tuple[int, str, str]], limit_bytes: int) -> Callable[[sqlite3.Connection], None]:
+    """Store log lines up to the instance's byte budget; count the rest as dropped."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT log_bytes FROM instances WHERE pk=?", (pk,)).fetchone()
+        if row is None:
+            return
+        used, kept, dropped = row[0], [], 0
+        for at, stream, message in lines:
+            size = len(message.encode())
+            if used + size > limit_bytes:
+                dropped += size
+                continue
+            used += size
+            kept.append((pk, at, stream, message))
+        conn.executemany("INSERT INTO logs (instance_pk, at, stream, message) VALUES (?, ?, ?, ?)", kept)
+        conn.execute("UPDATE instances SET log_bytes=?, log_dropped=log_dropped+? WHERE pk=?", (used, dropped, pk))
+
+    return op
+
+
+# ---- control operations (the API) -------------------------------------------------
+
+@dataclass
+class ControlResult:
+    pk: int
+    tenant: str
+    status: str  # status after the operation
+    previous: str
+
+
+def _require(conn: sqlite3.Connection, tenant: str, instance_id: str) -> tuple[int, str, int, Optional[int]]:
+    from .errors import InstanceNotFound
+
+    row = conn.execute("SELECT pk, status, generation, wake_at FROM instances WHERE tenant=? AND id=?", (tenant, instance_id)).fetchone()
+    if row is None:
+        raise InstanceNotFound(instance_id)
+    return row[0], row[1], row[2], row[3]
+
+
+def _invalid(instance_id: str, status: str, action: str) -> Exception:
+    from .errors import InvalidState
+
+    return InvalidState(f"cannot {action} instance {instance_id!r}: it is {status}")
+
+
+def pause(tenant: str, instance_id: str, now: int) -> Callable[[sqlite3.Connection], ControlResult]:
+    """Queued or waiting instances pause at once; a running one at its next durable call."""
+
+    def op(conn: sqlite3.Connection) -> ControlResult:
+        pk, status, _, _ = _require(conn, tenant, instance_id)
+        if status in FINISHED:
+            raise _invalid(instance_id, status, "pause")
+        new = {"running": "waitingForPause", "waitingForPause": "waitingForPause"}.get(status, "paused")
+        conn.execute("UPDATE instances SET status=?, pause_requested=1, updated_at=? WHERE pk=?", (new, now, pk))
+        return ControlResult(pk, tenant, new, status)
+
+    return op
+
+
+def resume(tenant: str, instance_id: str, now: int) -> Callable[[sqlite3.Connection], ControlResult]:
+    """A paused instance is queued again (its replay re-suspends if it still has to wait)."""
+
+    def op(conn: sqlite3.Connection) -> ControlResult:
+        pk, status, _, _ = _require(conn, tenant, instance_id)
+        if status in FINISHED:
+            raise _invalid(instance_id, status, "resume")
+        new = {"paused": "queued", "waitingForPause": "running"}.get(status, status)
+        conn.execute("UPDATE instances SET status=?, pause_requested=0, updated_at=? WHERE pk=?", (new, now, pk))
+        return ControlResult(pk, tenant, new, status)
+
+    return op
+
+
+def terminate(tenant: str, instance_id: str, now: int) -> Callable[[sqlite3.Connection], ControlResult]:
+    def op(conn: sqlite3.Connection) -> ControlResult:
+        pk, status, _, _ = _require(conn, tenant, instance_id)
+        if status in FINISHED:
+            raise _invalid(instance_id, status, "terminate")
+        conn.execute(
+            "UPDATE instances SET status='terminated', generation=generation+1, ended_at=?, updated_at=?, wake_at=NULL, "
+            "waiting_for=NULL, pause_requested=0, claim_owner=NULL, lease_until=NULL WHERE pk=?",
+            (now, now, pk),
+        )
+        return ControlResult(pk, tenant, "terminated", status)
+
+    return op
+
+
+def restart(tenant: str, instance_id: str, now: int) -> Callable[[sqlite3.Connection], ControlResult]:
+    """Clear the journal and run again from the top with the same params."""
+
+    def op(conn: sqlite3.Connection) -> ControlResult:
+        pk, status, _, _ = _require(conn, tenant, instance_id)
+        conn.execute("DELETE FROM journal WHERE instance_pk=?", (pk,))
+        conn.execute("DELETE FROM events WHERE instance_pk=? AND consumed_seq IS NOT NULL", (pk,))
+        conn.execute(
+            "UPDATE instances SET status='queued', generation=generation+1, output=NULL, error_name=NULL, error_message=NULL, "
+            "started_at=NULL, ended_at=NULL, wake_at=NULL, waiting_for=NULL, pause_requested=0, claim_owner=NULL, "
+            "lease_until=NULL, updated_at=? WHERE pk=?",
+            (now, pk),
+        )
+        return ControlResult(pk, tenant, "queued", status)
+
+    return op
+
+
+def delete(tenant: str, instance_id: str) -> Callable[[sqlite3.Connection], ControlResult]:
+    def op(conn: sqlite3.Connection) -> ControlResult:
+        pk, status, _, _ = _require(conn, tenant, instance_id)
+        for table, column in (("journal", "instance_pk"), ("events", "instance_pk"), ("logs", "instance_pk"), ("instances", "pk")):
+            conn.execute(f"DELETE FROM {table} WHERE {column}=?", (pk,))
+        return ControlResult(pk, tenant, "deleted", status)
+
+    return op
+
+
+@dataclass
+class EventSent:
+    pk: int
+    tenant: str
+    status: str
+    waiting_for: Optional[str]
+
+
+def send_event(tenant: str, instance_id: str, event_type: str, payload: str, now: int) -> Callable[[sqlite3.Connection], EventSent]:
+    """Store the event durably; it is delivered to the first wait for its type (FIFO)."""
+
+    def op(conn: sqlite3.Connection) -> EventSent:
+        pk, status, _, _ = _require(conn, tenant, instance_id)
+        if status in FINISHED:
+            raise _invalid(instance_id, status, "send an event to")
+        conn.execute("INSERT INTO events (instance_pk, event_type, payload, created_at) VALUES (?, ?, ?, ?)", (pk, event_type, payload, now))
+        waiting_for = conn.execute("SELECT waiting_for FROM instances WHERE pk=?", (pk,)).fetchone()[0]
+        return EventSent(pk, tenant, status, waiting_for)
+
+    return op
+
+
+def record_component(digest: str, size: int, workflows: list[str], now: int) -> Callable[[sqlite3.Connection], None]:
+    def op(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO components (digest, size, workflows, created_at) VALUES (?, ?, ?, ?)",
+            (digest, size, json.dumps(workflows), now),
+        )
+
+    return op
+
+
+def record_deployment(tenant: str, digest: str, workflows: list[str], now: int) -> Callable[[sqlite3.Connection], None]:
+    def op(conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            "INSERT INTO deployments (tenant, workflow, digest, deployed_at) VALUES (?, ?, ?, ?)",
+            [(tenant, w, digest, now) for w in workflows],
+        )
+
+    return op

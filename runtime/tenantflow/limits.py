@@ -1,0 +1,83 @@
+"""Limits on what callers and guests may send, and the validation that enforces them."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidInput, PayloadTooLarge
+
+MiB = 1024 * 1024
+INSTANCE_ID = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9\-_]*$")
+EVENT_TYPE = re.compile(r"^[A-Za-z0-9_\-]{1,100}$")
+TENANT = re.compile(r"^[a-z0-9][a-z0-9\-_]{0,62}$")
+WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,127}$")
+MAX_INSTANCE_ID = 100
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_params_bytes: int = MiB
+    max_step_result_bytes: int = MiB
+    max_event_payload_bytes: int = MiB
+    max_step_name_chars: int = 256
+    max_steps_per_instance: int = 10_000
+    max_log_bytes_per_instance: int = MiB
+    memory_bytes: int = 256 * MiB
+    # Wall-clock budget of one invocation (replay plus new work), beyond step timeouts.
+    invocation_timeout_ms: int = 15 * 60 * 1000
+    default_event_timeout_ms: int = 24 * 3600 * 1000
+
+
+def check_instance_id(instance_id: object) -> str:
+    if not isinstance(instance_id, str) or not instance_id:
+        raise InvalidInput("instance id must be a non-empty string")
+    if len(instance_id) > MAX_INSTANCE_ID:
+        raise InvalidInput(f"instance id is {len(instance_id)} characters; at most {MAX_INSTANCE_ID} are allowed")
+    if not INSTANCE_ID.match(instance_id):
+        raise InvalidInput(f"invalid instance id {instance_id!r}: use letters, digits, '-' and '_', not starting with '-'")
+    return instance_id
+
+
+def check_event_type(event_type: object) -> str:
+    if not isinstance(event_type, str) or not EVENT_TYPE.match(event_type):
+        raise InvalidInput(f"invalid event type {event_type!r}: 1 to 100 characters of letters, digits, '-' and '_'")
+    return event_type
+
+
+def check_tenant(tenant: object) -> str:
+    if not isinstance(tenant, str) or not TENANT.match(tenant):
+        raise InvalidInput(f"invalid tenant {tenant!r}: 1 to 63 lowercase letters, digits, '-' and '_', starting with a letter or digit")
+    return tenant
+
+
+def check_workflow_name(name: object) -> str:
+    if not isinstance(name, str) or not WORKFLOW_NAME.match(name):
+        raise InvalidInput(f"invalid workflow name {name!r}")
+    return name
+
+
+def encode_json(value: Any, limit: int, what: str) -> str:
+    """Serialize a caller's value, refusing what is not JSON or is over `limit` bytes."""
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} must be JSON-serializable: {exc}") from None
+    check_size(text, limit, what)
+    return text
+
+
+def check_size(text: str, limit: int, what: str) -> None:
+    size = len(text.encode())
+    if size > limit:
+        raise PayloadTooLarge(f"{what} is {format_bytes(size)}; the limit is {format_bytes(limit)}")
+
+
+def format_bytes(n: int) -> str:
+    if n >= MiB:
+        return f"{n / MiB:.1f} MiB".replace(".0 MiB", " MiB")
+    if n >= 1024:
+        return f"{n / 1024:.1f} KiB".replace(".0 KiB", " KiB")
+    return f"{n} bytes"

@@ -1,0 +1,236 @@
+"""Decides which instance runs next, on which worker, and when sleepers wake.
+
+- Runnable instances wait in per-tenant queues served round-robin, with a per-tenant
+  concurrency cap, so one tenant's thousand instances cannot starve another's one.
+- Timers (sleeps, retry backoffs, wait timeouts) live in an in-memory heap fed from the
+  database (rebuilt on start); no polling of the instances table.
+- Guests run on a bounded thread pool; the asyncio loop only routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional
+
+from .clock import Clock, ManualClock
+from .executor import Control, Executor, InvocationResult
+
+log = logging.getLogger("tenantflow.scheduler")
+
+
+class Scheduler:
+    def __init__(self, executor: Executor, clock: Clock, *, workers: int, per_tenant: int) -> None:
+        self._executor = executor
+        self._clock = clock
+        self.workers = workers
+        self.per_tenant = max(1, per_tenant)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenantflow-worker")
+        self._ready: dict[str, deque[int]] = {}
+        self._ring: deque[str] = deque()
+        self._queued: set[int] = set()
+        self._tenant_of: dict[int, str] = {}
+        self._running: dict[int, Control] = {}
+        self._running_by_tenant: defaultdict[str, int] = defaultdict(int)
+        self._dirty: set[int] = set()  # got an event or a resume while running
+        self._timers: list[tuple[int, int]] = []
+        self._timer_at: dict[int, int] = {}
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._task: Optional[asyncio.Task[None]] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._closing = False
+        self.on_finished: list[Callable[[int, InvocationResult], None]] = []
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def start(self, active: list[tuple[int, str, str, Optional[int], int]]) -> None:
+        self._loop = asyncio.get_running_loop()
+        for pk, tenant, status, wake_at, _ in active:
+            self._tenant_of[pk] = tenant
+            if status == "waiting" and wake_at is not None:
+                self.add_timer(pk, tenant, wake_at)
+            else:  # queued, or running/waitingForPause when the last host stopped: replay it
+                self.make_ready(pk, tenant)
+        self._task = asyncio.create_task(self._timer_loop(), name="tenantflow-timers")
+
+    async def close(self, grace_seconds: float = 10.0) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        # Running invocations finish (their writes are durable) or are abandoned to replay.
+        deadline = asyncio.get_running_loop().time() + grace_seconds
+        while self._running and asyncio.get_running_loop().time() < deadline:
+            async with self._changed:
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout=0.1)
+                except asyncio.TimeoutError:
+                    pass
+        # Abandon what still runs: flagged guests trap within an epoch slice. Nothing they
+        # did after their last commit is lost: they replay on the next start.
+        for control in self._running.values():
+            control.cancelled = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # ---- queueing --------------------------------------------------------------------
+    def make_ready(self, pk: int, tenant: str) -> None:
+        self._tenant_of[pk] = tenant
+        self._timer_at.pop(pk, None)
+        if pk in self._running:
+            self._dirty.add(pk)
+            return
+        if pk in self._queued or self._closing:
+            return
+        self._queued.add(pk)
+        queue = self._ready.get(tenant)
+        if queue is None:
+            queue = self._ready[tenant] = deque()
+            self._ring.append(tenant)
+        queue.append(pk)
+        self._pump()
+
+    def add_timer(self, pk: int, tenant: str, wake_at: int) -> None:
+        self._tenant_of[pk] = tenant
+        self._timer_at[pk] = wake_at
+        if not self._timers or wake_at < self._timers[0][0]:
+            self._wake.set()
+        heapq.heappush(self._timers, (wake_at, pk))
+
+    def forget(self, pk: int) -> None:
+        """The instance left the scheduler's care (paused, finished, deleted)."""
+        self._timer_at.pop(pk, None)
+        if pk in self._queued:
+            self._queued.discard(pk)
+            tenant = self._tenant_of.get(pk)
+            if tenant in self._ready:
+                try:
+                    self._ready[tenant].remove(pk)
+                except ValueError:
+                    pass
+
+    def control(self, pk: int) -> Optional[Control]:
+        return self._running.get(pk)
+
+    def is_running(self, pk: int) -> bool:
+        return pk in self._running
+
+    @property
+    def idle(self) -> bool:
+        return not self._running and not self._queued
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    # ---- dispatch --------------------------------------------------------------------
+    def _pump(self) -> None:
+        while len(self._running) < self.workers and self._ring:
+            for _ in range(len(self._ring)):
+                tenant = self._ring.popleft()
+                queue = self._ready[tenant]
+                while queue and queue[0] not in self._queued:
+                    queue.popleft()  # forgotten while queued
+                if not queue:
+                    del self._ready[tenant]
+                    continue
+                if self._running_by_tenant[tenant] >= self.per_tenant:
+                    self._ring.append(tenant)
+                    continue
+                pk = queue.popleft()
+                if queue:
+                    self._ring.append(tenant)
+                else:
+                    del self._ready[tenant]
+                self._start(pk, tenant)
+                break
+            else:
+                return  # every tenant with work is at its cap
+
+    def _start(self, pk: int, tenant: str) -> None:
+        assert self._loop is not None
+        self._queued.discard(pk)
+        control = Control()
+        self._running[pk] = control
+        self._running_by_tenant[tenant] += 1
+        future = self._loop.run_in_executor(self._pool, self._executor.invoke, pk, control)
+        future.add_done_callback(lambda f: self._finished(pk, tenant, f))
+
+    def _finished(self, pk: int, tenant: str, future: "asyncio.Future[InvocationResult]") -> None:
+        self._running.pop(pk, None)
+        self._running_by_tenant[tenant] -= 1
+        dirty = pk in self._dirty
+        self._dirty.discard(pk)
+        if future.cancelled():
+            result = InvocationResult("abandoned")
+        elif future.exception() is not None:
+            exc = future.exception()
+            log.error("invocation of instance %s failed in the host: %r", pk, exc, exc_info=exc)
+            result = InvocationResult("queued")
+        else:
+            result = future.result()
+        if not self._closing:
+            self._route(pk, tenant, result, dirty)
+        for callback in self.on_finished:
+            callback(pk, result)
+        self._pump()
+        self._wake.set()
+        asyncio.ensure_future(self._notify())
+
+    def _route(self, pk: int, tenant: str, result: InvocationResult, dirty: bool) -> None:
+        if result.status in ("queued", "running", "waitingForPause"):
+            self.make_ready(pk, tenant)
+        elif result.status == "waiting":
+            if dirty:
+                self.make_ready(pk, tenant)
+            elif result.wake_at is not None:
+                self.add_timer(pk, tenant, result.wake_at)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def changed(self, timeout: float) -> None:
+        """Wait until some invocation finishes (or `timeout` seconds pass)."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    def _timer_due(self) -> bool:
+        now = self._clock.now_ms()
+        return any(wake_at <= now for wake_at in self._timer_at.values())
+
+    async def quiesce(self, timeout: float = 60.0) -> None:
+        """Wait until nothing runs, nothing is queued and no timer is due (tests, CLI)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (self.idle and not self._timer_due()):
+            if loop.time() > deadline:
+                raise TimeoutError(f"scheduler still busy after {timeout} s ({len(self._running)} running, {len(self._queued)} queued)")
+            await self.changed(0.02)
+
+    # ---- timers ----------------------------------------------------------------------
+    async def _timer_loop(self) -> None:
+        while not self._closing:
+            now = self._clock.now_ms()
+            while self._timers and self._timers[0][0] <= now:
+                wake_at, pk = heapq.heappop(self._timers)
+                if self._timer_at.get(pk) == wake_at:
+                    del self._timer_at[pk]
+                    self.make_ready(pk, self._tenant_of[pk])
+            next_at = self._timers[0][0] if self._timers else now + 3_600_000
+            if isinstance(self._clock, ManualClock) and self._clock.fast_forward and self.idle and self._timers:
+                await asyncio.sleep(0)  # let API calls that just happened land first
+                if self.idle:
+                    self._clock.set(next_at)
+                    continue
+            self._wake.clear()
+            await self._clock.sleep_until(next_at, self._wake)

@@ -1,0 +1,54 @@
+"""Helpers for engine tests: an engine on a real SQLite file with a manual clock."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import AsyncIterator
+
+from components import build_component
+
+from tenantflow.clock import ManualClock
+from tenantflow.engine import Engine, TenantBinding
+from tenantflow.limits import Limits
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOWS = REPO / "tests" / "workflows"
+# Precompiled artifacts are keyed by digest and engine config: safe to share across tests.
+ARTIFACTS = REPO / ".cache" / "test-artifacts"
+
+
+def component(name: str) -> Path:
+    return build_component(WORKFLOWS / name / "workflow.py")
+
+
+@contextlib.asynccontextmanager
+async def open_engine(
+    db: Path,
+    *,
+    clock: ManualClock | None = None,
+    limits: Limits | None = None,
+    workers: int = 4,
+    per_tenant: int | None = None,
+    deploy: dict[str, str] | None = None,
+) -> AsyncIterator[Engine]:
+    """An open engine; `deploy` maps tenant -> test workflow folder to deploy for it."""
+    engine = Engine(
+        db,
+        clock=clock or ManualClock(),
+        limits=limits,
+        workers=workers,
+        per_tenant_concurrency=per_tenant,
+        artifact_dir=ARTIFACTS,
+    )
+    async with engine:
+        for tenant, folder in (deploy or {}).items():
+            await engine.deploy(tenant, component(folder).read_bytes())
+        yield engine
+
+
+async def settle(binding: TenantBinding, instance_id: str, *statuses: str, timeout: float = 60.0) -> str:
+    """Wait for one of `statuses` (default: any resting state) and return it."""
+    wanted = frozenset(statuses or ("complete", "errored", "terminated", "paused", "waiting"))
+    status = await binding.wait(instance_id, timeout=timeout, statuses=wanted)
+    return status.status

@@ -1,0 +1,405 @@
+"""The durable engine end to end: real components, real SQLite files, a manual clock."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from enginekit import open_engine, settle
+
+from tenantflow.clock import ManualClock
+from tenantflow.errors import InstanceAlreadyExists, InstanceNotFound, InvalidInput, InvalidState, PayloadTooLarge, UnknownWorkflow
+from tenantflow.limits import Limits
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(start_ms=1_800_000_000_000)
+
+
+async def test_steps_sharing_a_name_are_told_apart_by_order(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Steps", {"n": 5}, id="five")
+        assert iid == "five"
+        status = await t.wait(iid)
+        assert status.status == "complete"
+        assert status.output == {"total": 10}
+        assert [(s.seq, s.name, s.status, s.output) for s in status.steps] == [(i, "add", "done", i) for i in range(5)]
+
+
+@pytest.mark.parametrize(
+    ("backoff", "delays"),
+    [("constant", [1000, 1000, 1000]), ("linear", [1000, 2000, 3000]), ("exponential", [1000, 2000, 4000])],
+)
+async def test_retries_follow_their_backoff_as_durable_timers(tmp_path: Path, clock: ManualClock, backoff: str, delays: list[int]) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Retry", {"fail": 3, "delay": "1 second", "backoff": backoff})
+        for attempt, delay in enumerate(delays, start=1):
+            await engine.scheduler.quiesce()
+            status = await t.status(iid)
+            assert status.status == "waiting"
+            step = status.steps[0]
+            assert (step.status, step.attempts) == ("retrying", attempt)
+            assert step.wake_at is not None
+            assert int(step.wake_at.timestamp() * 1000) - clock.now_ms() == delay
+            clock.advance((delay - 1) / 1000)  # not yet due: nothing runs
+            await engine.scheduler.quiesce()
+            assert (await t.status(iid)).steps[0].attempts == attempt
+            clock.advance(0.001)
+        status = await t.wait(iid)
+        assert status.status == "complete"
+        assert status.output["attempt"] == 4
+        assert [a.error.message for a in status.steps[0].failed_attempts if a.error] == [f"attempt {i} failed" for i in (1, 2, 3)]
+
+
+async def test_idempotency_key_is_stable_across_retries_and_replays(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        one = await t.create("Retry", {"fail": 1, "delay": 0})
+        two = await t.create("Retry", {"fail": 0})
+        first, second = (await t.wait(one)).output, (await t.wait(two)).output
+        assert first["attempt"] == 2 and second["attempt"] == 1
+        assert len(first["key"]) == 32 and first["key"] != second["key"]
+
+
+async def test_exhausted_retries_raise_in_the_guest_where_they_can_be_caught(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Exhaust")
+        for _ in range(2):
+            await engine.scheduler.quiesce()
+            clock.advance(1)
+        status = await t.wait(iid)
+        assert status.output == {"caught": "ValueError", "message": "still broken"}
+        assert (status.steps[0].status, status.steps[0].attempts) == ("failed", 3)
+
+
+async def test_non_retryable_error_fails_at_once_and_errs_the_instance(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        status = await t.wait(await t.create("Uncaught"))
+        assert status.status == "errored"
+        assert status.error is not None
+        assert (status.error.name, status.error.message) == ("NonRetryableError", "card declined")
+        assert status.steps[0].attempts == 1
+
+
+async def test_uncaught_exception_becomes_errored_with_name_and_message(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        status = await t.wait(await t.create("Crash"))
+        assert status.status == "errored"
+        assert status.error is not None and status.error.name == "KeyError"
+        assert "missing-thing" in status.error.message
+
+
+async def test_a_spinning_step_is_stopped_by_its_timeout(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Spin", {"timeout": "300 ms", "limit": 1})
+        status = await t.wait(iid, timeout=60)
+        assert status.status == "complete"
+        assert status.output["caught"] == "StepTimeoutError"
+        assert "exceeded its 300 ms timeout" in status.output["message"]
+        assert status.steps[0].attempts == 2
+
+
+async def test_sleep_and_sleep_until_wait_for_the_clock(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        until = (clock.now_ms() + 7_200_000) / 1000
+        iid = await t.create("Sleeper", {"duration": "1 hour", "until": until})
+        await engine.scheduler.quiesce()
+        assert (await t.status(iid)).status == "waiting"
+        clock.advance(3599)
+        await engine.scheduler.quiesce()
+        status = await t.status(iid)
+        assert status.status == "waiting" and [s.name for s in status.steps] == ["before", "nap"]
+        clock.advance(1)
+        await engine.scheduler.quiesce()
+        status = await t.status(iid)
+        assert [s.name for s in status.steps] == ["before", "nap", "alarm"] and status.status == "waiting"
+        clock.advance(3600)
+        status = await t.wait(iid)
+        assert status.output == ["before", "after"]
+
+
+async def test_event_sent_after_the_wait_wakes_the_instance(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Waiter", {"timeout": "1 hour"})
+        await engine.scheduler.quiesce()
+        status = await t.status(iid)
+        assert (status.status, status.waiting_for) == ("waiting", "approval")
+        await t.send_event(iid, "other", {"ignored": True})  # another type: stays buffered
+        await engine.scheduler.quiesce()
+        assert (await t.status(iid)).status == "waiting"
+        await t.send_event(iid, "approval", {"ok": True})
+        status = await t.wait(iid)
+        assert status.output == {"type": "approval", "payload": {"ok": True}}
+
+
+async def test_event_sent_before_the_wait_is_buffered(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Waiter", {"sleep_first": "1 minute"})
+        await engine.scheduler.quiesce()
+        await t.send_event(iid, "approval", {"early": 1})
+        await engine.scheduler.quiesce()
+        assert (await t.status(iid)).status == "waiting"
+        clock.advance(60)
+        status = await t.wait(iid)
+        assert status.output == {"type": "approval", "payload": {"early": 1}}
+
+
+async def test_events_of_one_type_are_delivered_first_in_first_out(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("TwoEvents")
+        await t.send_event(iid, "tick", 1)
+        await t.send_event(iid, "tick", 2)
+        await t.send_event(iid, "tick", 3)
+        status = await t.wait(iid)
+        assert status.output == [1, 2]
+
+
+async def test_wait_for_event_times_out_into_a_catchable_error(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Waiter", {"timeout": "1 hour"})
+        await engine.scheduler.quiesce()
+        clock.advance(3600)
+        status = await t.wait(iid)
+        assert status.output["timed_out"] is True
+        assert status.steps[0].status == "timed_out"
+        with pytest.raises(InvalidState):
+            await t.send_event(iid, "approval", {})  # finished: refused, not buffered forever
+
+
+async def test_pause_and_resume_while_waiting(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Sleeper", {"duration": "1 minute"})
+        await engine.scheduler.quiesce()
+        assert await t.pause(iid) == "paused"
+        clock.advance(120)  # the timer is due, but a paused instance does not run
+        await engine.scheduler.quiesce()
+        assert (await t.status(iid)).status == "paused"
+        assert await t.resume(iid) == "queued"
+        assert (await t.wait(iid)).output == ["before", "after"]
+
+
+async def test_pause_while_running_takes_effect_at_the_next_durable_call(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Busy", {"ms": 1500, "sleep": 0})
+        await t.wait(iid, statuses=frozenset({"running"}))
+        assert await t.pause(iid) == "waitingForPause"
+        status = await t.wait(iid)
+        assert status.status == "paused"
+        assert [(s.name, s.status) for s in status.steps] == [("work", "done")]  # the running step finished
+        await t.resume(iid)
+        assert (await t.wait(iid)).output == ["worked", "after"]
+
+
+async def test_pause_and_resume_a_queued_instance(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, workers=1, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        busy = await t.create("Busy", {"ms": 1000, "sleep": 0})
+        queued = await t.create("Steps", {"n": 1})
+        assert (await t.status(queued)).status == "queued"
+        assert await t.pause(queued) == "paused"
+        await t.wait(busy)
+        assert (await t.status(queued)).status == "paused"
+        await t.resume(queued)
+        assert (await t.wait(queued)).status == "complete"
+
+
+async def test_terminate_while_running_discards_the_running_step(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Busy", {"ms": 1000})
+        await t.wait(iid, statuses=frozenset({"running"}))
+        assert await t.terminate(iid) == "terminated"
+        await engine.scheduler.quiesce()
+        status = await t.status(iid)
+        assert status.status == "terminated" and status.steps == []
+        with pytest.raises(InvalidState):
+            await t.terminate(iid)
+
+
+async def test_terminate_waiting_and_restart_runs_again_from_the_top(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Sleeper", {"duration": "1 minute"})
+        await engine.scheduler.quiesce()
+        assert await t.terminate(iid) == "terminated"
+        clock.advance(120)
+        await engine.scheduler.quiesce()
+        assert (await t.status(iid)).status == "terminated"
+        assert await t.restart(iid) == "queued"
+        await engine.scheduler.quiesce()
+        status = await t.status(iid)
+        assert status.status == "waiting" and [s.name for s in status.steps] == ["before", "nap"]
+        clock.advance(60)
+        assert (await t.wait(iid)).output == ["before", "after"]
+        # restart a complete instance: the journal is cleared and it runs again
+        await t.restart(iid)
+        await engine.scheduler.quiesce()
+        assert (await t.status(iid)).status == "waiting"
+
+
+async def test_restart_while_running_abandons_the_old_run(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Busy", {"ms": 800, "sleep": 0})
+        await t.wait(iid, statuses=frozenset({"running"}))
+        await t.restart(iid)
+        status = await t.wait(iid)
+        assert status.output == ["worked", "after"]
+        assert [s.name for s in status.steps] == ["work", "rest", "after"]
+
+
+async def test_non_determinism_stops_the_instance_naming_position_and_calls(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Drifting")
+        await engine.scheduler.quiesce()
+        clock.advance(60)
+        status = await t.wait(iid)
+        assert status.status == "errored" and status.error is not None
+        assert status.error.name == "NonDeterminismError"
+        assert "position 0" in status.error.message and "the journal has step 'roll-" in status.error.message
+
+
+async def test_step_result_limits_and_serializability(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        big = await t.wait(await t.create("BigResult", {"size": 2 * 1024 * 1024}))
+        assert big.output["caught"] == "StepResultTooLarge"
+        assert "the limit is 1 MiB" in big.output["message"]
+        fits = await t.wait(await t.create("BigResult", {"size": 1000}))
+        assert fits.output == "stored"
+        not_json = await t.wait(await t.create("NotJson"))
+        assert not_json.status == "errored" and not_json.error is not None
+        assert "step 'set' returned a value that is not JSON-serializable" in not_json.error.message
+        nested = await t.wait(await t.create("Nested"))
+        assert nested.error is not None and nested.error.name == "InvalidDurableCall"
+        long_name = await t.wait(await t.create("Named", {"name": "x" * 257}))
+        assert long_name.error is not None and "at most 256" in long_name.error.message
+
+
+async def test_step_count_limit(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, limits=Limits(max_steps_per_instance=5), deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        status = await t.wait(await t.create("Steps", {"n": 10}))
+        assert status.status == "errored" and status.error is not None
+        assert status.error.name == "StepLimitExceeded" and "5 durable calls" in status.error.message
+
+
+async def test_bad_input_gets_precise_errors(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        await t.create("Steps", {"n": 1}, id="dup")
+        with pytest.raises(InstanceAlreadyExists, match="'dup' already exists"):
+            await t.create("Steps", {"n": 1}, id="dup")
+        with pytest.raises(InstanceAlreadyExists):  # a batch with a duplicate creates nothing
+            await t.create_batch([{"workflow": "Steps", "id": "fresh"}, {"workflow": "Steps", "id": "dup"}])
+        with pytest.raises(InstanceNotFound):
+            await t.status("fresh")
+        for bad in ("", "-leading-dash", "has space", "x" * 101, "semi;colon"):
+            with pytest.raises(InvalidInput):
+                await t.create("Steps", id=bad)
+        assert len(await t.create("Steps", id="a" * 100)) == 100
+        with pytest.raises(PayloadTooLarge, match="limit is 1 MiB"):
+            await t.create("Steps", {"blob": "x" * (1024 * 1024)})
+        with pytest.raises(InvalidInput, match="JSON-serializable"):
+            await t.create("Steps", {"bad": {1, 2}})
+        with pytest.raises(UnknownWorkflow):
+            await t.create("NoSuchFlow")
+        with pytest.raises(InvalidInput, match="invalid event type"):
+            await t.send_event("dup", "bad type!", {})
+        with pytest.raises(PayloadTooLarge):
+            await t.send_event("dup", "ok", "x" * (1024 * 1024 + 1))
+        with pytest.raises(InstanceNotFound):
+            await t.pause("missing")
+        with pytest.raises(InvalidInput):
+            await t.list(status="sleeping")
+
+
+async def test_list_filters_and_cursor_paging_and_delete(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics", "u": "basics"}) as engine:
+        t, u = engine.tenant("t"), engine.tenant("u")
+        ids = await t.create_batch([{"workflow": "Steps", "params": {"n": 1}, "id": f"s{i}"} for i in range(7)])
+        await t.create("Sleeper", {"duration": "1 hour"}, id="sleepy")
+        await u.create("Steps", id="other-tenant")
+        await engine.scheduler.quiesce()
+        seen, cursor = [], None
+        while True:
+            page = await t.list(workflow="Steps", limit=3, cursor=cursor)
+            seen += [i.id for i in page.instances]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert seen == list(reversed(ids))
+        waiting = await t.list(status="waiting")
+        assert [i.id for i in waiting.instances] == ["sleepy"]
+        with pytest.raises(InstanceNotFound):  # another tenant's instance looks missing
+            await t.status("other-tenant")
+        await t.delete("s0")
+        with pytest.raises(InstanceNotFound):
+            await t.status("s0")
+
+
+async def test_logs_are_captured_once_despite_replays(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Chatty")
+        await engine.scheduler.quiesce()
+        clock.advance(1)
+        assert (await t.wait(iid)).output == "ok"
+        await engine.scheduler.quiesce()
+        await asyncio.sleep(0.1)  # log lines are written after the invocation, without waiting
+        lines = [(line.stream, line.message.strip()) for line in await t.logs(iid)]
+        assert lines == [("stdout", "hello from the guest"), ("info", "a log line"), ("stdout", "after the nap")]
+
+
+async def test_async_workflows_in_cloudflare_style(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("async-flow")
+        await engine.scheduler.quiesce()
+        clock.advance(1)
+        status = await t.wait(iid)
+        assert status.output == 3
+        assert [s.name for s in status.steps] == ["first", "second", "nap"]
+
+
+async def test_state_survives_closing_and_reopening_the_engine(tmp_path: Path, clock: ManualClock) -> None:
+    db = tmp_path / "flows.db"
+    async with open_engine(db, clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        sleeper = await t.create("Sleeper", {"duration": "1 minute"}, id="sleeper")
+        waiter = await t.create("Waiter", {"sleep_first": "1 minute"}, id="waiter")
+        await engine.scheduler.quiesce()
+        await t.send_event(waiter, "approval", {"buffered": True})
+    clock.advance(60)
+    async with open_engine(db, clock=clock) as engine:
+        t = engine.tenant("t")
+        assert (await t.wait(sleeper)).output == ["before", "after"]
+        assert (await t.wait(waiter)).output == {"type": "approval", "payload": {"buffered": True}}
+
+
+async def test_a_busy_tenant_does_not_starve_another(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, workers=2, per_tenant=1, deploy={"noisy": "basics", "quiet": "basics"}) as engine:
+        noisy, quiet = engine.tenant("noisy"), engine.tenant("quiet")
+        flood = await noisy.create_batch([{"workflow": "Busy", "params": {"ms": 100, "sleep": 0}} for _ in range(20)])
+        one = await quiet.create("Steps", {"n": 1})
+        await quiet.wait(one, timeout=60)
+        unfinished = [i for i in flood if (await noisy.status(i)).status != "complete"]
+        assert len(unfinished) >= 15  # the quiet tenant ran long before the flood drained
+        for i in flood:
+            await noisy.wait(i, timeout=120)
