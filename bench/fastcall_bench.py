@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -82,7 +83,8 @@ class WitWorld(wit_world.WitWorld):
 
 def build_component() -> Path:
     """componentize-py the bench guest, reusing a cached build of the same inputs."""
-    key = hashlib.sha256((GUEST + BENCH_WIT + WIT.read_text()).encode()).hexdigest()
+    inputs = GUEST + BENCH_WIT + WIT.read_text() + version("componentize-py")
+    key = hashlib.sha256(inputs.encode()).hexdigest()
     out = CACHE / f"{key}.wasm"
     if out.exists():
         return out

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import wasmtime
 from wasmtime import component as cm
+from wasmtime.component import _enter
 
 from tenantflow import fastcall
 from tenantflow.fastcall import add_fast_func, fast_call
@@ -218,11 +219,13 @@ def build_guest(workdir: Path) -> Path:
         (wit_dir / "probe.wit").write_text(PROBE_WIT)
         (app_dir / "app.py").write_text(GUEST_APP)
         partial = workdir / "app.wasm"
-        subprocess.run(
+        built = subprocess.run(
             [*COMPONENTIZE_PY, "-d", str(wit_dir), "-w", "probe-workflow", "componentize",
              "-p", str(app_dir), "app", "-o", str(partial)],
-            check=True, capture_output=True,
+            capture_output=True, text=True,
         )
+        if built.returncode:
+            raise RuntimeError(f"componentize-py failed:\n{built.stdout}{built.stderr}")
         partial.replace(target)
     return target
 
@@ -235,6 +238,13 @@ def engine() -> wasmtime.Engine:
 @pytest.fixture(scope="module")
 def component(engine: wasmtime.Engine, tmp_path_factory: pytest.TempPathFactory) -> cm.Component:
     return cm.Component.from_file(engine, str(build_guest(tmp_path_factory.mktemp("guest"))))
+
+
+@pytest.fixture(autouse=True)
+def _no_pending_exception() -> Iterator[None]:
+    """Every host exception was handed to its export call (none left in wasmtime-py's slot)."""
+    yield
+    assert _enter.LAST_EXCEPTION is None
 
 
 # ------------------------------------------------------------------------------ host
@@ -328,11 +338,17 @@ def run_guest(engine: wasmtime.Engine, component: cm.Component, linker: cm.Linke
     return out
 
 
-def run_calls(engine: wasmtime.Engine, component: cm.Component, host: Host, add: Adder,
-              calls: list[tuple[str, list[Any]]]) -> Any:
-    out = run_guest(engine, component, host.linker(engine, add), "calls", json.dumps(calls))
+def run_calls_on(engine: wasmtime.Engine, component: cm.Component, linker: cm.Linker,
+                 calls: list[tuple[str, list[Any]]]) -> Any:
+    """Have the guest make `calls` (function, JSON args); what each call returned, as JSON."""
+    out = run_guest(engine, component, linker, "calls", json.dumps(calls))
     assert isinstance(out, str), out  # outcome is untagged: complete(json) lifts to str
     return json.loads(out)
+
+
+def run_calls(engine: wasmtime.Engine, component: cm.Component, host: Host, add: Adder,
+              calls: list[tuple[str, list[Any]]]) -> Any:
+    return run_calls_on(engine, component, host.linker(engine, add), calls)
 
 
 # ---------------------------------------------------------------------- value shapes
@@ -646,9 +662,20 @@ def test_plans_are_per_signature(engine: wasmtime.Engine, component: cm.Componen
             assert plan.signature.matches(ty, nparams, None) is expected, (a, b)  # as export calls check
 
 
-@pytest.fixture(autouse=True)
-def _no_pending_exception() -> Iterator[None]:
-    yield
-    from wasmtime.component import _enter
+def test_plan_built_once_per_function(engine: wasmtime.Engine, component: cm.Component,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[int] = []
+    plan_init = fastcall._Plan.__init__
 
-    assert _enter.LAST_EXCEPTION is None
+    def counting_init(self: Any, *args: Any) -> None:
+        built.append(1)
+        plan_init(self, *args)
+
+    monkeypatch.setattr(fastcall._Plan, "__init__", counting_init)
+    host = Host()
+    host.answers.update({"begin-step": cm.Variant("done", "1"), "echo": lambda s: s, "sleep": None})
+    calls: list[tuple[str, list[Any]]] = [("begin-step", ["s", config()]), ("echo", ["x"]), ("sleep", ["s", 1])] * 20
+    linker = host.linker(engine, add_fast_func)
+    for _ in range(2):  # plans belong to the registered function, not to an instance
+        assert len(run_calls_on(engine, component, linker, calls)) == 60
+    assert len(built) == 3

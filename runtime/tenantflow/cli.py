@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import sys
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 import click
 from rich.console import Console
@@ -61,6 +64,217 @@ def compile_command(source: Path, output: Path | None, quiet: bool) -> None:
     click.echo(f"size: {result.size_bytes / 1_000_000:.1f} MB ({result.size_bytes} bytes)")
     click.echo(f"digest: sha256:{result.digest}")
     click.echo(f"workflows: {', '.join(result.workflows)}")
+
+
+DB_OPTION = click.option(
+    "--db",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("tenantflow.db"),
+    show_default=True,
+    envvar="TENANTFLOW_DB",
+    help="SQLite database file (created on first use).",
+)
+TENANT_OPTION = click.option("--tenant", default="default", show_default=True, envvar="TENANTFLOW_TENANT", help="Tenant that owns the instances.")
+
+
+def _json_arg(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{what} is not valid JSON: {exc}") from None
+
+
+def _run_async(coro: Any) -> Any:
+    from .errors import TenantflowError
+
+    try:
+        return asyncio.run(coro)
+    except TenantflowError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        click.echo("interrupted: the instance stays in the database and continues on the next run", err=True)
+        sys.exit(130)
+
+
+@main.command("run")
+@click.argument("component", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--workflow", "-w", required=True, help="Workflow name (see `tenantflow compile` output).")
+@click.option("--params", "-p", default="null", help="Params as JSON.")
+@click.option("--id", "instance_id", default=None, help="Instance id (default: generated).")
+@DB_OPTION
+@TENANT_OPTION
+@click.option("--fast-forward", is_flag=True, help="Skip through sleeps, retry delays and wait timeouts instantly.")
+@click.option("--event", "events", multiple=True, metavar="TYPE=JSON", help="Send an event after creating the instance (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
+def run_command(
+    component: Path, workflow: str, params: str, instance_id: str | None, db: Path, tenant: str,
+    fast_forward: bool, events: tuple[str, ...], as_json: bool,
+) -> None:
+    """Run an instance of a compiled workflow durably on a local SQLite file.
+
+    Shows each step as it completes and prints the output. Exit status 0 when the
+    instance completes, 1 when it errs or is terminated, 3 when it is left waiting.
+    """
+    parsed_params = _json_arg(params, "--params")
+    parsed_events = []
+    for spec in events:
+        event_type, sep, payload = spec.partition("=")
+        if not sep:
+            raise click.BadParameter(f"--event {spec!r}: use TYPE=JSON")
+        parsed_events.append((event_type, _json_arg(payload, f"--event {event_type}")))
+    code = _run_async(_run(component, workflow, parsed_params, instance_id, db, tenant, fast_forward, parsed_events, as_json))
+    sys.exit(code)
+
+
+async def _run(
+    component: Path, workflow: str, params: Any, instance_id: str | None, db: Path, tenant: str,
+    fast_forward: bool, events: list[tuple[str, Any]], as_json: bool,
+) -> int:
+    from .clock import ManualClock, SystemClock
+    from .console import make_console, render_describe, step_line
+    from .engine import Engine
+
+    console = make_console(stderr=True)
+    clock = ManualClock(fast_forward=True) if fast_forward else SystemClock()
+    async with Engine(db, clock=clock) as engine:
+        console.print(f"loading {component} ...", style="dim")
+        info = await engine.deploy(tenant, component.read_bytes())
+        binding = engine.tenant(tenant)
+        iid = await binding.create(workflow, params, id=instance_id, digest=info.digest)
+        console.print(f"instance [bold]{iid}[/] of {workflow} (tenant {tenant}, db {db})")
+        for event_type, payload in events:
+            await binding.send_event(iid, event_type, payload)
+        shown: dict[int, str] = {}
+        while True:
+            status = await binding.status(iid)
+            for step in status.steps:
+                if shown.get(step.seq) != step.status and step.status != "running":
+                    shown[step.seq] = step.status
+                    console.print(step_line(step))
+            if status.status in ("complete", "errored", "terminated", "paused"):
+                break
+            if status.status == "waiting" and not fast_forward and engine.scheduler.idle and status.waiting_for:
+                console.print(
+                    f"waiting for event {status.waiting_for!r}: send it with "
+                    f"`tenantflow instances send-event {iid} {status.waiting_for} JSON --db {db}` (Ctrl-C leaves it waiting durably)",
+                    style="cyan",
+                )
+                while (await binding.status(iid)).status == "waiting":
+                    await engine.scheduler.changed(0.5)
+            await engine.scheduler.changed(0.1)
+        if as_json:
+            click.echo(status.model_dump_json(indent=2))
+        else:
+            render_describe(status, console)
+            if status.output is not None:
+                click.echo(json.dumps(status.output, indent=2))
+        return {"complete": 0, "errored": 1, "terminated": 1}.get(status.status, 3)
+
+
+@main.group("instances")
+def instances() -> None:
+    """Inspect and control instances in a local database."""
+
+
+def _binding_call(db: Path, tenant: str, action: Callable[[Any], Awaitable[Any]]) -> Any:
+    from .engine import Engine
+
+    if not db.exists():
+        _fail(f"database {db} does not exist")
+
+    async def go() -> Any:
+        # No scheduler: a host (`tenantflow serve` / `run`) owning this file runs the work.
+        async with Engine(db, run_scheduler=False) as engine:
+            return await action(engine.tenant(tenant))
+
+    return _run_async(go())
+
+
+@instances.command("list")
+@DB_OPTION
+@TENANT_OPTION
+@click.option("--workflow", default=None, help="Only instances of this workflow.")
+@click.option("--status", default=None, help="Only instances with this status.")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--cursor", default=None, help="Continue from a previous page.")
+@click.option("--json", "as_json", is_flag=True)
+def list_command(db: Path, tenant: str, workflow: str | None, status: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
+    """List instances, newest first."""
+    from rich.table import Table
+
+    from .console import STATUS_STYLE, make_console
+
+    page = _binding_call(db, tenant, lambda b: b.list(workflow=workflow, status=status, limit=limit, cursor=cursor))
+    if as_json:
+        click.echo(page.model_dump_json(indent=2))
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("id", "workflow", "status", "created", "ended"):
+        table.add_column(column)
+    for item in page.instances:
+        table.add_row(item.id, item.workflow, f"[{STATUS_STYLE.get(item.status, '')}]{item.status}[/]",
+                      f"{item.created_at:%Y-%m-%d %H:%M:%S}", f"{item.ended_at:%Y-%m-%d %H:%M:%S}" if item.ended_at else "")
+    make_console().print(table)
+    if page.next_cursor:
+        click.echo(f"more: --cursor {page.next_cursor}")
+
+
+@instances.command("describe")
+@click.argument("instance_id")
+@DB_OPTION
+@TENANT_OPTION
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--logs/--no-logs", default=True, help="Show the instance's log lines.")
+def describe_command(instance_id: str, db: Path, tenant: str, as_json: bool, logs: bool) -> None:
+    """Show an instance's status and step timeline."""
+    from .console import make_console, render_describe
+
+    async def both(b: Any) -> Any:
+        return await b.status(instance_id), await b.logs(instance_id)
+
+    status, lines = _binding_call(db, tenant, both)
+    if as_json:
+        data = json.loads(status.model_dump_json())
+        data["logs"] = [json.loads(line.model_dump_json()) for line in lines]
+        click.echo(json.dumps(data, indent=2))
+        return
+    console = make_console()
+    render_describe(status, console)
+    if logs and lines:
+        console.print("\nlogs:", style="bold")
+        for line in lines:
+            console.print(f"  {line.at:%H:%M:%S} {line.stream:<7} {line.message}", markup=False)
+        if status.log_dropped_bytes:
+            console.print(f"  ({status.log_dropped_bytes} bytes dropped over the log limit)", style="yellow")
+
+
+def _control_command(name: str, help_text: str) -> None:
+    @instances.command(name, help=help_text)
+    @click.argument("instance_id")
+    @DB_OPTION
+    @TENANT_OPTION
+    def command(instance_id: str, db: Path, tenant: str) -> None:
+        new_status = _binding_call(db, tenant, lambda b: getattr(b, name)(instance_id))
+        click.echo(f"{instance_id}: {new_status}")
+
+
+_control_command("pause", "Pause an instance (at its next durable call if it is running).")
+_control_command("resume", "Resume a paused instance.")
+_control_command("terminate", "Terminate an instance wherever it is.")
+_control_command("restart", "Clear an instance's journal and run it again with the same params.")
+
+
+@instances.command("send-event")
+@click.argument("instance_id")
+@click.argument("event_type")
+@click.argument("payload", default="null")
+@DB_OPTION
+@TENANT_OPTION
+def send_event_command(instance_id: str, event_type: str, payload: str, db: Path, tenant: str) -> None:
+    """Send an event (JSON payload) to an instance."""
+    body = _json_arg(payload, "payload")
+    _binding_call(db, tenant, lambda b: b.send_event(instance_id, event_type, body))
+    click.echo(f"{instance_id}: event {event_type!r} sent")
 
 
 if __name__ == "__main__":

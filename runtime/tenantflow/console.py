@@ -28,6 +28,14 @@ STATUS_STYLE = {
 }
 
 
+def make_console(stderr: bool = False) -> Console:
+    """A console that does not wrap at 80 columns when output goes to a file or pipe."""
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, highlight=False, width=160)
+    return console
+
+
 def short_json(value: Any, limit: int = 60) -> str:
     text = json.dumps(value, separators=(",", ":"))
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -150,6 +150,7 @@ class Invocation:
         self.step_deadline = 0  # end of the running attempt's timeout (monotonic ms)
         self.logs: list[tuple[int, str, str]] = []
         self.partial: dict[str, str] = {}
+        self.raised: Optional[Exception] = None  # what a host import raised (see _carried)
         self.log_bytes = 0
         self.log_dropped = 0
 
@@ -439,6 +440,27 @@ HOST_FUNCTIONS: dict[str, Callable[..., Any]] = {
 }
 
 
+def _carried(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Carry a host import's exception across the guest on this thread.
+
+    wasmtime-py hands a Python exception from an import back to the caller through one
+    process-wide slot, so with guests on several threads an exception can surface in the
+    wrong thread. We park it on the thread's invocation instead and trap with a
+    WasmtimeError, which wasmtime-py passes through untouched."""
+
+    def host(context: Any, *args: Any) -> Any:
+        try:
+            return fn(context, *args)
+        except Exception as exc:
+            inv: Optional[Invocation] = getattr(_current, "invocation", None)
+            if inv is None:
+                raise
+            inv.raised = exc
+            raise wasmtime.WasmtimeError(f"tenantflow: host import raised {type(exc).__name__}") from None
+
+    return host
+
+
 def build_linker(engine: wasmtime.Engine) -> wc.Linker:
     """One linker per engine: WASI (nothing granted per store) plus the durable imports."""
     try:
@@ -451,9 +473,9 @@ def build_linker(engine: wasmtime.Engine) -> wc.Linker:
         with root.add_instance(DURABLE) as durable:
             for name, fn in HOST_FUNCTIONS.items():
                 if add is not None:
-                    add(durable, name, fn)
+                    add(durable, name, _carried(fn))
                 else:
-                    durable.add_func(name, fn)
+                    durable.add_func(name, _carried(fn))
     return linker
 
 
@@ -545,7 +567,12 @@ class Executor:
                 return self.settle(inv, Unwind("errored", ("ComponentError", "component does not export `run`")))
             event = _record(payload=row.params, instance_id=row.id, workflow=row.workflow, created_at=row.created_at)
             try:
-                outcome = run(store, row.workflow, event)
+                try:
+                    outcome = run(store, row.workflow, event)
+                except wasmtime.WasmtimeError:
+                    if inv.raised is not None:
+                        raise inv.raised from None
+                    raise
             except Unwind as unwind:
                 return self.settle(inv, unwind)
             except wasmtime.WasmtimeError as trap:

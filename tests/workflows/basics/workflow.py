@@ -173,3 +173,16 @@ class Named(WorkflowEntrypoint):
 
     def run(self, event, step):
         return step.do(event.payload["name"], lambda: "ok")
+
+
+class Marathon(WorkflowEntrypoint):
+    """Many steps with a short durable sleep in the middle (the crash test's workload)."""
+
+    def run(self, event, step):
+        n = event.payload["n"]
+        results = []
+        for i in range(n):
+            results.append(step.do("leg", lambda i=i: i))
+            if i == n // 2:
+                step.sleep("breather", event.payload.get("sleep", "200 ms"))
+        return results
