@@ -47,7 +47,7 @@ async def main(db: Path, component: Path, artifacts: Path, trace: Path, count: i
             await engine.deploy("crash", component.read_bytes())
         for i in range(count):
             try:
-                await tenant.create("Marathon", {"n": steps}, id=f"c{i}")
+                await tenant.create("Marathon", {"n": steps, "sleep": "1 second"}, id=f"c{i}")
             except InstanceAlreadyExists:
                 pass
         print("running", flush=True)

@@ -44,7 +44,7 @@ PROBE_WIT = """\
 package tenantflow:workflow@0.1.0;
 
 interface probe {
-  use types.{error-info, backoff};
+  use types.{error-info, backoff, step-config};
 
   flags perms { read, write, exec }
 
@@ -65,6 +65,8 @@ interface probe {
   options: func(a: option<option<u32>>, b: option<backoff>) -> option<option<u32>>;
   shapes: func(v: shape) -> shape;
   perm: func(p: perms) -> perms;
+  configs: func(c: list<step-config>) -> list<step-config>;
+  maybe-config: func(c: option<step-config>) -> option<step-config>;
 }
 
 world probe-workflow {
@@ -176,6 +178,10 @@ def call(fn, a):
         return probe.shapes(shape(a[0]))
     if fn == "perm":
         return probe.perm(perms(a[0]))
+    if fn == "configs":
+        return probe.configs([step_config(c) for c in a[0]])
+    if fn == "maybe-config":
+        return probe.maybe_config(None if a[0] is None else step_config(a[0]))
     raise ValueError(fn)
 
 
@@ -256,7 +262,7 @@ ADDERS: dict[str, Adder] = {
 }
 IMPORTS = {
     DURABLE: ["begin-step", "end-attempt", "sleep", "sleep-until", "wait-for-event", "log"],
-    PROBE: ["echo", "inc", "scalars", "lists", "results", "options", "shapes", "perm"],
+    PROBE: ["echo", "inc", "scalars", "lists", "results", "options", "shapes", "perm", "configs", "maybe-config"],
 }
 
 
@@ -372,6 +378,12 @@ def config_record(limit: int = 3, delay: int = 1000, backoff: str = "exponential
     return record(retries=record(limit=limit, delay=delay, backoff=backoff), timeout=timeout)
 
 
+def config_json(limit: int = 3, delay: int = 1000, backoff: str = "exponential", timeout: int = 60_000) -> dict[str, Any]:
+    """A step-config as the guest encodes it."""
+    policy = {"type": "RetryPolicy", "limit": limit, "delay": delay, "backoff": {"enum": backoff}}
+    return {"type": "StepConfig", "retries": policy, "timeout": timeout}
+
+
 def error_info(name: str, message: str) -> dict[str, Any]:
     return {"type": "ErrorInfo", "name": name, "message": message}
 
@@ -453,6 +465,7 @@ CASES: dict[str, Case] = {
     # probe: shapes the tenantflow WIT does not use (yet).
     "echo/unicode": Case("echo", [UNICODE], (UNICODE,), lambda s: s + "!", UNICODE + "!"),
     "echo/empty": Case("echo", [""], ("",), lambda s: s, ""),
+    "echo/nul": Case("echo", ["a\x00b"], ("a\x00b",), lambda s: s + "\x00", "a\x00b\x00"),
     "echo/long": Case("echo", ["x" * 100_000], ("x" * 100_000,), lambda s: s[::-1], "x" * 100_000),
     "inc": Case("inc", [41], (41,), lambda x: x + 1, 42),
     "inc/wraps": Case("inc", [U32_MAX], (U32_MAX,), lambda x: x + 1, 0),  # ctypes truncation
@@ -492,6 +505,16 @@ CASES: dict[str, Case] = {
     # flags are not specialised: wasmtime-py's own converters run inside the fast path.
     "perm/fallback": Case("perm", [["read", "exec"]], ({"read", "exec"},), lambda p: p, {"flags": ["exec", "read"]}),
     "perm/empty": Case("perm", [[]], (set(),), lambda p: p, {"flags": []}),
+    # Nested records as results: in a list, and as an option payload.
+    "configs": Case(
+        "configs", [[config(), config(backoff="linear", limit=U32_MAX, timeout=U64_MAX)]],
+        ([config_record(), config_record(backoff="linear", limit=U32_MAX, timeout=U64_MAX)],), lambda c: c[::-1],
+        [config_json(backoff="linear", limit=U32_MAX, timeout=U64_MAX), config_json()]),
+    "configs/empty": Case("configs", [[]], ([],), lambda c: c, []),
+    "maybe-config/none": Case("maybe-config", [None], (None,), lambda c: c, None),
+    "maybe-config/some": Case(
+        "maybe-config", [config(backoff="constant")], (config_record(backoff="constant"),), lambda c: c,
+        config_json(backoff="constant")),
 }
 
 
@@ -557,6 +580,7 @@ BAD_ANSWERS: dict[str, tuple[str, list[Any], Any]] = {
     "missing-field": ("begin-step", ["s", config()], cm.Variant("execute", record(attempt=1))),
     "payload-type": ("begin-step", ["s", config()], cm.Variant("done", 5)),
     "string-type": ("echo", ["x"], b"x"),
+    "string-surrogate": ("echo", ["x"], "\ud800"),
     "int-type": ("inc", [1], 1.0),
     "bool-type": ("scalars", [True, 0, 0, 0, 0, 0, 0, 0.0, 0.0, "c"], (1, 0, 0, 0, 0, 0, 0, 0.0, 0.0, "c")),
     "char-type": ("scalars", [True, 0, 0, 0, 0, 0, 0, 0.0, 0.0, "c"], (True, 0, 0, 0, 0, 0, 0, 0.0, 0.0, "cc")),

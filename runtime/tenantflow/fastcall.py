@@ -234,12 +234,13 @@ def _drop_template(buf: Any) -> None:
 # ------------------------------------------------------------------------ converters
 
 # Converters work on slots, addresses of `wasmtime_component_val_t`s. `lift(addr)`
-# reads the value at `addr` and never modifies it. `lower(store, val, addr)` writes
-# `val` over a `bool` slot; `fill` does the same over a slot that already holds the
-# type's skeleton (records and tuples: the entries allocated and named) and is what a
-# parent whose own skeleton contains the child's calls. A slot is always droppable:
-# a lowering that raises leaves it holding a valid (partial) value, and the slot's
-# owner (the C API for an import's result, `fast_call` for arguments) drops it.
+# reads the value at `addr` without modifying it (except in `_fallback`, which leaves
+# it as wasmtime-py does: still droppable). `lower(store, val, addr)` writes `val` over
+# a `bool` slot; `fill` does the same over a slot that already holds the type's skeleton
+# (records and tuples: entries allocated and named), which is what a parent whose own
+# skeleton contains the child calls. A slot is always droppable: a lowering that raises
+# leaves a valid (partial) value in it, and the slot's owner (the C API for an import's
+# result, `fast_call` for arguments) drops it.
 Lift = Callable[[int], Any]
 Lower = Callable[[Storelike, Any, int], None]
 
@@ -267,7 +268,7 @@ def _conv(ty: ValType) -> _Conv:
     if builder is not None:
         try:
             return builder(ty)
-        except Exception:  # noqa: BLE001 - whatever we cannot plan, wasmtime-py converts
+        except Exception:  # whatever cannot be planned is converted by wasmtime-py
             pass
     return _fallback(ty)
 

@@ -99,15 +99,17 @@ def _call_with_context(fn: Callable[..., Any]) -> Callable[[StepContext], Any]:
 def drive(awaitable: Any) -> Any:
     """Run a coroutine whose awaits all complete at once (tenantflow step methods)."""
     coro = awaitable.__await__() if not inspect.iscoroutine(awaitable) else awaitable
+    hint = "use step.sleep / step.wait_for_event instead of asyncio primitives"
     try:
         yielded = coro.send(None)
     except StopIteration as stop:
         return stop.value
+    except RuntimeError as exc:
+        if "event loop" not in str(exc):
+            raise
+        raise WorkflowDefinitionError(f"the workflow used asyncio ({exc}); there is no event loop in a workflow: {hint}") from None
     coro.close()
-    raise WorkflowDefinitionError(
-        f"the workflow awaited something other than a tenantflow step method ({yielded!r}); "
-        "use step.sleep / step.wait_for_event instead of asyncio primitives"
-    )
+    raise WorkflowDefinitionError(f"the workflow awaited something other than a tenantflow step method ({yielded!r}); {hint}")
 
 
 class Step:

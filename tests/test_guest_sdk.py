@@ -1,0 +1,202 @@
+"""The guest SDK's pure-Python logic, against a scripted host (no Wasm needed)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from typing import Any, Optional
+
+import pytest
+from enginekit import REPO
+
+sys.path.insert(0, str(REPO / "guest_sdk" / "python"))
+
+from tenantflow_guest import EventTimeoutError, NonRetryableError, StepFailedError, WorkflowDefinitionError, WorkflowEntrypoint  # noqa: E402
+from tenantflow_guest._durations import to_epoch_ms, to_ms  # noqa: E402
+from tenantflow_guest._host import Done, Execute, Failed, ReceivedEvent, StepOptions, StepState  # noqa: E402
+from tenantflow_guest._runtime import find_workflows, run_workflow  # noqa: E402
+from tenantflow_guest._step import step_options  # noqa: E402
+
+
+class ScriptedHost:
+    """Runs every step body once, records what it was told."""
+
+    def __init__(self, events: Optional[list[ReceivedEvent]] = None) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.events = events or []
+
+    def begin_step(self, name: str, options: StepOptions) -> StepState:
+        self.calls.append(("begin", name, options))
+        return Execute(1, f"key-{name}")
+
+    def end_attempt_ok(self, name: str, result_json: str) -> StepState:
+        self.calls.append(("ok", name, result_json))
+        return Done(result_json)
+
+    def end_attempt_err(self, name: str, error_name: str, message: str, retryable: bool) -> StepState:
+        self.calls.append(("err", name, error_name, message, retryable))
+        return Failed(error_name, message)
+
+    def sleep(self, name: str, duration_ms: int) -> None:
+        self.calls.append(("sleep", name, duration_ms))
+
+    def sleep_until(self, name: str, until_ms: int) -> None:
+        self.calls.append(("sleep_until", name, until_ms))
+
+    def wait_for_event(self, name: str, event_type: str, timeout_ms: Optional[int]) -> Optional[ReceivedEvent]:
+        self.calls.append(("wait", name, event_type, timeout_ms))
+        return self.events.pop(0) if self.events else None
+
+    def log(self, level: str, message: str) -> None:
+        self.calls.append(("log", level, message))
+
+
+def run(cls: type, host: ScriptedHost, payload: str = "{}") -> tuple[bool, Any]:
+    return run_workflow(cls, lambda: host, payload, "i-1", cls.__name__, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("300 ms", 300), ("10 seconds", 10_000), ("1 second", 1_000), ("5 minutes", 300_000), ("1 hour", 3_600_000),
+     ("2 days", 172_800_000), ("1.5 hours", 5_400_000), ("10s", 10_000), (250, 250), (dt.timedelta(minutes=2), 120_000)],
+)
+def test_durations(text: Any, ms: int) -> None:
+    assert to_ms(text) == ms
+
+
+@pytest.mark.parametrize("bad", ["ten seconds", "5 fortnights", -1, True, None, ""])
+def test_bad_durations_are_precise_errors(bad: Any) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        to_ms(bad)
+
+
+def test_timestamps() -> None:
+    when = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    assert to_epoch_ms(when) == to_epoch_ms(when.replace(tzinfo=None)) == to_epoch_ms("2030-01-02T03:04:05+00:00")
+    assert to_epoch_ms(when.timestamp()) == int(when.timestamp() * 1000)
+
+
+def test_defaults_are_cloudflares_and_config_forms_merge() -> None:
+    assert step_options(None, None, None) == StepOptions(5, 10_000, "exponential", 600_000)
+    merged = step_options(None, None, {"retries": {"limit": 1, "delay": "1 second", "backoff": "linear"}, "timeout": "30 seconds"})
+    assert merged == StepOptions(1, 1_000, "linear", 30_000)
+    with pytest.raises(WorkflowDefinitionError, match="backoff"):
+        step_options({"backoff": "quadratic"}, None, None)
+    with pytest.raises(WorkflowDefinitionError, match="unknown retries keys"):
+        step_options({"tries": 3}, None, None)
+
+
+def test_step_bodies_get_context_only_when_they_ask() -> None:
+    seen: list[Any] = []
+
+    class Flow(WorkflowEntrypoint):
+        def run(self, event, step):  # type: ignore[no-untyped-def]
+            step.do("plain", lambda: seen.append("plain"))
+            step.do("ctx", lambda ctx: seen.append((ctx.attempt, ctx.step_name, ctx.idempotency_key)))
+            step.do("default-arg", lambda i=7: seen.append(i))
+
+            def keyword_only(*, ctx):  # type: ignore[no-untyped-def]
+                seen.append(ctx.step_name)
+
+            step.do("kw", keyword_only)
+
+            @step.do
+            def decorated() -> int:
+                return 41
+
+            return decorated() + 1
+
+    ok, value = run(Flow, ScriptedHost())
+    assert (ok, value) == (True, "42")
+    assert seen == ["plain", (1, "ctx", "key-ctx"), 7, "kw"]
+
+
+def test_errors_become_attempt_failures_and_outcomes() -> None:
+    class Flow(WorkflowEntrypoint):
+        def run(self, event, step):  # type: ignore[no-untyped-def]
+            try:
+                step.do("flaky", lambda: 1 / 0)
+            except StepFailedError as exc:
+                assert exc.error_name == "ZeroDivisionError"
+            try:
+                step.do("fatal", lambda: (_ for _ in ()).throw(NonRetryableError("nope")))
+            except NonRetryableError as exc:
+                assert str(exc) == "nope"
+            step.do("unserializable", lambda: object())
+
+    host = ScriptedHost()
+    ok, value = run(Flow, host)
+    assert not ok and value[0] == "TypeError" and "step 'unserializable'" in value[1]
+    errs = [c for c in host.calls if c[0] == "err"]
+    assert [(c[1], c[2], c[4]) for c in errs] == [("flaky", "ZeroDivisionError", True), ("fatal", "NonRetryableError", False), ("unserializable", "TypeError", False)]
+
+
+def test_waits_sleeps_and_timeouts() -> None:
+    class Flow(WorkflowEntrypoint):
+        def run(self, event, step):  # type: ignore[no-untyped-def]
+            step.sleep("nap", "2 minutes")
+            step.sleep_until("alarm", dt.datetime(2030, 1, 1))
+            got = step.wait_for_event("first", type="go", timeout="1 hour")
+            try:
+                step.wait_for_event("second", type="go")
+            except EventTimeoutError as exc:
+                return {"first": got.payload, "type": got.type, "timeout": str(exc)}
+
+    host = ScriptedHost([ReceivedEvent("go", '{"n": 1}', 5)])
+    ok, value = run(Flow, host)
+    assert ok, value
+    assert host.calls[:2] == [("sleep", "nap", 120_000), ("sleep_until", "alarm", 1_893_456_000_000)]
+    assert host.calls[2:] == [("wait", "first", "go", 3_600_000), ("wait", "second", "go", None)]
+
+
+def test_async_workflows_and_foreign_awaits() -> None:
+    import asyncio
+
+    class Good(WorkflowEntrypoint):
+        async def run(self, event, step):  # type: ignore[no-untyped-def]
+            @step.do("one")
+            async def one() -> int:
+                return 1
+
+            two = await step.do("two", lambda: 2)
+            await step.sleep("nap", 10)
+            return await one() + two
+
+    class Bad(WorkflowEntrypoint):
+        async def run(self, event, step):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(1)
+
+    class Yielding:
+        def __await__(self):  # type: ignore[no-untyped-def]
+            yield "tick"
+
+    class Foreign(WorkflowEntrypoint):
+        async def run(self, event, step):  # type: ignore[no-untyped-def]
+            await Yielding()
+
+    assert run(Good, ScriptedHost()) == (True, "3")
+    for flow in (Bad, Foreign):
+        ok, value = run(flow, ScriptedHost())
+        assert not ok and value[0] == "WorkflowDefinitionError" and "step.sleep" in value[1]
+
+
+def test_workflow_discovery_names_and_duplicates() -> None:
+    import types
+
+    module = types.ModuleType("tenant")
+
+    class A(WorkflowEntrypoint):
+        pass
+
+    class B(WorkflowEntrypoint):
+        name = "custom-b"
+
+    module.A, module.B = A, B  # type: ignore[attr-defined]
+    assert sorted(find_workflows(module)) == ["A", "custom-b"]
+
+    class C(WorkflowEntrypoint):
+        name = "A"
+
+    module.C = C  # type: ignore[attr-defined]
+    with pytest.raises(WorkflowDefinitionError, match="two workflow classes"):
+        find_workflows(module)
