@@ -111,6 +111,7 @@ def invoke(acme: tuple[wasmtime.Engine, wc.Component], host: MemoryHost, workflo
     with linker.root() as root, root.add_instance("tenantflow:workflow/durable@0.1.0") as durable:
         for name in ("begin-step", "end-attempt", "sleep", "sleep-until", "wait-for-event", "log"):
             durable.add_func(name, getattr(host, name.replace("-", "_")))
+    linker.define_unknown_imports_as_traps(component)  # children, capabilities: unused here
     store = wasmtime.Store(engine)
     store.set_wasi(wasmtime.WasiConfig())
     watch_store(store, lambda: None)  # epoch interruption is on: never stop this guest

@@ -25,6 +25,7 @@ from .errors import HostBusy, InstanceNotFound, InvalidInput, UnknownWorkflow
 from .executor import Executor, build_linker
 from .isolates import IsolateCache
 from .limits import Limits, check_event_type, check_instance_id, check_tenant, check_workflow_name, encode_json
+from .policy import DEFAULT_POLICY, TenantPolicy
 from .models import ComponentInfo, InstancePage, InstanceStatus, InstanceSummary, LogLine, instance_status, ts
 from .registry import ComponentStore, digest_of
 from .sandbox import EpochTicker, SandboxConfig, make_engine
@@ -74,6 +75,8 @@ class Engine:
         self.host_id = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._opened = False
         self._lock_file: Optional[IO[str]] = None
+        self._policies: dict[str, TenantPolicy] = {}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
 
     # ---- lifecycle -------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":
@@ -85,6 +88,7 @@ class Engine:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._loop = asyncio.get_running_loop()
         if self.run_scheduler:
             self._take_host_lock()
         await asyncio.to_thread(migrate, self.path)
@@ -104,7 +108,8 @@ class Engine:
             limits=self.limits,
             host_id=self.host_id,
             load_component_bytes=self.components.get,
-            memory_for=lambda tenant: self.limits.memory_bytes,
+            policy_for=self.policy_for,
+            wake=self._wake_threadsafe,
         )
         self.scheduler = Scheduler(self.executor, self.clock, workers=self.workers, per_tenant=self.per_tenant_concurrency)
         self._opened = True
@@ -137,6 +142,18 @@ class Engine:
         handle.write(self.host_id)
         handle.flush()
         self._lock_file = handle
+
+    # ---- tenant policy ---------------------------------------------------------------
+    def set_policy(self, tenant: str, policy: TenantPolicy) -> None:
+        """Grant a tenant capabilities and limits (egress, secrets, memory)."""
+        self._policies[check_tenant(tenant)] = policy
+
+    def policy_for(self, tenant: str) -> TenantPolicy:
+        return self._policies.get(tenant, DEFAULT_POLICY)
+
+    def _wake_threadsafe(self, pk: int, tenant: str) -> None:
+        if self.run_scheduler and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.scheduler.make_ready, pk, tenant)
 
     # ---- plumbing shared by bindings -------------------------------------------------
     async def read(self, query: jn.Query[T]) -> T:

@@ -25,11 +25,14 @@ from .clock import Clock
 from .database import GroupCommitWriter, Readers
 from .isolates import IsolateCache
 from .limits import EVENT_TYPE, Limits, format_bytes
+from .policy import DEFAULT_POLICY, TenantPolicy
 from .sandbox import INTERRUPTED, new_store
 
 WIT_PACKAGE = "tenantflow:workflow"
 WIT_VERSION = "0.1.0"
 DURABLE = f"{WIT_PACKAGE}/durable@{WIT_VERSION}"
+CHILDREN = f"{WIT_PACKAGE}/children@{WIT_VERSION}"
+CAPABILITIES = f"{WIT_PACKAGE}/capabilities@{WIT_VERSION}"
 
 
 class Unwind(Exception):
@@ -111,8 +114,24 @@ def _get(record: Any, field_name: str) -> Any:
     return getattr(record, field_name)
 
 
-def _error_info(name: str, message: str) -> wc.Record:
+def error_info(name: str, message: str) -> wc.Record:
     return _record(name=name, message=message)
+
+
+def record(**fields: Any) -> wc.Record:
+    """A WIT record value (field names with '_' become the WIT's '-')."""
+    return _record(**fields)
+
+
+# `result<T, error-info>` crosses untagged when T is not a record (list, string, none),
+# tagged (a Variant) when T is a record too: wasmtime-py's rule for variant-likes.
+def ok(value: Any, tagged: bool) -> Any:
+    return wc.Variant("ok", value) if tagged else value
+
+
+def err(name: str, message: str, tagged: bool) -> Any:
+    info = error_info(name, message)
+    return wc.Variant("err", info) if tagged else info
 
 
 # step-state is "tagged" in wasmtime-py's sense (two cases carry records), so it crosses as
@@ -122,7 +141,7 @@ def _done(result: str) -> wc.Variant:
 
 
 def _failed(name: str, message: str) -> wc.Variant:
-    return wc.Variant("failed", _error_info(name, message))
+    return wc.Variant("failed", error_info(name, message))
 
 
 def _execute(attempt: int, key: str) -> wc.Variant:
@@ -151,6 +170,7 @@ class Invocation:
         self.logs: list[tuple[int, str, str]] = []
         self.partial: dict[str, str] = {}
         self.raised: Optional[Exception] = None  # what a host import raised (see _carried)
+        self.policy: TenantPolicy = executor.policy_for(row.tenant)
         self.log_bytes = 0
         self.log_dropped = 0
 
@@ -364,6 +384,23 @@ class Invocation:
         data = json.loads(result)
         return _record(event_type=data["type"], payload=json.dumps(data["payload"]), timestamp=data["timestamp"])
 
+    # ---- other durable calls (children, capabilities outside steps) ------------------
+    @property
+    def in_step(self) -> bool:
+        return self.step is not None
+
+    def durable_call(self, kind: str, name: str, compute: Callable[[], str]) -> str:
+        """A call answered once and journaled (JSON text); replays get the recorded answer."""
+        entry = self.next_call(kind, name)
+        if entry is not None and entry.status == "done":
+            return entry.result or "null"
+        now = self.now()
+        result = compute()
+        entry = jn.JournalEntry(seq=self.seq - 1, kind=kind, name=name, status="done", result=result, started_at=now, ended_at=self.now())
+        self.journal.append(entry)
+        self.commit(jn.record_entry(self.row.pk, self.generation, entry, now=entry.ended_at or now))
+        return result
+
     # ---- logs ------------------------------------------------------------------------
     def log(self, stream: str, message: str) -> None:
         if self.seq < self.replay_len and stream != "host":
@@ -430,6 +467,11 @@ def _host_log(_: Any, level: str, message: str) -> None:
         inv.log(str(level), message)
 
 
+def current_invocation() -> Invocation:
+    """The invocation running on this thread (for host imports defined in other modules)."""
+    return _invocation()
+
+
 HOST_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "begin-step": _host_begin_step,
     "end-attempt": _host_end_attempt,
@@ -462,7 +504,10 @@ def _carried(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def build_linker(engine: wasmtime.Engine) -> wc.Linker:
-    """One linker per engine: WASI (nothing granted per store) plus the durable imports."""
+    """One linker per engine: WASI (nothing granted per store) plus the tenantflow imports."""
+    from . import capabilities, children
+
+    interfaces = {DURABLE: HOST_FUNCTIONS, CHILDREN: children.HOST_FUNCTIONS, CAPABILITIES: capabilities.HOST_FUNCTIONS}
     try:
         from .fastcall import add_fast_func as add
     except ImportError:  # pragma: no cover - the stock path is always correct, only slower
@@ -470,12 +515,13 @@ def build_linker(engine: wasmtime.Engine) -> wc.Linker:
     linker = wc.Linker(engine)
     linker.add_wasip2()
     with linker.root() as root:
-        with root.add_instance(DURABLE) as durable:
-            for name, fn in HOST_FUNCTIONS.items():
-                if add is not None:
-                    add(durable, name, _carried(fn))
-                else:
-                    durable.add_func(name, _carried(fn))
+        for interface, functions in interfaces.items():
+            with root.add_instance(interface) as instance:
+                for name, fn in functions.items():
+                    if add is not None:
+                        add(instance, name, _carried(fn))
+                    else:
+                        instance.add_func(name, _carried(fn))
     return linker
 
 
@@ -505,7 +551,9 @@ class Executor:
     host_id: str
     load_component_bytes: Callable[[str], bytes]
     lease_ms: int = 60_000
-    memory_for: Callable[[str], int] = field(default=lambda tenant: 256 * 1024 * 1024)
+    policy_for: Callable[[str], TenantPolicy] = field(default=lambda tenant: DEFAULT_POLICY)
+    # Thread-safe: make an instance runnable (a child's event, a parent's join).
+    wake: Callable[[int, str], None] = field(default=lambda pk, tenant: None)
 
     def instantiate(self, digest: str, inv: Optional[Invocation], memory_bytes: int) -> tuple[wasmtime.Store, wc.Instance]:
         component = self.cache.get(digest, lambda: self.load_component_bytes(digest))
@@ -558,7 +606,7 @@ class Executor:
         self.cache.stats.live_instances += 1
         try:
             try:
-                store, instance = self.instantiate(row.digest, inv, self.memory_for(row.tenant))
+                store, instance = self.instantiate(row.digest, inv, inv.policy.memory_bytes or self.limits.memory_bytes)
             except Exception as exc:  # noqa: BLE001 - a component that cannot load errs its instance
                 return self.settle(inv, Unwind("errored", ("ComponentError", f"could not load the workflow's component: {exc}")))
             inv.store = store

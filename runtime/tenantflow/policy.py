@@ -1,0 +1,27 @@
+"""What a tenant's guests may use: egress allow-list, secrets, resource limits.
+
+Set by the platform (from a tenant manifest or its own configuration) and read by the
+host on every capability call; the guest never sees or changes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class TenantPolicy:
+    # Hosts guests may fetch: exact host names or "*.suffix" patterns.
+    egress: tuple[str, ...] = ()
+    # Secrets by name (values stay on the host; never journaled).
+    secrets: dict[str, str] = field(default_factory=dict)
+    # Per-instance memory cap; None means the engine's default.
+    memory_bytes: Optional[int] = None
+    # Outbound HTTP limits.
+    http_timeout_ms: int = 30_000
+    http_max_response_bytes: int = 10 * 1024 * 1024
+    http_max_redirects: int = 5
+
+
+DEFAULT_POLICY = TenantPolicy()
