@@ -16,6 +16,7 @@ from components import build_component
 from enginekit import ARTIFACTS, REPO
 from wasmtime import component as wc
 
+from tenantflow import capabilities, children
 from tenantflow.isolates import IsolateCache
 from tenantflow.registry import digest_of
 from tenantflow.sandbox import SandboxConfig, make_engine, watch_store
@@ -108,10 +109,14 @@ def invoke(acme: tuple[wasmtime.Engine, wc.Component], host: MemoryHost, workflo
     host.seq = 0
     linker = wc.Linker(engine)
     linker.add_wasip2()
-    with linker.root() as root, root.add_instance("tenantflow:workflow/durable@0.1.0") as durable:
-        for name in ("begin-step", "end-attempt", "sleep", "sleep-until", "wait-for-event", "log"):
-            durable.add_func(name, getattr(host, name.replace("-", "_")))
-    linker.define_unknown_imports_as_traps(component)  # children, capabilities: unused here
+    with linker.root() as root:
+        with root.add_instance("tenantflow:workflow/durable@0.1.0") as durable:
+            for name in ("begin-step", "end-attempt", "sleep", "sleep-until", "wait-for-event", "log"):
+                durable.add_func(name, getattr(host, name.replace("-", "_")))
+        for interface, functions in (("children", children.HOST_FUNCTIONS), ("capabilities", capabilities.HOST_FUNCTIONS)):
+            with root.add_instance(f"tenantflow:workflow/{interface}@0.1.0") as unused:  # not called here
+                for name, fn in functions.items():
+                    unused.add_func(name, fn)
     store = wasmtime.Store(engine)
     store.set_wasi(wasmtime.WasiConfig())
     watch_store(store, lambda: None)  # epoch interruption is on: never stop this guest

@@ -22,7 +22,7 @@ import aiosqlite
 T = TypeVar("T")
 WriteOp = Callable[[sqlite3.Connection], T]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry migrates from version i to i+1.
 MIGRATIONS: list[str] = [
@@ -66,8 +66,10 @@ MIGRATIONS: list[str] = [
         lease_until INTEGER,
         log_bytes INTEGER NOT NULL DEFAULT 0,
         log_dropped INTEGER NOT NULL DEFAULT 0,
+        parent_pk INTEGER,                 -- the instance that started this one as a child
         UNIQUE (tenant, id)
     );
+    CREATE INDEX instances_by_parent ON instances(parent_pk) WHERE parent_pk IS NOT NULL;
     CREATE INDEX instances_active ON instances(status) WHERE status IN ('queued','running','waiting','waitingForPause');
     CREATE INDEX instances_by_tenant ON instances(tenant, pk);
     CREATE TABLE journal (
@@ -104,6 +106,23 @@ MIGRATIONS: list[str] = [
         message TEXT NOT NULL
     );
     CREATE INDEX logs_by_instance ON logs(instance_pk, pk);
+    """,
+    # 2: tenants and API keys (tenantflow.auth). Only the sha256 of a key is stored.
+    """
+    CREATE TABLE tenants (
+        name TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,               -- public key id, part of the token
+        tenant TEXT,                       -- NULL for platform-admin keys
+        role TEXT NOT NULL,                -- tenant-developer | tenant-readonly | platform-admin
+        token_sha256 TEXT NOT NULL,        -- hex sha256 of the whole token
+        description TEXT NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE INDEX api_keys_by_tenant ON api_keys(tenant);
     """,
 ]
 

@@ -86,6 +86,10 @@ class Engine:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def is_open(self) -> bool:
+        return self._opened
+
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._loop = asyncio.get_running_loop()
@@ -297,6 +301,10 @@ class TenantBinding:
     async def _control(self, op: Callable[[Any], jn.ControlResult]) -> str:
         result = await self.engine.write(op)
         self.engine._after_control(result)
+        if result.status == "terminated" and self.engine.run_scheduler:
+            parent = await self.engine.read(jn.parent_query(result.pk))
+            if parent is not None:  # a parent joining this child must see it end
+                self.engine.scheduler.make_ready(*parent)
         return result.status
 
     async def pause(self, instance_id: str) -> str:

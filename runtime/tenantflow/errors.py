@@ -55,3 +55,15 @@ class HostBusy(TenantflowError):
     """Another host process runs the scheduler on this database."""
 
     code = "host_busy"
+
+
+class Unauthenticated(TenantflowError):
+    """No credentials, or credentials that name no valid (unrevoked) key."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(TenantflowError):
+    """Authenticated, but this principal may not do this action on this tenant."""
+
+    code = "forbidden"

@@ -71,6 +71,7 @@ class InvocationResult:
     wake_at: Optional[int] = None
     waiting_for: Optional[str] = None
     error: Optional[tuple[str, str]] = None
+    parent: Optional[tuple[int, str]] = None  # (pk, tenant) to wake when this child finished
 
 
 @dataclass
@@ -650,13 +651,14 @@ class Executor:
     def settle(self, inv: Invocation, unwind: Optional[Unwind], output: Optional[str] = None) -> InvocationResult:
         """Make the invocation's end durable and tell the scheduler what comes next."""
         pk, gen, now = inv.row.pk, inv.generation, self.clock.now_ms()
+        parent = (inv.row.parent_pk, inv.row.tenant) if inv.row.parent_pk is not None else None
         try:
             if unwind is None:
                 self.writer.run(jn.finish(pk, gen, "complete", output, None, now))
-                return InvocationResult("complete")
+                return InvocationResult("complete", parent=parent)
             if unwind.reason == "errored":
                 self.writer.run(jn.finish(pk, gen, "errored", None, unwind.error, now))
-                return InvocationResult("errored", error=unwind.error)
+                return InvocationResult("errored", error=unwind.error, parent=parent)
         except jn.Fenced:
             pass
         if unwind is not None and unwind.reason in ("waiting", "paused") and unwind.status:

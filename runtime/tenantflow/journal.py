@@ -24,7 +24,7 @@ STATUSES = ("queued", "running", "paused", "waitingForPause", "waiting", "errore
 
 INSTANCE_COLUMNS = (
     "pk, tenant, id, workflow, digest, params, metadata, status, output, error_name, error_message, "
-    "created_at, updated_at, started_at, ended_at, wake_at, waiting_for, pause_requested, generation, log_bytes, log_dropped"
+    "created_at, updated_at, started_at, ended_at, wake_at, waiting_for, pause_requested, generation, log_bytes, log_dropped, parent_pk"
 )
 JOURNAL_COLUMNS = "seq, kind, name, status, attempts, result, error_name, error_message, wake_at, event_type, started_at, ended_at, history"
 
@@ -56,6 +56,7 @@ class InstanceRow:
     generation: int
     log_bytes: int
     log_dropped: int
+    parent_pk: Optional[int] = None
 
 
 @dataclass
@@ -92,6 +93,7 @@ class NewInstance:
     params: str
     metadata: Optional[str]
     created_at: int
+    parent_pk: Optional[int] = None
 
 
 def _instance(row: Iterable[Any]) -> InstanceRow:
@@ -198,9 +200,9 @@ def insert_instances(new: list[NewInstance]) -> Callable[[sqlite3.Connection], l
         for inst in new:
             try:
                 cur = conn.execute(
-                    "INSERT INTO instances (tenant, id, workflow, digest, params, metadata, status, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-                    (inst.tenant, inst.id, inst.workflow, inst.digest, inst.params, inst.metadata, inst.created_at, inst.created_at),
+                    "INSERT INTO instances (tenant, id, workflow, digest, params, metadata, status, created_at, updated_at, parent_pk) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                    (inst.tenant, inst.id, inst.workflow, inst.digest, inst.params, inst.metadata, inst.created_at, inst.created_at, inst.parent_pk),
                 )
             except sqlite3.IntegrityError:
                 raise InstanceAlreadyExists(inst.id) from None
@@ -464,3 +466,51 @@ def record_deployment(tenant: str, digest: str, workflows: list[str], now: int) 
         )
 
     return op
+
+
+
+def parent_of(conn: sqlite3.Connection, pk: int) -> Optional[tuple[int, str]]:
+    """(pk, tenant) of the instance that started `pk` as a child, if any."""
+    row = conn.execute("SELECT p.pk, p.tenant FROM instances c JOIN instances p ON p.pk = c.parent_pk WHERE c.pk=?", (pk,)).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def parent_query(pk: int) -> Query[Optional[tuple[int, str]]]:
+    return Query(
+        "SELECT p.pk, p.tenant FROM instances c JOIN instances p ON p.pk = c.parent_pk WHERE c.pk=?",
+        (pk,),
+        lambda rows: (rows[0][0], rows[0][1]) if rows else None,
+    )
+
+
+# ---- reads for the HTTP API (deployments, metrics) -----------------------------------
+
+@dataclass
+class Deployment:
+    workflow: str
+    digest: str
+    deployed_at: int
+    size: int
+
+
+def deployments_query(tenant: str) -> Query[list[Deployment]]:
+    """Every deployment of `tenant`, oldest first (the last one per workflow is current)."""
+    return Query(
+        "SELECT d.workflow, d.digest, d.deployed_at, COALESCE(c.size, 0) FROM deployments d "
+        "LEFT JOIN components c ON c.digest = d.digest WHERE d.tenant=? ORDER BY d.pk",
+        (tenant,),
+        lambda rows: [Deployment(*r) for r in rows],
+    )
+
+
+def status_counts_query() -> Query[dict[str, int]]:
+    return Query("SELECT status, COUNT(*) FROM instances GROUP BY status", (), lambda rows: {str(r[0]): int(r[1]) for r in rows})
+
+
+def step_timings_query(pk: int, ended_after: int) -> Query[list[tuple[int, int]]]:
+    """(started_at, ended_at) of the steps of instance `pk` that ended after `ended_after`."""
+    return Query(
+        "SELECT started_at, ended_at FROM journal WHERE instance_pk=? AND kind='step' AND ended_at > ? AND started_at IS NOT NULL",
+        (pk, ended_after),
+        lambda rows: [(int(r[0]), int(r[1])) for r in rows],
+    )

@@ -29,7 +29,8 @@ class StepInfo(BaseModel):
     """One durable call in the instance's history, in order."""
 
     seq: int
-    kind: Literal["step", "sleep", "event"]
+    # step | sleep | event, children | join | child-status | child-event, fetch
+    kind: str
     name: str
     status: str  # running | done | failed | retrying | waiting | timed_out
     attempts: int = 0
@@ -96,7 +97,7 @@ def _json(text: Optional[str]) -> Any:
 def step_info(e: JournalEntry) -> StepInfo:
     return StepInfo(
         seq=e.seq,
-        kind=e.kind,  # type: ignore[arg-type]
+        kind=e.kind,
         name=e.name,
         status=e.status,
         attempts=e.attempts,

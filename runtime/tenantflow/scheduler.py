@@ -129,6 +129,11 @@ class Scheduler:
     def running_count(self) -> int:
         return len(self._running)
 
+    @property
+    def active(self) -> bool:
+        """Started and not closing (readiness probes)."""
+        return self._task is not None and not self._task.done() and not self._closing
+
     # ---- dispatch --------------------------------------------------------------------
     def _pump(self) -> None:
         while len(self._running) < self.workers and self._ring:
@@ -184,6 +189,8 @@ class Scheduler:
         asyncio.ensure_future(self._notify())
 
     def _route(self, pk: int, tenant: str, result: InvocationResult, dirty: bool) -> None:
+        if result.parent is not None:  # a finished child wakes its parent (a join re-checks)
+            self.make_ready(*result.parent)
         if result.status in ("queued", "running", "waitingForPause"):
             self.make_ready(pk, tenant)
         elif result.status == "waiting":

@@ -9,11 +9,17 @@
             return greeting
 """
 
+from ._children import ChildFailedError, ChildHandle, ChildOutcome, ChildStatus, ChildWorkflowError
 from ._entrypoint import WorkflowEntrypoint
 from ._errors import EventTimeoutError, NonRetryableError, NoWorkflowsError, StepFailedError, WorkflowDefinitionError
 from ._step import Event, StepContext, WorkflowEvent
 
 __all__ = [
+    "ChildFailedError",
+    "ChildHandle",
+    "ChildOutcome",
+    "ChildStatus",
+    "ChildWorkflowError",
     "Event",
     "EventTimeoutError",
     "NoWorkflowsError",

@@ -8,7 +8,7 @@ Keeping the SDK on this narrow protocol lets it be exercised without Wasm too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol, Union
+from typing import Any, Optional, Protocol, Union
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,39 @@ class ReceivedEvent:
     timestamp_ms: int
 
 
+@dataclass(frozen=True)
+class ChildSpec:
+    workflow: str
+    params_json: str
+    id: Optional[str]
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    """How a child ended: `ok` with its output (JSON), or its error."""
+
+    ok: bool
+    output_json: Optional[str] = None
+    error_name: str = ""
+    error_message: str = ""
+
+
+@dataclass(frozen=True)
+class ChildState:
+    status: str
+    output_json: Optional[str]
+    error: Optional[tuple[str, str]]
+
+
+class HostCallError(Exception):
+    """A host call answered with an error (denied, not found, invalid)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.message = message
+
+
 class Host(Protocol):
     def begin_step(self, name: str, options: StepOptions) -> StepState: ...
 
@@ -61,15 +94,26 @@ class Host(Protocol):
 
     def log(self, level: str, message: str) -> None: ...
 
+    def start_children(self, name: str, specs: list[ChildSpec]) -> list[str]: ...
+
+    def join_children(self, name: str, ids: list[str], timeout_ms: Optional[int]) -> list[ChildResult]: ...
+
+    def child_status(self, name: str, child_id: str) -> ChildState: ...
+
+    def child_send_event(self, name: str, child_id: str, event_type: str, payload_json: str) -> None: ...
+
 
 class WitHost:
     """`Host` over the component's `tenantflow:workflow/durable` imports."""
 
     def __init__(self) -> None:
-        from wit_world.imports import durable, types  # only importable inside a component
+        from componentize_py_types import Err
+        from wit_world.imports import children, durable, types  # only importable inside a component
 
         self._durable = durable
+        self._children = children
         self._types = types
+        self._Err = Err
         self._backoff = {
             "constant": types.Backoff.CONSTANT,
             "linear": types.Backoff.LINEAR,
@@ -123,3 +167,29 @@ class WitHost:
 
     def log(self, level: str, message: str) -> None:
         self._durable.log(self._levels[level], message)
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except self._Err as exc:
+            raise HostCallError(exc.value.name, exc.value.message) from None
+
+    def start_children(self, name: str, specs: list[ChildSpec]) -> list[str]:
+        wit_specs = [self._children.ChildSpec(s.workflow, s.params_json, s.id) for s in specs]
+        return list(self._call(self._children.start, name, wit_specs))
+
+    def join_children(self, name: str, ids: list[str], timeout_ms: Optional[int]) -> list[ChildResult]:
+        results = []
+        for r in self._call(self._children.join, name, ids, timeout_ms):
+            if isinstance(r, self._children.ChildResult_Complete):
+                results.append(ChildResult(True, r.value))
+            else:
+                results.append(ChildResult(False, None, r.value.name, r.value.message))
+        return results
+
+    def child_status(self, name: str, child_id: str) -> ChildState:
+        st = self._call(self._children.status, name, child_id)
+        return ChildState(st.status, st.output, (st.error.name, st.error.message) if st.error else None)
+
+    def child_send_event(self, name: str, child_id: str, event_type: str, payload_json: str) -> None:
+        self._call(self._children.send_event, name, child_id, event_type, payload_json)

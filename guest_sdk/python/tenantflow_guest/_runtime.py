@@ -67,7 +67,8 @@ def build_world(module: ModuleType) -> type:
     workflows = find_workflows(module)
     # componentize-py snapshots the interpreter after this import-time call: modules the
     # guest needs later (the generated bindings included) must be imported now.
-    from wit_world.imports import durable, types  # noqa: F401
+    import componentize_py_types  # noqa: F401
+    from wit_world.imports import children, durable, types  # noqa: F401
 
     class WitWorld:
         def workflows(self) -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 
 from ._durations import from_epoch_ms, to_epoch_ms, to_ms
 from ._errors import EventTimeoutError, NonRetryableError, StepFailedError, WorkflowDefinitionError
+from ._children import Workflows
 from ._host import Done, Execute, Failed, Host, StepOptions, StepState
 
 # Cloudflare Workflows' defaults.
@@ -117,6 +118,7 @@ class Step:
 
     def __init__(self, host: Host) -> None:
         self._host = host
+        self.workflows = Workflows(host)
 
     def do(
         self,
@@ -219,6 +221,7 @@ class AsyncStep:
 
     def __init__(self, step: Step) -> None:
         self._step = step
+        self.workflows = step.workflows  # synchronous: results are ready when returned
 
     def do(self, name: Any = None, fn: Optional[Callable[..., Any]] = None, **kwargs: Any) -> Any:
         if fn is not None:

@@ -1,0 +1,81 @@
+"""Child workflows: fan-out, joins, events, failures, and the tenant boundary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from enginekit import open_engine
+
+from tenantflow.clock import ManualClock
+
+
+async def test_fan_out_of_20_children_awaited_by_a_parent(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with open_engine(tmp_path / "flows.db", clock=clock, workers=4, deploy={"t": "family"}) as engine:
+        t = engine.tenant("t")
+        parent = await t.create("FanOut", {"n": 20, "sleep": "1 minute"}, id="parent")
+        await engine.scheduler.quiesce()
+        assert (await t.status(parent)).status == "waiting"
+        children = [i for i in (await t.list(workflow="Child", limit=100)).instances]
+        assert len(children) == 20 and all(c.status == "waiting" for c in children)
+        clock.advance(60)
+        status = await t.wait(parent, timeout=120)
+        assert status.status == "complete"
+        assert status.output == {"sum": sum(i * i for i in range(20)), "squares": [i * i for i in range(20)]}
+        assert [s.kind for s in status.steps] == ["children", "join"]
+        # replays did not create children twice
+        assert len((await t.list(workflow="Child", limit=100)).instances) == 20
+
+
+async def test_join_reports_failed_children_and_result_raises(tmp_path: Path) -> None:
+    async with open_engine(tmp_path / "flows.db", deploy={"t": "family"}) as engine:
+        t = engine.tenant("t")
+        status = await t.wait(await t.create("Supervisor", {"good_id": "good-one"}))
+        assert status.status == "complete", status.error
+        assert status.output["good"] == 9 and status.output["bad_ok"] is False
+        assert status.output["caught"] == ["ValueError", "child 4 failed"]
+        assert (await t.status("good-one")).status == "complete"
+
+
+async def test_events_and_status_of_children(tmp_path: Path) -> None:
+    async with open_engine(tmp_path / "flows.db", deploy={"t": "family"}) as engine:
+        t = engine.tenant("t")
+        status = await t.wait(await t.create("Sender"))
+        assert status.status == "complete", status.error
+        assert status.output["child_said"] == {"do": "it"}
+        assert status.output["first_status"] in ("queued", "running", "waiting")
+
+
+async def test_guest_cannot_reach_another_tenants_instance(tmp_path: Path) -> None:
+    async with open_engine(tmp_path / "flows.db", deploy={"victim": "family", "mallory": "family"}) as engine:
+        victim, mallory = engine.tenant("victim"), engine.tenant("mallory")
+        await victim.create("Listener", id="secret-instance")
+        status = await mallory.wait(await mallory.create("Crosser", {"target": "secret-instance"}))
+        missing = await mallory.wait(await mallory.create("Crosser", {"target": "never-existed"}))
+        same = {k: [v[0], v[1].replace("never-existed", "secret-instance")] for k, v in missing.output.items()}
+        assert status.output == same  # indistinguishable from a missing instance
+        assert status.output["status"] == ["InstanceNotFound", "instance 'secret-instance' not found"]
+        assert (await victim.status("secret-instance")).status == "waiting"  # untouched
+
+
+async def test_unknown_child_workflow_is_a_catchable_error(tmp_path: Path) -> None:
+    async with open_engine(tmp_path / "flows.db", deploy={"t": "family"}) as engine:
+        t = engine.tenant("t")
+        status = await t.wait(await t.create("Unknown"))
+        assert status.output == ["UnknownWorkflow", "tenant 't' has no workflow 'NoSuchWorkflow'"]
+
+
+async def test_terminating_a_child_wakes_its_joining_parent(tmp_path: Path) -> None:
+    async with open_engine(tmp_path / "flows.db", deploy={"t": "family"}) as engine:
+        t = engine.tenant("t")
+        parent = await t.create("Sender")  # its Listener child waits... until the parent sends
+        status = await t.wait(parent)
+        assert status.status == "complete"
+        # a parent joining a child that gets terminated sees the termination
+        supervisor = await t.create("FanOut", {"n": 1, "sleep": "1 hour"})
+        await engine.scheduler.quiesce()
+        child = (await t.list(workflow="Child")).instances[0].id
+        await t.terminate(child)
+        result = await t.wait(supervisor)
+        assert result.status == "errored" and result.error is not None
+        assert result.error.name == "ChildFailedError" and "was terminated" in result.error.message
