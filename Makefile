@@ -22,10 +22,17 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy runtime/tenantflow
 
-# Placeholder: compiles the example tenant (the full demo comes later).
+# Compiles acme's order-approval workflow and runs one order durably on a SQLite file,
+# sleeps fast-forwarded, the manager's approval sent as an event; ends with the timeline.
+DEMO := .cache/demo
 demo: setup
-	@mkdir -p .cache/demo
-	$(BIN)/tenantflow compile tenants/acme/workflow.py -o .cache/demo/acme.wasm
+	@mkdir -p $(DEMO)
+	$(BIN)/tenantflow compile tenants/acme/workflow.py -o $(DEMO)/acme.wasm
+	@rm -f $(DEMO)/demo.db $(DEMO)/demo.db-wal $(DEMO)/demo.db-shm
+	$(BIN)/tenantflow run $(DEMO)/acme.wasm --db $(DEMO)/demo.db --tenant acme \
+		--workflow order-approval --id order-1001 --fast-forward \
+		--params '{"order_id": "1001", "items": [{"sku": "desk", "price": 850, "qty": 1}, {"sku": "lamp", "price": 90, "qty": 2}]}' \
+		--event 'approval={"approved": true, "by": "dana@acme.example"}'
 
 # Placeholder: benchmarks land in bench/.
 bench: setup

@@ -280,6 +280,8 @@ def _attempt(inv: Invocation, request: FetchRequest, max_body: Optional[int]) ->
     except FetchFailed as failed:
         if failed.name == "EgressDenied":
             inv.log("host", f"egress denied: {failed.message}")
+        elif failed.name == "ResponseTooLarge" and max_body is not None and max_body < inv.policy.http_max_response_bytes:
+            failed.message += "; a fetch outside a step is journaled and bounded like a step result: fetch inside step.do for larger bodies"
         return failed
     except Exception as exc:  # noqa: BLE001 - a client bug must not take the invocation down
         return FetchFailed("ConnectionError", f"fetch failed: {type(exc).__name__}: {exc}")

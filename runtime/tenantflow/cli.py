@@ -130,12 +130,12 @@ async def _run(
     component: Path, workflow: str, params: Any, instance_id: str | None, db: Path, tenant: str,
     fast_forward: bool, events: list[tuple[str, Any]], as_json: bool,
 ) -> int:
-    from .clock import ManualClock, SystemClock
+    from .clock import FastForwardClock, SystemClock
     from .console import make_console, render_describe, step_line
     from .engine import Engine
 
     console = make_console(stderr=True)
-    clock = ManualClock(fast_forward=True) if fast_forward else SystemClock()
+    clock = FastForwardClock() if fast_forward else SystemClock()
     async with Engine(db, clock=clock) as engine:
         console.print(f"loading {component} ...", style="dim")
         info = await engine.deploy(tenant, component.read_bytes())

@@ -59,3 +59,35 @@ class ManualClock:
             finally:
                 waiter.cancel()
                 woken.cancel()
+
+
+class FastForwardClock(SystemClock):
+    """Real time, except that it jumps ahead to the next timer whenever the scheduler is
+    idle (`tenantflow run --fast-forward`): step durations stay real, sleeps take no time."""
+
+    fast_forward = True
+
+    def __init__(self) -> None:
+        self._offset = 0
+        self._changed = asyncio.Event()
+
+    def now_ms(self) -> int:
+        return super().now_ms() + self._offset
+
+    def set(self, now_ms: int) -> None:
+        ahead = now_ms - self.now_ms()
+        if ahead > 0:
+            self._offset += ahead
+            self._changed.set()
+
+    async def sleep_until(self, deadline_ms: int, wake: asyncio.Event) -> None:
+        self._changed.clear()
+        delay = (deadline_ms - self.now_ms()) / 1000
+        if delay <= 0:
+            return
+        waiters = {asyncio.ensure_future(wake.wait()), asyncio.ensure_future(self._changed.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()

@@ -507,10 +507,12 @@ def status_counts_query() -> Query[dict[str, int]]:
     return Query("SELECT status, COUNT(*) FROM instances GROUP BY status", (), lambda rows: {str(r[0]): int(r[1]) for r in rows})
 
 
-def step_timings_query(pk: int, ended_after: int) -> Query[list[tuple[int, int]]]:
-    """(started_at, ended_at) of the steps of instance `pk` that ended after `ended_after`."""
+def step_timings_query(pks: list[int], ended_after: int) -> Query[list[tuple[int, int, int]]]:
+    """(instance pk, started_at, ended_at) of finished steps of `pks` that ended after `ended_after`."""
+    marks = ",".join("?" * len(pks))
     return Query(
-        "SELECT started_at, ended_at FROM journal WHERE instance_pk=? AND kind='step' AND ended_at > ? AND started_at IS NOT NULL",
-        (pk, ended_after),
-        lambda rows: [(int(r[0]), int(r[1])) for r in rows],
+        f"SELECT instance_pk, started_at, ended_at FROM journal WHERE instance_pk IN ({marks}) AND kind='step' "
+        "AND ended_at > ? AND started_at IS NOT NULL",
+        (*pks, ended_after),
+        lambda rows: [(int(r[0]), int(r[1]), int(r[2])) for r in rows],
     )

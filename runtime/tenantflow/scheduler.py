@@ -16,7 +16,7 @@ from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
-from .clock import Clock, ManualClock
+from .clock import Clock, FastForwardClock, ManualClock
 from .executor import Control, Executor, InvocationResult
 
 log = logging.getLogger("tenantflow.scheduler")
@@ -234,7 +234,7 @@ class Scheduler:
                     del self._timer_at[pk]
                     self.make_ready(pk, self._tenant_of[pk])
             next_at = self._timers[0][0] if self._timers else now + 3_600_000
-            if isinstance(self._clock, ManualClock) and self._clock.fast_forward and self.idle and self._timers:
+            if isinstance(self._clock, (ManualClock, FastForwardClock)) and self._clock.fast_forward and self.idle and self._timers:
                 await asyncio.sleep(0)  # let API calls that just happened land first
                 if self.idle:
                     self._clock.set(next_at)

@@ -9,12 +9,14 @@
             return greeting
 """
 
+from ._capabilities import CapabilityError, Headers, Response, fetch, secret
 from ._children import ChildFailedError, ChildHandle, ChildOutcome, ChildStatus, ChildWorkflowError
 from ._entrypoint import WorkflowEntrypoint
 from ._errors import EventTimeoutError, NonRetryableError, NoWorkflowsError, StepFailedError, WorkflowDefinitionError
 from ._step import Event, StepContext, WorkflowEvent
 
 __all__ = [
+    "CapabilityError",
     "ChildFailedError",
     "ChildHandle",
     "ChildOutcome",
@@ -22,11 +24,15 @@ __all__ = [
     "ChildWorkflowError",
     "Event",
     "EventTimeoutError",
+    "Headers",
     "NoWorkflowsError",
     "NonRetryableError",
+    "Response",
     "StepContext",
     "StepFailedError",
     "WorkflowDefinitionError",
     "WorkflowEntrypoint",
     "WorkflowEvent",
+    "fetch",
+    "secret",
 ]

@@ -1,0 +1,89 @@
+"""Request and response bodies of the HTTP API (shared by the server and the HTTP client).
+
+The instance models themselves (status, page, log line, component) are the engine's own
+(`tenantflow.models`), so the API and the local CLI render the same objects.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .models import LogLine, Status
+
+# The engine's validation rules, as JSON Schema patterns (see tenantflow.limits).
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+INSTANCE_ID_PATTERN = r"^[a-zA-Z0-9_][a-zA-Z0-9_-]{0,99}$"
+EVENT_TYPE_PATTERN = r"^[A-Za-z0-9_-]{1,100}$"
+WORKFLOW_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+DIGEST_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. not_found, invalid_state.")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class CreateInstance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: str = Field(pattern=WORKFLOW_PATTERN)
+    params: Any = Field(default=None, description="Any JSON value, passed to the workflow's run as event.payload.")
+    id: Optional[str] = Field(default=None, pattern=INSTANCE_ID_PATTERN, description="Instance id (default: generated). Unique per tenant.")
+    digest: Optional[str] = Field(default=None, pattern=DIGEST_PATTERN, description="Pin a registered component version (default: the current deployment).")
+    metadata: Optional[dict[str, Any]] = Field(default=None, description="Platform-owned data kept in the envelope; never used to authorize.")
+
+
+class CreateBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[CreateInstance] = Field(min_length=1, max_length=1000)
+
+
+class Created(BaseModel):
+    id: str
+
+
+class BatchCreated(BaseModel):
+    ids: list[str]
+
+
+class ControlResult(BaseModel):
+    id: str
+    status: Status = Field(description="The instance's status right after the operation.")
+
+
+class EventAccepted(BaseModel):
+    id: str
+    type: str
+
+
+class LogPage(BaseModel):
+    logs: list[LogLine]
+
+
+class WorkflowVersion(BaseModel):
+    digest: str
+    size: int
+    deployed_at: dt.datetime
+
+
+class WorkflowInfo(BaseModel):
+    name: str
+    current: str = Field(description="Digest new instances of this workflow run.")
+    versions: list[WorkflowVersion] = Field(description="Deployments, newest first.")
+
+
+class WorkflowList(BaseModel):
+    workflows: list[WorkflowInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "ready", "unavailable"]
+    checks: dict[str, bool] = Field(default_factory=dict)

@@ -1,0 +1,114 @@
+"""Hostile guests: each tries to escape or exhaust the sandbox in one way."""
+
+import os
+import sys
+
+from tenantflow_guest import WorkflowEntrypoint
+
+MiB = 1024 * 1024
+
+
+class LoopOutside(WorkflowEntrypoint):
+    """Spins outside any step: only the invocation budget can stop it."""
+
+    def run(self, event, step):
+        while True:
+            pass
+
+
+class LoopInStep(WorkflowEntrypoint):
+    """Spins inside a step body: its timeout stops each attempt."""
+
+    def run(self, event, step):
+        def forever():
+            while True:
+                pass
+
+        return step.do("spin", forever, timeout=event.payload.get("timeout", "300 ms"), retries={"limit": 0})
+
+
+class MemoryBomb(WorkflowEntrypoint):
+    """Allocates until something gives."""
+
+    def run(self, event, step):
+        hoard = []
+        while True:
+            hoard.append(bytearray(event.payload.get("chunk", 8 * MiB)))
+
+
+class MemoryBombInStep(WorkflowEntrypoint):
+    def run(self, event, step):
+        def bomb():
+            hoard = []
+            while True:
+                hoard.append(bytearray(8 * MiB))
+
+        return step.do("bomb", bomb, retries={"limit": 0})
+
+
+class DeepRecursion(WorkflowEntrypoint):
+    """Recursion through C frames (the wasm stack), with Python's own limit lifted."""
+
+    def run(self, event, step):
+        sys.setrecursionlimit(10_000_000)
+
+        def down(n):
+            return repr([down(n + 1)]) if event.payload.get("via_c", True) else down(n + 1) + 1
+
+        return down(0)
+
+
+class ReadPasswd(WorkflowEntrypoint):
+    def run(self, event, step):
+        try:
+            with open("/etc/passwd") as f:
+                return {"read": f.read()[:100]}
+        except OSError as exc:
+            found = {"error": type(exc).__name__}
+        try:
+            found["listing"] = os.listdir("/")
+        except OSError as exc:
+            found["listing_error"] = type(exc).__name__
+        return found
+
+
+class ReadEnv(WorkflowEntrypoint):
+    def run(self, event, step):
+        return {"environ": dict(os.environ), "argv": sys.argv, "getenv_home": os.getenv("HOME")}
+
+
+class OpenSocket(WorkflowEntrypoint):
+    def run(self, event, step):
+        try:
+            import socket
+        except ImportError as exc:
+            return {"error": "ImportError", "message": str(exc)}
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.connect(("127.0.0.1", event.payload.get("port", 80)))
+        except Exception as exc:  # noqa: BLE001 - whatever it is, it must not connect
+            return {"error": type(exc).__name__, "message": str(exc)}
+        return {"connected": True}
+
+
+class HugeStepResult(WorkflowEntrypoint):
+    def run(self, event, step):
+        return step.do("huge", lambda: "x" * event.payload.get("size", 50 * MiB), retries={"limit": 0})
+
+
+class Shout(WorkflowEntrypoint):
+    """Prints `mib` MiB to stdout in 1 MiB lines (and some to stderr)."""
+
+    def run(self, event, step):
+        line = "x" * (MiB - 1)
+        for _ in range(event.payload.get("mib", 100)):
+            print(line)
+        print("done shouting", file=sys.stderr)
+        return "shouted"
+
+
+class Abort(WorkflowEntrypoint):
+    """Exits the interpreter: must end as a clean error, not take anything down."""
+
+    def run(self, event, step):
+        os._exit(3)
