@@ -77,6 +77,19 @@ DB_OPTION = click.option(
 TENANT_OPTION = click.option("--tenant", default="default", show_default=True, envvar="TENANTFLOW_TENANT", help="Tenant that owns the instances.")
 
 
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta[f"tenantflow.{param.name}"] = value
+    return value
+
+
+def REMOTE_OPTIONS(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--url/--api-key: talk to a tenantflow server instead of opening --db (see _binding_call)."""
+    f = click.option("--api-key", envvar="TENANTFLOW_API_KEY", default=None, expose_value=False, callback=_remember,
+                     help="API key for --url (or TENANTFLOW_API_KEY).")(f)
+    return click.option("--url", envvar="TENANTFLOW_URL", default=None, expose_value=False, callback=_remember,
+                        help="Use the tenantflow server at this URL instead of --db (or TENANTFLOW_URL).")(f)
+
+
 def _json_arg(text: str, what: str) -> Any:
     try:
         return json.loads(text)
@@ -179,6 +192,9 @@ def instances() -> None:
 def _binding_call(db: Path, tenant: str, action: Callable[[Any], Awaitable[Any]]) -> Any:
     from .engine import Engine
 
+    url, api_key = _remote()
+    if url:
+        return _run_async(_remote_call(url, api_key, tenant, action))
     if not db.exists():
         _fail(f"database {db} does not exist")
 
@@ -193,6 +209,7 @@ def _binding_call(db: Path, tenant: str, action: Callable[[Any], Awaitable[Any]]
 @instances.command("list")
 @DB_OPTION
 @TENANT_OPTION
+@REMOTE_OPTIONS
 @click.option("--workflow", default=None, help="Only instances of this workflow.")
 @click.option("--status", default=None, help="Only instances with this status.")
 @click.option("--limit", default=50, show_default=True)
@@ -223,6 +240,7 @@ def list_command(db: Path, tenant: str, workflow: str | None, status: str | None
 @click.argument("instance_id")
 @DB_OPTION
 @TENANT_OPTION
+@REMOTE_OPTIONS
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--logs/--no-logs", default=True, help="Show the instance's log lines.")
 def describe_command(instance_id: str, db: Path, tenant: str, as_json: bool, logs: bool) -> None:
@@ -253,6 +271,7 @@ def _control_command(name: str, help_text: str) -> None:
     @click.argument("instance_id")
     @DB_OPTION
     @TENANT_OPTION
+    @REMOTE_OPTIONS
     def command(instance_id: str, db: Path, tenant: str) -> None:
         new_status = _binding_call(db, tenant, lambda b: getattr(b, name)(instance_id))
         click.echo(f"{instance_id}: {new_status}")
@@ -270,11 +289,216 @@ _control_command("restart", "Clear an instance's journal and run it again with t
 @click.argument("payload", default="null")
 @DB_OPTION
 @TENANT_OPTION
+@REMOTE_OPTIONS
 def send_event_command(instance_id: str, event_type: str, payload: str, db: Path, tenant: str) -> None:
     """Send an event (JSON payload) to an instance."""
     body = _json_arg(payload, "payload")
     _binding_call(db, tenant, lambda b: b.send_event(instance_id, event_type, body))
     click.echo(f"{instance_id}: event {event_type!r} sent")
+
+
+
+# ---- against a server (--url), serve, deploy, tenants and keys ------------------------
+
+def _remote() -> tuple[str | None, str | None]:
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None, None
+    return ctx.meta.get("tenantflow.url"), ctx.meta.get("tenantflow.api_key")
+
+
+async def _remote_call(url: str, api_key: str | None, tenant: str, action: Callable[[Any], Awaitable[Any]]) -> Any:
+    from .client import ApiClient
+
+    async with ApiClient(url, api_key) as client:
+        return await action(client.tenant(tenant))
+
+
+def _open_engine(db: Path) -> Any:
+    from .engine import Engine
+
+    return Engine(db, run_scheduler=False)
+
+
+@main.command("serve")
+@DB_OPTION
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=4, show_default=True, type=int, help="Threads running guests.")
+@click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True, help="JSON lines or key=value lines.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.option("--artifact-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Precompiled component cache (default: ~/.cache/tenantflow/artifacts or $TENANTFLOW_CACHE_DIR).")
+@click.option("--public-metrics", is_flag=True, help="Serve /metrics without a platform-admin key.")
+@click.option("--grace-seconds", default=10.0, show_default=True, help="How long open requests may take to finish on shutdown.")
+def serve_command(
+    db: Path, host: str, port: int, workers: int, log_format: str, log_level: str, artifact_dir: Path | None,
+    public_metrics: bool, grace_seconds: float,
+) -> None:
+    """Run the scheduler and the HTTP API on one database until SIGTERM.
+
+    Instances continue where they left off when it starts again. API keys come from the
+    same database: see `tenantflow tenants create` and `tenantflow keys issue`.
+    """
+    from .serve import serve
+
+    sys.exit(serve(db, host=host, port=port, workers=workers, log_format=log_format, log_level=log_level,  # type: ignore[arg-type]
+                   artifact_dir=artifact_dir, public_metrics=public_metrics, grace_seconds=grace_seconds))
+
+
+def _component_source(path: Path) -> tuple[Path, str | None]:
+    """(file to deploy, tenant named by a manifest): a .wasm, a .py, or a tenant folder."""
+    import tomllib
+
+    if path.is_dir():
+        manifest = path / "tenant.toml"
+        if manifest.is_file():
+            try:
+                data = tomllib.loads(manifest.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError as exc:
+                raise click.BadParameter(f"{manifest}: {exc}") from None
+            return path / str(data.get("source", "workflow.py")), data.get("tenant")
+        if (path / "workflow.py").is_file():
+            return path / "workflow.py", None
+        raise click.BadParameter(f"{path} has neither tenant.toml nor workflow.py")
+    if path.suffix not in (".py", ".wasm"):
+        raise click.BadParameter(f"{path}: expected a .py workflow module, a .wasm component or a tenant folder")
+    return path, None
+
+
+@main.command("deploy")
+@click.argument("path", type=click.Path(path_type=Path, exists=True))
+@click.option("--tenant", default=None, envvar="TENANTFLOW_TENANT", help="Tenant to deploy for (default: the manifest's, else 'default').")
+@DB_OPTION
+@REMOTE_OPTIONS
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def deploy_command(path: Path, tenant: str | None, db: Path, as_json: bool) -> None:
+    """Register a new version of a tenant's workflows (compiling first if given source).
+
+    PATH is a component (.wasm), a workflow module (.py) or a tenant folder with a
+    tenant.toml. New instances use the new version; running ones keep theirs.
+    """
+    import tempfile
+
+    from .compiler import CompileError, compile_workflow
+
+    source, manifest_tenant = _component_source(path)
+    tenant = tenant or manifest_tenant or "default"
+    if source.suffix == ".wasm":
+        wasm = source.read_bytes()
+    else:
+        with tempfile.TemporaryDirectory(prefix="tenantflow-deploy-") as tmp:
+            try:
+                result = compile_workflow(source, Path(tmp) / "component.wasm", progress=lambda m: click.echo(m, err=True))
+            except CompileError as exc:
+                _fail(str(exc))
+                return
+            wasm = result.output.read_bytes()
+
+    async def local() -> Any:
+        async with _open_engine(db) as engine:
+            return await engine.deploy(tenant, wasm)
+
+    url, api_key = _remote()
+    info = _run_async(_remote_call(url, api_key, tenant, lambda b: b.deploy(wasm)) if url else local())
+    if as_json:
+        click.echo(json.dumps({"tenant": tenant, **info.model_dump()}, indent=2))
+        return
+    click.echo(f"deployed for tenant {tenant}")
+    click.echo(f"digest: sha256:{info.digest}")
+    click.echo(f"size: {info.size} bytes")
+    click.echo(f"workflows: {', '.join(info.workflows)}")
+
+
+def _admin(db: Path, op: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def go() -> Any:
+        async with _open_engine(db) as engine:
+            return await op(engine)
+
+    return _run_async(go())
+
+
+@main.group("tenants")
+def tenants() -> None:
+    """Create and list tenants (API keys are issued per tenant)."""
+
+
+@tenants.command("create")
+@click.argument("name")
+@DB_OPTION
+def tenants_create(name: str, db: Path) -> None:
+    """Create a tenant."""
+    from .auth import create_tenant
+
+    _admin(db, lambda engine: engine.write(create_tenant(name, engine.now())))
+    click.echo(f"tenant {name} created")
+
+
+@tenants.command("list")
+@DB_OPTION
+def tenants_list(db: Path) -> None:
+    """List tenants."""
+    from .auth import tenants_query
+    from .models import ts
+
+    for name, created_at in _admin(db, lambda engine: engine.read(tenants_query())):
+        click.echo(f"{name}\tcreated {ts(created_at):%Y-%m-%d %H:%M:%S}")
+
+
+@main.group("keys")
+def keys() -> None:
+    """Issue, list and revoke API keys (stored hashed in the database)."""
+
+
+@keys.command("issue")
+@click.option("--tenant", default=None, help="Tenant the key acts for (not for platform-admin keys).")
+@click.option("--role", type=click.Choice(["tenant-developer", "tenant-readonly", "platform-admin"]), default="tenant-developer", show_default=True)
+@click.option("--description", default="", help="A note to tell keys apart.")
+@DB_OPTION
+@click.option("--json", "as_json", is_flag=True)
+def keys_issue(tenant: str | None, role: str, description: str, db: Path, as_json: bool) -> None:
+    """Issue a key and print its token. The token is shown only this once."""
+    from .auth import Role, issue_key
+
+    issued = _admin(db, lambda engine: engine.write(issue_key(tenant, Role(role), engine.now(), description)))
+    if as_json:
+        click.echo(json.dumps({"id": issued.key.id, "tenant": tenant, "role": role, "token": issued.token}, indent=2))
+        return
+    click.echo(f"key id: {issued.key.id}")
+    click.echo(f"tenant: {tenant or '(all: platform admin)'}")
+    click.echo(f"role:   {role}")
+    click.echo(f"token:  {issued.token}")
+    click.echo("store the token now: it is not shown again (only its hash is kept)", err=True)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@DB_OPTION
+def keys_revoke(key_id: str, db: Path) -> None:
+    """Revoke a key; requests with it fail from the next request on."""
+    from .auth import revoke_key
+
+    key = _admin(db, lambda engine: engine.write(revoke_key(key_id, engine.now())))
+    click.echo(f"key {key.id} revoked")
+
+
+@keys.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+@DB_OPTION
+@click.option("--json", "as_json", is_flag=True)
+def keys_list(tenant: str | None, db: Path, as_json: bool) -> None:
+    """List keys (ids, tenants, roles; never tokens)."""
+    from .auth import keys_query
+    from .models import ts
+
+    found = _admin(db, lambda engine: engine.read(keys_query(tenant)))
+    if as_json:
+        click.echo(json.dumps([{"id": k.id, "tenant": k.tenant, "role": k.role.value, "description": k.description,
+                                "created_at": k.created_at, "revoked_at": k.revoked_at} for k in found], indent=2))
+        return
+    for k in found:
+        state = f"revoked {ts(k.revoked_at):%Y-%m-%d %H:%M:%S}" if k.revoked_at else "active"
+        click.echo(f"{k.id}  {k.tenant or '*':<20} {k.role.value:<17} {state:<28} {k.description}")
 
 
 if __name__ == "__main__":

@@ -174,6 +174,7 @@ class Invocation:
         self.policy: TenantPolicy = executor.policy_for(row.tenant)
         self.log_bytes = 0
         self.log_dropped = 0
+        self.out_of_memory = False  # the guest reported running out of memory on stderr
 
     # ---- helpers ---------------------------------------------------------------------
     def now(self) -> int:
@@ -283,7 +284,7 @@ class Invocation:
                 )
                 return self.attempt_failed(run, "StepResultTooLarge", message, retryable=False)
             return self.attempt_succeeded(run, outcome)
-        return self.attempt_failed(run, _get(outcome, "name"), _get(outcome, "message"), _get(outcome, "retryable"))
+        return self.attempt_failed(run, *self.limit_error(_get(outcome, "name"), _get(outcome, "message")), _get(outcome, "retryable"))
 
     def _entry(self, run: _StepRun) -> jn.JournalEntry:
         if run.entry is None:
@@ -402,6 +403,18 @@ class Invocation:
         self.commit(jn.record_entry(self.row.pk, self.generation, entry, now=entry.ended_at or now))
         return result
 
+    # ---- limits ----------------------------------------------------------------------
+    @property
+    def memory_limit(self) -> int:
+        return self.policy.memory_bytes or self.x.limits.memory_bytes
+
+    def limit_error(self, name: str, message: str) -> tuple[str, str]:
+        """A guest's MemoryError is its instance's memory cap: report it as that."""
+        if name != "MemoryError":
+            return name, message
+        detail = f" ({message})" if message and message != "MemoryError" else ""
+        return "MemoryLimitExceeded", f"memory limit {format_bytes(self.memory_limit)} reached{detail}"
+
     # ---- logs ------------------------------------------------------------------------
     def log(self, stream: str, message: str) -> None:
         if self.seq < self.replay_len and stream != "host":
@@ -417,6 +430,8 @@ class Invocation:
         """A WASI stdout/stderr sink that logs whole lines (print() writes in pieces)."""
 
         def write(data: bytes) -> None:
+            if stream == "stderr" and (b"MemoryError" in data or b"memory allocation of" in data):
+                self.out_of_memory = True  # a trap that follows is the memory cap, not a crash
             text = self.partial.pop(stream, "") + data.decode("utf-8", "replace")
             *lines, rest = text.split("\n")
             for line in lines:
@@ -530,6 +545,9 @@ def _trap_message(exc: BaseException) -> str:
     text = str(exc)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for ln in lines:
+        if ln.startswith("Exited with i32 exit status"):  # os._exit / sys.exit from native code
+            return f"the workflow exited the interpreter ({ln.removeprefix('Exited with i32 ')})"
+    for ln in lines:
         if "stack overflow" in ln or "call stack exhausted" in ln:
             return "the workflow exhausted its stack (deep recursion)"
         if "out of bounds memory" in ln:
@@ -607,9 +625,12 @@ class Executor:
         self.cache.stats.live_instances += 1
         try:
             try:
-                store, instance = self.instantiate(row.digest, inv, inv.policy.memory_bytes or self.limits.memory_bytes)
+                store, instance = self.instantiate(row.digest, inv, inv.memory_limit)
             except Exception as exc:  # noqa: BLE001 - a component that cannot load errs its instance
-                return self.settle(inv, Unwind("errored", ("ComponentError", f"could not load the workflow's component: {exc}")))
+                error = ("ComponentError", f"could not load the workflow's component: {exc}")
+                if "exceeds memory limits" in str(exc):
+                    error = ("MemoryLimitExceeded", f"memory limit {format_bytes(inv.memory_limit)} is below what the component needs to start ({exc})")
+                return self.settle(inv, Unwind("errored", error))
             inv.store = store
             run = instance.get_func(store, "run")
             if run is None:
@@ -633,12 +654,13 @@ class Executor:
                     budget = format_duration_ms(self.limits.invocation_timeout_ms)
                     return self.settle(inv, Unwind("errored", ("InvocationTimeoutError", f"the invocation exceeded its {budget} budget")))
                 inv.log("host", f"guest trapped: {trap}")  # the full trap, for the operator
-                return self.settle(inv, Unwind("errored", ("WorkflowCrashed", _trap_message(trap))))
+                crash = inv.limit_error("MemoryError", "") if inv.out_of_memory else ("WorkflowCrashed", _trap_message(trap))
+                return self.settle(inv, Unwind("errored", crash))
             if isinstance(outcome, wc.Variant):
                 outcome = outcome.payload
             if isinstance(outcome, str):
                 return self.settle(inv, None, output=outcome)
-            return self.settle(inv, Unwind("errored", (_get(outcome, "name"), _get(outcome, "message"))))
+            return self.settle(inv, Unwind("errored", inv.limit_error(_get(outcome, "name"), _get(outcome, "message"))))
         except Unwind as unwind:  # raised while settling (e.g. fenced)
             return self.settle(inv, unwind)
         finally:

@@ -119,6 +119,7 @@ class WitHost:
             "linear": types.Backoff.LINEAR,
             "exponential": types.Backoff.EXPONENTIAL,
         }
+        self._configs: dict[StepOptions, Any] = {}
         self._levels = {
             "debug": types.LogLevel.DEBUG,
             "info": types.LogLevel.INFO,
@@ -137,11 +138,13 @@ class WitHost:
         raise AssertionError(f"unknown step state {state!r}")
 
     def begin_step(self, name: str, options: StepOptions) -> StepState:
-        t = self._types
-        config = t.StepConfig(
-            t.RetryPolicy(options.retry_limit, options.retry_delay_ms, self._backoff[options.backoff]),
-            options.timeout_ms,
-        )
+        config = self._configs.get(options)
+        if config is None:
+            t = self._types
+            config = self._configs[options] = t.StepConfig(
+                t.RetryPolicy(options.retry_limit, options.retry_delay_ms, self._backoff[options.backoff]),
+                options.timeout_ms,
+            )
         return self._state(self._durable.begin_step(name, config))
 
     def end_attempt_ok(self, name: str, result_json: str) -> StepState:

@@ -54,6 +54,11 @@ def run_workflow(cls: type[WorkflowEntrypoint], host: Callable[[], Host], payloa
         return False, (exc.error_name, exc.message)
     except RecursionError as exc:
         return False, ("RecursionError", str(exc))
+    except MemoryError as exc:
+        # The traceback keeps the frames (and what they hoarded) alive: drop it before
+        # anything else allocates. The host reports this as the memory limit.
+        exc.__traceback__ = None
+        return False, ("MemoryError", str(exc))
     except BaseException as exc:  # noqa: BLE001 - an uncaught guest error must never abort the instance
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             return False, (type(exc).__name__, f"workflow {workflow!r} raised {type(exc).__name__}({exc})")

@@ -55,8 +55,20 @@ class WorkflowEvent:
         return getattr(self, {"instanceId": "instance_id"}.get(key, key))
 
 
+_DEFAULT_OPTIONS: Optional[StepOptions] = None
+
+
 def step_options(retries: Optional[dict[str, Any]], timeout: Any, config: Optional[dict[str, Any]]) -> StepOptions:
     """Merge `retries=`/`timeout=` and a Cloudflare-style `config=` over the defaults."""
+    global _DEFAULT_OPTIONS
+    if retries is None and timeout is None and config is None:
+        if _DEFAULT_OPTIONS is None:  # the common case, parsed once (steps run in hot loops)
+            _DEFAULT_OPTIONS = _step_options(None, None, None)
+        return _DEFAULT_OPTIONS
+    return _step_options(retries, timeout, config)
+
+
+def _step_options(retries: Optional[dict[str, Any]], timeout: Any, config: Optional[dict[str, Any]]) -> StepOptions:
     if config is not None:
         if not isinstance(config, dict):
             raise WorkflowDefinitionError("step config must be a dict like {'retries': {...}, 'timeout': '30 seconds'}")
@@ -83,16 +95,35 @@ def step_options(retries: Optional[dict[str, Any]], timeout: Any, config: Option
     )
 
 
-def _call_with_context(fn: Callable[..., Any]) -> Callable[[StepContext], Any]:
-    """Pass the StepContext to bodies that take a required positional argument or `ctx`."""
+_NO_CONTEXT, _POSITIONAL, _KEYWORD = 0, 1, 2
+_context_style_by_code: dict[Any, int] = {}
+
+
+def _context_style(fn: Callable[..., Any]) -> int:
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
-        return lambda ctx: fn()
+        return _NO_CONTEXT
     if any(p.name == "ctx" and p.kind == p.KEYWORD_ONLY for p in params):
-        return lambda ctx: fn(ctx=ctx)
+        return _KEYWORD
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     if any(p.kind in positional and (p.name == "ctx" or p.default is p.empty) for p in params):
+        return _POSITIONAL
+    return _NO_CONTEXT
+
+
+def _call_with_context(fn: Callable[..., Any]) -> Callable[[StepContext], Any]:
+    """Pass the StepContext to bodies that take a required positional argument or `ctx`."""
+    code = getattr(fn, "__code__", None)
+    # A loop creates a new lambda per iteration with one code object: inspect it once.
+    style = _context_style_by_code.get(code) if code is not None else None
+    if style is None:
+        style = _context_style(fn)
+        if code is not None:  # parameter kinds and which have defaults are fixed per code object
+            _context_style_by_code[code] = style
+    if style == _KEYWORD:
+        return lambda ctx: fn(ctx=ctx)
+    if style == _POSITIONAL:
         return lambda ctx: fn(ctx)
     return lambda ctx: fn()
 

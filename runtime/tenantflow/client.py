@@ -1,0 +1,161 @@
+"""An async HTTP client for the tenantflow API, shaped like the engine's tenant binding.
+
+`ApiClient(url, api_key).tenant("acme")` offers the same calls as `engine.tenant("acme")`
+and returns the same pydantic models, so the CLI renders local and remote results with one
+code path. API errors come back as the engine's own exception classes (by error code).
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any, Optional, Sequence
+from urllib.parse import quote
+
+import httpx
+
+from .api_models import BatchCreated, ControlResult, Created, WorkflowList
+from .errors import (
+    ComponentError,
+    Forbidden,
+    HostBusy,
+    InstanceAlreadyExists,
+    InstanceNotFound,
+    InvalidInput,
+    InvalidState,
+    PayloadTooLarge,
+    TenantflowError,
+    Unauthenticated,
+    UnknownWorkflow,
+)
+from .models import ComponentInfo, InstancePage, InstanceStatus, LogLine
+
+ERRORS: dict[str, type[TenantflowError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidInput, PayloadTooLarge, InstanceNotFound, InstanceAlreadyExists, InvalidState, UnknownWorkflow,
+        ComponentError, HostBusy, Unauthenticated, Forbidden,
+    )
+}
+
+
+class ApiError(TenantflowError):
+    """An error response whose code this client does not know, or no usable response."""
+
+    def __init__(self, message: str, code: str = "internal", status: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+def _error(status: int, body: Any) -> TenantflowError:
+    detail = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(detail, dict):
+        return ApiError(f"server answered {status} without an error body", status=status)
+    code, message = str(detail.get("code", "internal")), str(detail.get("message", ""))
+    cls = ERRORS.get(code)
+    if cls is None:
+        return ApiError(message, code, status)
+    exc = cls.__new__(cls)  # the message as the server wrote it (some __init__s build their own)
+    Exception.__init__(exc, message)
+    return exc
+
+
+class ApiClient:
+    def __init__(self, url: str, api_key: Optional[str] = None, *, timeout: float = 120.0, transport: Optional[httpx.AsyncBaseTransport] = None) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.url = url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> "ApiClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def tenant(self, name: str) -> "RemoteTenant":
+        return RemoteTenant(self, name)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ApiError(f"cannot reach tenantflow at {self.url}: {exc}", "unavailable") from None
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            raise _error(response.status_code, body)
+        return response
+
+
+def _q(segment: str) -> str:
+    return quote(segment, safe="")
+
+
+class RemoteTenant:
+    """The tenant binding's operations over HTTP."""
+
+    def __init__(self, client: ApiClient, tenant: str) -> None:
+        self.client = client
+        self.name = tenant
+        self._base = f"/v1/tenants/{_q(tenant)}"
+
+    def _instance(self, instance_id: str, suffix: str = "") -> str:
+        return f"{self._base}/instances/{_q(instance_id)}{suffix}"
+
+    async def create(
+        self, workflow: str, params: Any = None, *, id: Optional[str] = None, digest: Optional[str] = None, metadata: Optional[dict[str, Any]] = None
+    ) -> str:
+        body = {"workflow": workflow, "params": params, "id": id, "digest": digest, "metadata": metadata}
+        response = await self.client.request("POST", f"{self._base}/instances", json=body)
+        return Created.model_validate(response.json()).id
+
+    async def create_batch(self, items: Sequence[dict[str, Any]]) -> list[str]:
+        response = await self.client.request("POST", f"{self._base}/instances/batch", json={"instances": list(items)})
+        return BatchCreated.model_validate(response.json()).ids
+
+    async def status(self, instance_id: str) -> InstanceStatus:
+        return InstanceStatus.model_validate((await self.client.request("GET", self._instance(instance_id))).json())
+
+    async def _control(self, instance_id: str, action: str) -> str:
+        response = await self.client.request("POST", self._instance(instance_id, f"/{action}"))
+        return ControlResult.model_validate(response.json()).status
+
+    async def pause(self, instance_id: str) -> str:
+        return await self._control(instance_id, "pause")
+
+    async def resume(self, instance_id: str) -> str:
+        return await self._control(instance_id, "resume")
+
+    async def terminate(self, instance_id: str) -> str:
+        return await self._control(instance_id, "terminate")
+
+    async def restart(self, instance_id: str) -> str:
+        return await self._control(instance_id, "restart")
+
+    async def delete(self, instance_id: str) -> None:
+        await self.client.request("DELETE", self._instance(instance_id))
+
+    async def send_event(self, instance_id: str, event_type: str, payload: Any = None) -> None:
+        await self.client.request("POST", self._instance(instance_id, f"/events/{_q(event_type)}"), json=payload)
+
+    async def list(
+        self, *, workflow: Optional[str] = None, status: Optional[str] = None, limit: int = 50, cursor: Optional[str] = None
+    ) -> InstancePage:
+        params = {k: v for k, v in {"workflow": workflow, "status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
+        return InstancePage.model_validate((await self.client.request("GET", f"{self._base}/instances", params=params)).json())
+
+    async def logs(self, instance_id: str, limit: int = 1000) -> builtins.list[LogLine]:
+        response = await self.client.request("GET", self._instance(instance_id, "/logs"), params={"limit": limit})
+        return [LogLine.model_validate(line) for line in response.json()["logs"]]
+
+    async def deploy(self, wasm: bytes) -> ComponentInfo:
+        response = await self.client.request("POST", f"{self._base}/components", content=wasm, headers={"Content-Type": "application/wasm"})
+        return ComponentInfo.model_validate(response.json())
+
+    async def workflows(self) -> WorkflowList:
+        return WorkflowList.model_validate((await self.client.request("GET", f"{self._base}/workflows")).json())
