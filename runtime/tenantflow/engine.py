@@ -26,7 +26,8 @@ from .executor import Executor, build_linker
 from .isolates import IsolateCache
 from .limits import Limits, check_event_type, check_instance_id, check_tenant, check_workflow_name, encode_json
 from .policy import DEFAULT_POLICY, TenantPolicy
-from .models import ComponentInfo, InstancePage, InstanceStatus, InstanceSummary, LogLine, instance_status, ts
+from .models import ComponentInfo, InstancePage, InstanceStatus, InstanceSummary, LogLine, UpgradeResult, instance_status, ts
+from .loader import Loader, RegistryLoader, load_verified
 from .registry import ComponentStore, digest_of
 from .sandbox import EpochTicker, SandboxConfig, make_engine
 from .scheduler import Scheduler
@@ -61,6 +62,7 @@ class Engine:
         cache_max_count: int = 64,
         cache_max_bytes: int = 4 * 1024**3,
         cache_idle_seconds: float = 600.0,
+        loader: Optional[Loader] = None,
     ) -> None:
         self.path = Path(path)
         self.clock: Clock = clock or SystemClock()
@@ -72,6 +74,7 @@ class Engine:
         self.sandbox_config = sandbox or SandboxConfig()
         self.run_scheduler = run_scheduler
         self._cache_args = (cache_max_count, cache_max_bytes, cache_idle_seconds)
+        self._custom_loader = loader
         self.host_id = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._opened = False
         self._lock_file: Optional[IO[str]] = None
@@ -103,6 +106,7 @@ class Engine:
         max_count, max_bytes, idle = self._cache_args
         self.isolates = IsolateCache(self.wasm_engine, self.sandbox_config, self.artifact_dir, max_count=max_count, max_bytes=max_bytes, idle_seconds=idle)
         self.components = ComponentStore(self.data_dir / "components")
+        self.loader: Loader = self._custom_loader or RegistryLoader(self.components)
         self.executor = Executor(
             linker=build_linker(self.wasm_engine),
             cache=self.isolates,
@@ -111,7 +115,7 @@ class Engine:
             clock=self.clock,
             limits=self.limits,
             host_id=self.host_id,
-            load_component_bytes=self.components.get,
+            load_component_bytes=lambda tenant, workflow, digest: load_verified(self.loader, self._loop, tenant, workflow, digest),
             policy_for=self.policy_for,
             wake=self._wake_threadsafe,
         )
@@ -349,6 +353,34 @@ class TenantBinding:
             ],
             next_cursor=_encode_cursor(page[-1].pk) if len(rows) > limit else None,
         )
+
+    async def upgrade(self, workflow: str, digest: str, *, apply: bool = False, instance_ids: Optional[Sequence[str]] = None) -> list[UpgradeResult]:
+        """Move in-flight instances of `workflow` to component `digest`.
+
+        Each instance's journal is first replayed against the new code without side
+        effects; only if every recorded call matches is its pin switched (when `apply`;
+        the default is a dry run). Otherwise the first divergence is reported and the
+        instance is left untouched."""
+        await self._digest_for(workflow, digest)  # registered and defines the workflow
+        rows = await self.engine.read(jn.upgradable_query(self.name, workflow, digest))
+        if instance_ids is not None:
+            wanted = {check_instance_id(i) for i in instance_ids}
+            rows = [r for r in rows if r.id in wanted]
+        results = []
+        for row in rows:
+            if self.engine.run_scheduler and self.engine.scheduler.is_running(row.pk) or row.status in ("running", "waitingForPause"):
+                results.append(UpgradeResult(id=row.id, from_digest=row.digest, to_digest=digest, result="busy"))
+                continue
+            length = await self.engine.read(jn.journal_length_query(row.pk))
+            divergence = await asyncio.to_thread(self.engine.executor.verify, row.pk, digest)
+            outcome = "compatible"
+            if divergence is not None:
+                outcome = "diverged"
+            elif apply:
+                moved = await self.engine.write(jn.repin(row.pk, row.generation, length, row.digest, digest, self.engine.now()))
+                outcome = "upgraded" if moved else "busy"
+            results.append(UpgradeResult(id=row.id, from_digest=row.digest, to_digest=digest, result=outcome, divergence=divergence))  # type: ignore[arg-type]
+        return results
 
     async def logs(self, instance_id: str, limit: int = 1000) -> list[LogLine]:
         row = await self._row(instance_id)

@@ -25,6 +25,7 @@ from .clock import Clock
 from .database import GroupCommitWriter, Readers
 from .isolates import IsolateCache
 from .limits import EVENT_TYPE, Limits, format_bytes
+from .loader import LoaderError
 from .policy import DEFAULT_POLICY, TenantPolicy
 from .sandbox import INTERRUPTED, new_store
 
@@ -172,6 +173,9 @@ class Invocation:
         self.partial: dict[str, str] = {}
         self.raised: Optional[Exception] = None  # what a host import raised (see _carried)
         self.policy: TenantPolicy = executor.policy_for(row.tenant)
+        # Verifying new code against this journal (an upgrade): answer recorded calls only,
+        # never run a step body, never write.
+        self.verifying = False
         self.log_bytes = 0
         self.log_dropped = 0
         self.out_of_memory = False  # the guest reported running out of memory on stderr
@@ -216,7 +220,11 @@ class Invocation:
                     f"non-determinism at position {seq}: the journal has {entry.kind} {entry.name!r}, "
                     f"but the workflow now calls {kind} {name!r}",
                 )
+            if self.verifying and entry.status not in ("done", "failed", "timed_out"):
+                raise Unwind("verified")  # matched up to the open call: nothing further to check
             return entry
+        if self.verifying:
+            raise Unwind("verified")  # every recorded call matched; new work is not run
         if seq >= self.x.limits.max_steps_per_instance:
             raise self.fatal("StepLimitExceeded", f"the instance reached its limit of {self.x.limits.max_steps_per_instance} durable calls")
         return None
@@ -568,14 +576,17 @@ class Executor:
     clock: Clock
     limits: Limits
     host_id: str
-    load_component_bytes: Callable[[str], bytes]
+    # (tenant, workflow, digest) -> verified component bytes; called only on a cache miss.
+    load_component_bytes: Callable[[str, str, str], bytes]
     lease_ms: int = 60_000
     policy_for: Callable[[str], TenantPolicy] = field(default=lambda tenant: DEFAULT_POLICY)
     # Thread-safe: make an instance runnable (a child's event, a parent's join).
     wake: Callable[[int, str], None] = field(default=lambda pk, tenant: None)
 
-    def instantiate(self, digest: str, inv: Optional[Invocation], memory_bytes: int) -> tuple[wasmtime.Store, wc.Instance]:
-        component = self.cache.get(digest, lambda: self.load_component_bytes(digest))
+    def instantiate(
+        self, digest: str, inv: Optional[Invocation], memory_bytes: int, owner: tuple[str, str] = ("", "")
+    ) -> tuple[wasmtime.Store, wc.Instance]:
+        component = self.cache.get(digest, lambda: self.load_component_bytes(owner[0], owner[1], digest))
         if inv is not None:
             check = inv.check_deadlines
         else:  # inspecting a component: its exports get a fixed budget
@@ -625,7 +636,9 @@ class Executor:
         self.cache.stats.live_instances += 1
         try:
             try:
-                store, instance = self.instantiate(row.digest, inv, inv.memory_limit)
+                store, instance = self.instantiate(row.digest, inv, inv.memory_limit, (row.tenant, row.workflow))
+            except LoaderError as exc:  # the code may come back: wait and retry, do not fail
+                return self.loader_failed(inv, str(exc))
             except Exception as exc:  # noqa: BLE001 - a component that cannot load errs its instance
                 error = ("ComponentError", f"could not load the workflow's component: {exc}")
                 if "exceeds memory limits" in str(exc):
@@ -668,7 +681,61 @@ class Executor:
             self.cache.stats.live_instances -= 1
             inv.flush_output()
             if inv.logs or inv.log_dropped:
-                self.writer.submit(jn.append_logs(pk, inv.logs, self.limits.max_log_bytes_per_instance))
+                self.writer.submit(jn.append_logs(pk, inv.logs, self.limits.max_log_bytes_per_instance, inv.log_dropped))
+
+    def verify(self, pk: int, digest: str) -> Optional[str]:
+        """Replay instance `pk`'s journal against component `digest` without side effects.
+        None if every recorded call matches; else the first divergence, in words."""
+        conn = self.readers.sync()
+        row = jn.instance_by_pk_query(pk).run(conn)
+        if row is None:
+            return "the instance no longer exists"
+        inv = Invocation(self, row, Control())
+        inv.verifying = True
+        inv.journal = jn.journal_query(pk).run(conn)
+        inv.replay_len = len(inv.journal)
+        inv.deadline_ms = inv.now_wall() + self.limits.invocation_timeout_ms
+        _current.invocation = inv
+        try:
+            store, instance = self.instantiate(digest, inv, inv.memory_limit, (row.tenant, row.workflow))
+            run = instance.get_func(store, "run")
+            if run is None:
+                return "the new component does not export `run`"
+            event = _record(payload=row.params, instance_id=row.id, workflow=row.workflow, created_at=row.created_at)
+            try:
+                try:
+                    outcome = run(store, row.workflow, event)
+                except wasmtime.WasmtimeError:
+                    if inv.raised is not None:
+                        raise inv.raised from None
+                    raise
+            except Unwind as unwind:
+                if unwind.reason == "verified":
+                    return None
+                if unwind.error is not None:
+                    return f"{unwind.error[0]}: {unwind.error[1]}"
+                return f"the new code stopped replaying ({unwind.reason})"
+            except wasmtime.WasmtimeError as trap:
+                return f"the new code crashed while replaying: {_trap_message(trap)}"
+            if isinstance(outcome, wc.Variant):
+                outcome = outcome.payload
+            if inv.seq < len(inv.journal):
+                how = "completed" if isinstance(outcome, str) else f"failed ({_get(outcome, 'name')}: {_get(outcome, 'message')})"
+                return f"the new code {how} after {inv.seq} of the {len(inv.journal)} recorded calls"
+            return None
+        finally:
+            _current.invocation = None
+
+    def loader_failed(self, inv: Invocation, message: str) -> InvocationResult:
+        """Retry loading later (backoff doubling from 1 s to 5 min); the error is visible."""
+        previous = (inv.row.wake_at - inv.row.updated_at) if inv.row.error_name == "LoaderError" and inv.row.wake_at else 0
+        delay = min(max(1000, previous * 2), 300_000)
+        wake_at = self.clock.now_ms() + delay
+        try:
+            self.writer.run(jn.loader_failed(inv.row.pk, inv.generation, wake_at, message, self.clock.now_ms()))
+        except jn.Fenced:
+            return InvocationResult("cancelled")
+        return InvocationResult("waiting", wake_at)
 
     def settle(self, inv: Invocation, unwind: Optional[Unwind], output: Optional[str] = None) -> InvocationResult:
         """Make the invocation's end durable and tell the scheduler what comes next."""

@@ -223,7 +223,8 @@ def start_invocation(pk: int, generation: int, owner: str, lease_until: int, now
         _fence(conn, pk, generation)
         conn.execute(
             "UPDATE instances SET status = CASE WHEN pause_requested THEN 'waitingForPause' ELSE 'running' END, "
-            "started_at = COALESCE(started_at, ?), updated_at=?, claim_owner=?, lease_until=?, wake_at=NULL, waiting_for=NULL WHERE pk=?",
+            "started_at = COALESCE(started_at, ?), updated_at=?, claim_owner=?, lease_until=?, wake_at=NULL, waiting_for=NULL, "
+            "error_name=NULL, error_message=NULL WHERE pk=?",
             (now, now, owner, lease_until, pk),
         )
 
@@ -299,6 +300,20 @@ def finish(
     return op
 
 
+def loader_failed(pk: int, generation: int, wake_at: int, message: str, now: int) -> Callable[[sqlite3.Connection], None]:
+    """The instance's code could not be loaded: it waits (error shown) and retries."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        _fence(conn, pk, generation)
+        conn.execute(
+            "UPDATE instances SET status='waiting', wake_at=?, error_name='LoaderError', error_message=?, updated_at=?, "
+            "claim_owner=NULL, lease_until=NULL WHERE pk=?",
+            (wake_at, message, now, pk),
+        )
+
+    return op
+
+
 def requeue(pk: int, generation: int, now: int) -> Callable[[sqlite3.Connection], None]:
     """Hand an instance back to the queue (e.g. its code could not be loaded yet)."""
 
@@ -309,14 +324,15 @@ def requeue(pk: int, generation: int, now: int) -> Callable[[sqlite3.Connection]
     return op
 
 
-def append_logs(pk: int, lines: list[tuple[int, str, str]], limit_bytes: int) -> Callable[[sqlite3.Connection], None]:
-    """Store log lines up to the instance's byte budget; count the rest as dropped."""
+def append_logs(pk: int, lines: list[tuple[int, str, str]], limit_bytes: int, dropped_before: int = 0) -> Callable[[sqlite3.Connection], None]:
+    """Store log lines up to the instance's byte budget; count the rest (and the
+    `dropped_before` bytes the invocation already discarded) as dropped."""
 
     def op(conn: sqlite3.Connection) -> None:
         row = conn.execute("SELECT log_bytes FROM instances WHERE pk=?", (pk,)).fetchone()
         if row is None:
             return
-        used, kept, dropped = row[0], [], 0
+        used, kept, dropped = row[0], [], dropped_before
         for at, stream, message in lines:
             size = len(message.encode())
             if used + size > limit_bytes:
@@ -516,3 +532,34 @@ def step_timings_query(pks: list[int], ended_after: int) -> Query[list[tuple[int
         (*pks, ended_after),
         lambda rows: [(int(r[0]), int(r[1]), int(r[2])) for r in rows],
     )
+
+
+def upgradable_query(tenant: str, workflow: str, exclude_digest: str) -> Query[list[InstanceRow]]:
+    """In-flight instances of a workflow pinned to another digest."""
+    return Query(
+        f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE tenant=? AND workflow=? AND digest<>? "
+        "AND status IN ('queued','running','waiting','waitingForPause','paused') ORDER BY pk",
+        (tenant, workflow, exclude_digest),
+        lambda rows: [_instance(r) for r in rows],
+    )
+
+
+def journal_length_query(pk: int) -> Query[int]:
+    return Query("SELECT COUNT(*) FROM journal WHERE instance_pk=?", (pk,), lambda rows: int(rows[0][0]))
+
+
+def repin(pk: int, generation: int, journal_length: int, old_digest: str, new_digest: str, now: int) -> Callable[[sqlite3.Connection], bool]:
+    """Move an instance to new code, only if nothing changed since it was verified (same
+    generation, same journal length, not running)."""
+
+    def op(conn: sqlite3.Connection) -> bool:
+        if journal_length_query(pk).run(conn) != journal_length:
+            return False
+        cur = conn.execute(
+            "UPDATE instances SET digest=?, updated_at=? WHERE pk=? AND generation=? AND digest=? "
+            "AND status NOT IN ('running','waitingForPause')",
+            (new_digest, now, pk, generation, old_digest),
+        )
+        return cur.rowcount == 1
+
+    return op

@@ -80,6 +80,17 @@ class LogLine(BaseModel):
     message: str
 
 
+class UpgradeResult(BaseModel):
+    """One instance's outcome of an upgrade: `compatible` (dry run), `upgraded`,
+    `diverged` (with the first divergence; left untouched) or `busy` (running; retry)."""
+
+    id: str
+    from_digest: str
+    to_digest: str
+    result: Literal["compatible", "upgraded", "diverged", "busy"]
+    divergence: Optional[str] = None
+
+
 class ComponentInfo(BaseModel):
     digest: str
     size: int

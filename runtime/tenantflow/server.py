@@ -10,8 +10,8 @@ used on tenant B gets 403 whatever the path names (the authorizer sees no instan
 and an instance of another tenant is a plain 404 (the binding is scoped by the path).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the dependency objects that
+# the route signatures close over when it reads their annotations.
 import contextlib
 import logging
 import os
@@ -185,7 +185,9 @@ def create_app(
         version=__version__,
         description="Durable workflows from tenant code: instances, events and component versions, per tenant.",
         lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,
     )
+    _declare_errors_accurately(app)
     app.add_middleware(BodyLimit, max_body=max_body_bytes, max_component=max_component_bytes)
     bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer tf_...`")
 
@@ -199,11 +201,17 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for err in exc.errors()[:5]:
-            where = ".".join(str(part) for part in err.get("loc", ()) if part != "body") or "body"
-            problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        return error_response(400, "invalid_input", "; ".join(problems) or "invalid request")
+        problems: list[str] = []
+        for err in exc.errors():
+            loc = tuple(err.get("loc", ()))
+            if err.get("type") == "json_invalid":
+                problem = f"the body is not valid JSON (at character {loc[-1]})"
+            else:
+                where = ".".join(str(part) for part in loc if part != "body") or "body"
+                problem = f"{where}: {err.get('msg', 'invalid')}"
+            if problem not in problems:  # a path parameter is checked by a route and its dependency
+                problems.append(problem)
+        return error_response(400, "invalid_input", "; ".join(problems[:5]) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -375,6 +383,23 @@ def create_app(
         return PlainTextResponse(await metrics.render(engine), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+def _declare_errors_accurately(app: FastAPI) -> None:
+    """Validation errors answer 400 with the common error body, never FastAPI's 422."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _admin_dependency(authorizer: Authorizer, principal: Callable[..., Awaitable[Principal]]) -> Callable[..., Awaitable[None]]:

@@ -75,6 +75,10 @@ def build_world(module: ModuleType) -> type:
     import componentize_py_types  # noqa: F401
     from wit_world.imports import children, durable, types  # noqa: F401
 
+    from ._stdio import install
+
+    install()  # long prints must reach the host whole
+
     class WitWorld:
         def workflows(self) -> list[str]:
             return sorted(workflows)

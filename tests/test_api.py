@@ -1,0 +1,289 @@
+"""The HTTP API through a real uvicorn server on 127.0.0.1 and a real httpx client.
+
+Cross-tenant policy (documented in tenantflow.server): a key of tenant A used on tenant B
+gets 403 whatever the path names, decided by the authorizer without looking at any
+instance; an instance that exists only in another tenant is a 404 with exactly the body of
+a missing one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from apikit import admin, bearer, deploy, make_key, make_tenant, serve_in_thread, wait_status
+from enginekit import ARTIFACTS
+
+from tenantflow.auth import revoke_key
+from tenantflow.server import create_standalone_app
+
+
+@dataclass
+class Api:
+    url: str
+    db: Path
+    digest: str
+    acme: httpx.Client  # tenant-developer of acme
+    globex: httpx.Client  # tenant-developer of globex
+    readonly: httpx.Client  # tenant-readonly of acme
+    admin: httpx.Client  # platform-admin
+    anonymous: httpx.Client
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    db = tmp_path_factory.mktemp("api") / "api.db"
+    for tenant in ("acme", "globex"):
+        make_tenant(db, tenant)
+    keys = {
+        "acme": make_key(db, "acme"),
+        "globex": make_key(db, "globex"),
+        "readonly": make_key(db, "acme", "tenant-readonly"),
+        "admin": make_key(db, None, "platform-admin"),
+    }
+    app = create_standalone_app(db, artifact_dir=ARTIFACTS, workers=2)
+    with serve_in_thread(app) as url:
+        clients = {name: httpx.Client(base_url=url, headers=bearer(key), timeout=120) for name, key in keys.items()}
+        anonymous = httpx.Client(base_url=url, timeout=30)
+        digest = deploy(clients["acme"], "acme")["digest"]
+        assert deploy(clients["globex"], "globex")["digest"] == digest
+        yield Api(url, db, digest, clients["acme"], clients["globex"], clients["readonly"], clients["admin"], anonymous)
+        for client in (*clients.values(), anonymous):
+            client.close()
+
+
+def error_of(response: httpx.Response, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    return str(body["error"]["message"])
+
+
+def create(client: httpx.Client, tenant: str, workflow: str, params: object = None, id: str | None = None) -> str:
+    response = client.post(f"/v1/tenants/{tenant}/instances", json={"workflow": workflow, "params": params, "id": id})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def test_full_lifecycle_for_two_tenants(api: Api) -> None:
+    # Instance ids are per tenant: both create "order-1", each runs its own.
+    assert create(api.acme, "acme", "Echo", {"who": "acme"}, id="order-1") == "order-1"
+    assert create(api.globex, "globex", "Echo", {"who": "globex"}, id="order-1") == "order-1"
+    for tenant, client in (("acme", api.acme), ("globex", api.globex)):
+        status = wait_status(client, tenant, "order-1")
+        assert (status["tenant"], status["status"], status["output"]) == (tenant, "complete", {"echo": {"who": tenant}})
+        assert status["digest"] == api.digest
+        assert [(s["seq"], s["kind"], s["name"], s["status"]) for s in status["steps"]] == [(0, "step", "echo", "done")]
+        logs = client.get(f"/v1/tenants/{tenant}/instances/order-1/logs").json()["logs"]
+        assert [(line["stream"], line["message"]) for line in logs] == [("stdout", f"echo {{'who': '{tenant}'}}")]
+
+    # Events, pause and resume.
+    approval = create(api.acme, "acme", "Approval")
+    assert wait_status(api.acme, "acme", approval, "waiting")["waiting_for"] == "approval"
+    assert api.acme.post(f"/v1/tenants/acme/instances/{approval}/pause").json() == {"id": approval, "status": "paused"}
+    assert api.acme.post(f"/v1/tenants/acme/instances/{approval}/resume").json()["status"] == "queued"
+    wait_status(api.acme, "acme", approval, "waiting")
+    sent = api.acme.post(f"/v1/tenants/acme/instances/{approval}/events/approval", json={"by": "ann"})
+    assert (sent.status_code, sent.json()) == (202, {"id": approval, "type": "approval"})
+    assert wait_status(api.acme, "acme", approval)["output"] == {"approved_by": {"by": "ann"}}
+
+    # Terminate, restart (the journal starts over), delete.
+    stuck = create(api.acme, "acme", "Approval", id="stuck")
+    wait_status(api.acme, "acme", stuck, "waiting")
+    assert api.acme.post("/v1/tenants/acme/instances/stuck/terminate").json()["status"] == "terminated"
+    assert wait_status(api.acme, "acme", stuck)["status"] == "terminated"
+    assert api.acme.post("/v1/tenants/acme/instances/stuck/restart").json()["status"] == "queued"
+    restarted = wait_status(api.acme, "acme", stuck, "waiting")
+    assert restarted["ended_at"] is None and [s["status"] for s in restarted["steps"]] == ["waiting"]
+    assert api.acme.delete("/v1/tenants/acme/instances/stuck").status_code == 204
+    error_of(api.acme.get("/v1/tenants/acme/instances/stuck"), 404, "not_found")
+
+    # A failing workflow reports its error.
+    failed = wait_status(api.globex, "globex", create(api.globex, "globex", "Fail"))
+    assert failed["status"] == "errored" and failed["error"]["message"].endswith("card declined")
+
+    # Batch create, then list with filters and cursor paging.
+    batch = api.acme.post("/v1/tenants/acme/instances/batch", json={"instances": [{"workflow": "Echo", "params": i} for i in range(3)]})
+    assert batch.status_code == 201, batch.text
+    ids = batch.json()["ids"]
+    for instance_id in ids:
+        wait_status(api.acme, "acme", instance_id)
+    seen, cursor = [], None
+    while True:
+        params: dict[str, str | int] = {"workflow": "Echo", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = api.acme.get("/v1/tenants/acme/instances", params=params).json()
+        assert len(page["instances"]) <= 2
+        seen += [item["id"] for item in page["instances"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [*reversed(ids), "order-1"]  # newest first; globex's order-1 is not listed
+    completed = api.globex.get("/v1/tenants/globex/instances", params={"status": "complete"}).json()["instances"]
+    assert [item["id"] for item in completed] == ["order-1"]
+
+    # Workflows and versions.
+    workflows = api.acme.get("/v1/tenants/acme/workflows").json()["workflows"]
+    assert {w["name"] for w in workflows} == {"Approval", "Echo", "Fail", "Grind", "Nap"}
+    assert all(w["current"] == api.digest and [v["digest"] for v in w["versions"]] == [api.digest] for w in workflows)
+
+
+def test_every_error_status(api: Api) -> None:
+    base = "/v1/tenants/acme"
+    create(api.acme, "acme", "Echo", id="done-1")
+    wait_status(api.acme, "acme", "done-1")
+    # 400: malformed ids, bodies, queries, components.
+    assert "instance_id" in error_of(api.acme.get(f"{base}/instances/-bad"), 400, "invalid_input")
+    assert "JSON" in error_of(api.acme.post(f"{base}/instances", content=b"{nope", headers={"Content-Type": "application/json"}), 400, "invalid_input")
+    assert "extra" in error_of(api.acme.post(f"{base}/instances", json={"workflow": "Echo", "colour": "red"}), 400, "invalid_input").lower()
+    error_of(api.acme.post(f"{base}/instances", json={"params": {}}), 400, "invalid_input")
+    error_of(api.acme.get(f"{base}/instances", params={"limit": 0}), 400, "invalid_input")
+    error_of(api.acme.get(f"{base}/instances", params={"status": "sleeping"}), 400, "invalid_input")
+    assert "cursor" in error_of(api.acme.get(f"{base}/instances", params={"cursor": "!!"}), 400, "invalid_input")
+    error_of(api.acme.post(f"{base}/instances/done-1/events/no spaces", json=1), 400, "invalid_input")
+    error_of(api.acme.post(f"{base}/components", content=b"", headers={"Content-Type": "application/wasm"}), 400, "invalid_input")
+    assert "not a valid WebAssembly component" in error_of(
+        api.acme.post(f"{base}/components", content=b"\0asm garbage", headers={"Content-Type": "application/wasm"}), 400, "component_error"
+    )
+    error_of(api.acme.get("/v1/tenants/NOT_A_TENANT/instances"), 400, "invalid_input")
+    # 401 / 403
+    response = api.anonymous.get(f"{base}/instances")
+    error_of(response, 401, "unauthenticated")
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    error_of(api.readonly.post(f"{base}/instances/done-1/pause"), 403, "forbidden")
+    # 404: missing instance, unknown workflow, unknown route.
+    error_of(api.acme.get(f"{base}/instances/missing"), 404, "not_found")
+    error_of(api.acme.post(f"{base}/instances", json={"workflow": "Nope"}), 404, "unknown_workflow")
+    error_of(api.acme.get("/v1/nothing-here"), 404, "not_found")
+    error_of(api.acme.put(f"{base}/instances"), 405, "method_not_allowed")
+    # 409: duplicate id, wrong state.
+    assert "already exists" in error_of(api.acme.post(f"{base}/instances", json={"workflow": "Echo", "id": "done-1"}), 409, "already_exists")
+    batch = {"instances": [{"workflow": "Echo", "id": "fresh"}, {"workflow": "Echo", "id": "done-1"}]}
+    error_of(api.acme.post(f"{base}/instances/batch", json=batch), 409, "already_exists")
+    error_of(api.acme.get(f"{base}/instances/fresh"), 404, "not_found")  # the batch was all or nothing
+    error_of(api.acme.post(f"{base}/instances/done-1/pause"), 409, "invalid_state")
+    error_of(api.acme.post(f"{base}/instances/done-1/events/late", json=None), 409, "invalid_state")
+    # 413: params and event payloads over the engine's limits (the body itself is under the API's).
+    big = "x" * (1024 * 1024 + 1)
+    error_of(api.acme.post(f"{base}/instances", json={"workflow": "Echo", "params": big}), 413, "payload_too_large")
+    waiting = create(api.acme, "acme", "Approval")
+    error_of(api.acme.post(f"{base}/instances/{waiting}/events/approval", json=big), 413, "payload_too_large")
+
+
+def test_another_tenants_instance_looks_missing(api: Api) -> None:
+    create(api.globex, "globex", "Approval", id="globex-only")
+    wait_status(api.globex, "globex", "globex-only", "waiting")
+    calls = [
+        ("GET", "/instances/globex-only"), ("GET", "/instances/globex-only/logs"), ("POST", "/instances/globex-only/pause"),
+        ("POST", "/instances/globex-only/resume"), ("POST", "/instances/globex-only/terminate"),
+        ("POST", "/instances/globex-only/restart"), ("POST", "/instances/globex-only/events/approval"), ("DELETE", "/instances/globex-only"),
+    ]
+    existing = [api.acme.request(method, f"/v1/tenants/acme{path}") for method, path in calls]
+    assert wait_status(api.globex, "globex", "globex-only")["status"] == "waiting"  # untouched
+    api.globex.delete("/v1/tenants/globex/instances/globex-only")
+    missing = [api.acme.request(method, f"/v1/tenants/acme{path}") for method, path in calls]
+    for before, after in zip(existing, missing):
+        error_of(before, 404, "not_found")
+        assert before.content == after.content
+
+
+def test_auth_failures(api: Api) -> None:
+    path = "/v1/tenants/acme/instances"
+    assert "missing" in error_of(api.anonymous.get(path), 401, "unauthenticated")
+    bad_keys = ["nonsense", "tf_" + "0" * 12 + "_" + "A" * 43, make_key(api.db, "acme")[:-1] + "x"]
+    for token in bad_keys:
+        error_of(api.anonymous.get(path, headers=bearer(token)), 401, "unauthenticated")
+    error_of(api.anonymous.get(path, headers={"Authorization": "Basic YWNtZTpzZWNyZXQ="}), 401, "unauthenticated")
+
+    # Revocation applies from the next request.
+    token = make_key(api.db, "acme")
+    assert api.anonymous.get(path, headers=bearer(token)).status_code == 200
+    admin(api.db, lambda now: revoke_key(token.split("_")[1], now))
+    assert "revoked" in error_of(api.anonymous.get(path, headers=bearer(token)), 401, "unauthenticated")
+
+    # Read-only keys read, and nothing else.
+    create(api.acme, "acme", "Approval", id="ro-target")
+    assert api.readonly.get(f"{path}/ro-target").status_code == 200
+    assert api.readonly.get("/v1/tenants/acme/workflows").status_code == 200
+    for method, suffix, body in [
+        ("POST", "/ro-target/pause", None), ("POST", "/ro-target/terminate", None), ("DELETE", "/ro-target", None),
+        ("POST", "/ro-target/events/approval", 1), ("POST", "", {"workflow": "Echo"}),
+    ]:
+        error_of(api.readonly.request(method, f"{path}{suffix}", json=body), 403, "forbidden")
+    error_of(api.readonly.post("/v1/tenants/acme/components", content=b"\0asm", headers={"Content-Type": "application/wasm"}), 403, "forbidden")
+
+    # A key of tenant A on tenant B: 403, the same whether or not the instance exists there.
+    create(api.globex, "globex", "Approval", id="g-1")
+    there = api.acme.get("/v1/tenants/globex/instances/g-1")
+    absent = api.acme.get("/v1/tenants/globex/instances/never-was")
+    error_of(there, 403, "forbidden")
+    assert there.content == absent.content
+    error_of(api.acme.post("/v1/tenants/globex/instances", json={"workflow": "Echo"}), 403, "forbidden")
+    error_of(api.acme.get("/v1/tenants/nobody/instances"), 403, "forbidden")
+
+    # Platform admins act on any tenant; only they read /metrics.
+    assert api.admin.get("/v1/tenants/globex/instances/g-1").json()["tenant"] == "globex"
+    assert api.admin.post("/v1/tenants/acme/instances/ro-target/terminate").json()["status"] == "terminated"
+    assert api.admin.get("/metrics").status_code == 200
+    error_of(api.acme.get("/metrics"), 403, "forbidden")
+    error_of(api.anonymous.get("/metrics"), 401, "unauthenticated")
+
+
+def test_health_readiness_and_metrics(api: Api) -> None:
+    assert api.anonymous.get("/healthz").json() == {"status": "ok", "checks": {}}
+    ready = api.anonymous.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "checks": {"engine_open": True, "database_writable": True, "scheduler_running": True}}
+    wait_status(api.acme, "acme", create(api.acme, "acme", "Grind", {"n": 3, "ms": 1}))
+    response = api.admin.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    samples: dict[str, float] = {}
+    for line in response.text.splitlines():
+        if line.startswith("#"):
+            assert re.fullmatch(r"# (HELP|TYPE) tenantflow_\w+ .+", line), line
+            continue
+        name, value = line.rsplit(" ", 1)
+        samples[name] = float(value)
+    assert samples['tenantflow_instances{status="complete"}'] >= 1
+    assert samples["tenantflow_step_duration_seconds_count"] >= 3
+    assert samples['tenantflow_step_duration_seconds_bucket{le="+Inf"}'] == samples["tenantflow_step_duration_seconds_count"]
+    assert samples["tenantflow_writer_commits_total"] > 0
+    assert samples["tenantflow_isolate_cache_hits_total"] + samples["tenantflow_isolate_cache_misses_total"] > 0
+    assert samples['tenantflow_invocations_total{status="complete"}'] >= 1
+
+
+def test_request_bodies_over_the_limit_are_refused_before_reading(tmp_path: Path) -> None:
+    app = create_standalone_app(tmp_path / "small.db", artifact_dir=ARTIFACTS, max_body_bytes=1024, max_component_bytes=2048)
+    with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+        declared = client.post("/v1/tenants/acme/instances", content=b"x" * 4096, headers={"Content-Type": "application/json"})
+        assert "1 KiB" in error_of(declared, 413, "payload_too_large")
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the limit applies as it streams
+            for _ in range(8):
+                yield b"y" * 512
+
+        error_of(client.post("/v1/tenants/acme/instances", content=chunks(), headers={"Content-Type": "application/json"}), 413, "payload_too_large")
+        # Components get their own limit; under it, the request goes on to authentication.
+        error_of(client.post("/v1/tenants/acme/components", content=b"z" * 1500), 401, "unauthenticated")
+        error_of(client.post("/v1/tenants/acme/components", content=b"z" * 4096), 413, "payload_too_large")
+
+
+def test_openapi_document_declares_every_route_and_its_errors(api: Api) -> None:
+    doc = api.anonymous.get("/openapi.json").json()
+    operations = {(method.upper(), path): op for path, ops in doc["paths"].items() for method, op in ops.items()}
+    tenant_routes = [key for key in operations if key[1].startswith("/v1/tenants/{tenant}")]
+    assert len(tenant_routes) == 13
+    for key in tenant_routes:
+        responses = operations[key]["responses"]
+        assert {"400", "401", "403"} <= set(responses), key
+        assert "422" not in responses
+        assert responses["401"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+        assert operations[key]["security"] == [{"HTTPBearer": []}]
+    assert "404" in operations[("GET", "/v1/tenants/{tenant}/instances/{instance_id}")]["responses"]
+    assert "409" in operations[("POST", "/v1/tenants/{tenant}/instances/{instance_id}/pause")]["responses"]
+    assert "application/wasm" in operations[("POST", "/v1/tenants/{tenant}/components")]["requestBody"]["content"]
+    assert "HTTPValidationError" not in doc["components"]["schemas"]

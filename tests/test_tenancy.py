@@ -1,0 +1,154 @@
+"""Tenancy: envelope-and-dispatch per tenant, code versions and upgrades, the loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from enginekit import component, open_engine
+
+from tenantflow.clock import ManualClock
+from tenantflow.engine import Engine
+from tenantflow.errors import InstanceNotFound
+from tenantflow.registry import digest_of
+
+
+async def _to_approval(engine: Engine, tenant: str, instance_id: str, clock: ManualClock) -> None:
+    await engine.scheduler.quiesce()
+    clock.advance(60)
+    await engine.scheduler.quiesce()
+    status = await engine.tenant(tenant).status(instance_id)
+    assert (status.status, status.waiting_for) == ("waiting", "go")
+
+
+async def test_two_tenants_same_workflow_name_run_their_own_code_across_restarts(tmp_path: Path) -> None:
+    db, clock = tmp_path / "flows.db", ManualClock()
+    async with open_engine(db, clock=clock, deploy={"alpha": "flow_v1", "beta": "flow_v3"}) as engine:
+        alpha, beta = engine.tenant("alpha"), engine.tenant("beta")
+        await alpha.create("pipeline", {"commit": "a1"}, id="run-1")
+        await beta.create("pipeline", {"commit": "b1"}, id="run-1")  # same id, other tenant: allowed
+        await engine.scheduler.quiesce()
+        assert [s.name for s in (await alpha.status("run-1")).steps][:1] == ["build"]
+        assert [s.name for s in (await beta.status("run-1")).steps][:1] == ["compile"]
+    clock.advance(60)
+    async with open_engine(db, clock=clock) as engine:  # a restarted host routes by envelope
+        alpha, beta = engine.tenant("alpha"), engine.tenant("beta")
+        await engine.scheduler.quiesce()
+        await alpha.send_event("run-1", "go", {"env": "prod"})
+        await beta.send_event("run-1", "go", {"env": "staging"})
+        a, b = await alpha.wait("run-1"), await beta.wait("run-1")
+        assert a.output == {"version": 1, "deployed": "app-a1", "to": "prod"}
+        assert b.output == {"version": 3, "deployed": "app-b1", "to": "staging"}
+
+
+async def test_every_binding_operation_refuses_another_tenants_instance_like_a_missing_one(tmp_path: Path) -> None:
+    async with open_engine(tmp_path / "flows.db", deploy={"alpha": "flow_v1", "beta": "flow_v1"}) as engine:
+        alpha, beta = engine.tenant("alpha"), engine.tenant("beta")
+        await alpha.create("pipeline", {"commit": "x"}, id="private")
+        operations = {
+            "status": lambda b, i: b.status(i),
+            "pause": lambda b, i: b.pause(i),
+            "resume": lambda b, i: b.resume(i),
+            "terminate": lambda b, i: b.terminate(i),
+            "restart": lambda b, i: b.restart(i),
+            "delete": lambda b, i: b.delete(i),
+            "send_event": lambda b, i: b.send_event(i, "go", {}),
+            "logs": lambda b, i: b.logs(i),
+        }
+        for name, operation in operations.items():
+            with pytest.raises(InstanceNotFound) as foreign:
+                await operation(beta, "private")
+            with pytest.raises(InstanceNotFound) as missing:
+                await operation(beta, "nothing-here")
+            assert str(foreign.value).replace("private", "X") == str(missing.value).replace("nothing-here", "X"), name
+        assert [i.id for i in (await beta.list()).instances] == []
+        assert (await alpha.status("private")).status != "terminated"
+
+
+async def test_deploying_a_new_version_affects_new_instances_only(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "flow_v1"}) as engine:
+        t = engine.tenant("t")
+        old = await t.create("pipeline", {"commit": "c1"})
+        await _to_approval(engine, "t", old, clock)
+        await engine.deploy("t", component("flow_v2").read_bytes())
+        new = await t.create("pipeline", {"commit": "c2"})
+        await _to_approval(engine, "t", new, clock)
+        for instance_id in (old, new):
+            await t.send_event(instance_id, "go", {"env": "prod"})
+        assert (await t.wait(old)).output["version"] == 1
+        assert (await t.wait(new)).output["version"] == 2
+
+
+async def test_upgrade_moves_compatible_instances_and_refuses_divergent_code(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "flow_v1"}) as engine:
+        t = engine.tenant("t")
+        waiting = await t.create("pipeline", {"commit": "w"}, id="waiting")
+        await _to_approval(engine, "t", waiting, clock)
+        v2 = (await engine.register_component(component("flow_v2").read_bytes())).digest
+        v3 = (await engine.register_component(component("flow_v3").read_bytes())).digest
+        v1 = (await t.status(waiting)).digest
+
+        dry = await t.upgrade("pipeline", v3)
+        assert [(r.id, r.result) for r in dry] == [("waiting", "diverged")]
+        assert dry[0].divergence is not None and "position 0" in dry[0].divergence
+        assert "step 'build'" in dry[0].divergence and "step 'compile'" in dry[0].divergence
+        assert (await t.upgrade("pipeline", v3, apply=True))[0].result == "diverged"
+        assert (await t.status(waiting)).digest == v1  # untouched
+
+        assert [r.result for r in await t.upgrade("pipeline", v2)] == ["compatible"]
+        assert (await t.status(waiting)).digest == v1  # a dry run changes nothing
+        assert [r.result for r in await t.upgrade("pipeline", v2, apply=True)] == ["upgraded"]
+        assert (await t.status(waiting)).digest == v2
+        await t.send_event(waiting, "go", {"env": "prod"})
+        done = await t.wait(waiting)
+        assert done.output["version"] == 2 and [s.name for s in done.steps][-1] == "notify"
+
+
+class FlakyLoader:
+    """A platform loader that can be down, or serve the wrong bytes, on demand."""
+
+    def __init__(self, good: bytes) -> None:
+        self.good = good
+        self.mode = "down"
+        self.calls = 0
+
+    async def load(self, tenant: str, workflow: str, digest: str) -> bytes:
+        self.calls += 1
+        if self.mode == "down":
+            raise ConnectionError("registry unreachable")
+        if self.mode == "wrong":
+            return self.good + b"tampered"
+        return self.good
+
+
+@pytest.mark.slow
+async def test_loader_failures_leave_the_instance_waiting_and_it_recovers(tmp_path: Path) -> None:
+    db, clock = tmp_path / "flows.db", ManualClock()
+    wasm = component("flow_v1").read_bytes()
+    async with open_engine(db, clock=clock, deploy={"t": "flow_v1"}) as engine:
+        iid = await engine.tenant("t").create("pipeline", {"commit": "l"})
+        await engine.scheduler.quiesce()
+    loader = FlakyLoader(wasm)
+    # A fresh artifact cache: the next wake-up must go to the loader.
+    async with Engine(db, clock=clock, loader=loader, artifact_dir=tmp_path / "artifacts") as engine:
+        t = engine.tenant("t")
+        clock.advance(60)
+        await engine.scheduler.quiesce()
+        status = await t.status(iid)
+        assert status.status == "waiting" and status.error is not None
+        assert status.error.name == "LoaderError" and "registry unreachable" in status.error.message
+        loader.mode = "wrong"
+        clock.advance(5)
+        await engine.scheduler.quiesce()
+        status = await t.status(iid)
+        assert status.error is not None and f"for component {digest_of(wasm)[:12]}; refusing them" in status.error.message
+        loader.mode = "ok"
+        clock.advance(300)
+        await engine.scheduler.quiesce()
+        status = await t.status(iid)
+        assert (status.status, status.waiting_for, status.error) == ("waiting", "go", None)
+        await t.send_event(iid, "go", {"env": "prod"})
+        assert (await t.wait(iid, timeout=120)).status == "complete"
+        assert loader.calls >= 3
