@@ -256,16 +256,17 @@ class Invocation:
     # ---- steps -----------------------------------------------------------------------
     def begin_step(self, name: str, config: Any) -> wc.Variant:
         entry = self.next_call("step", name)
-        retries = _get(config, "retries")
-        run = _StepRun(
-            seq=self.seq - 1, name=name, limit=_get(retries, "limit"), delay_ms=_get(retries, "delay"),
-            backoff=_get(retries, "backoff"), timeout_ms=_get(config, "timeout"), attempt=1, started_at=0, entry=entry,
-        )
-        if entry is not None:
+        if entry is not None:  # the replay fast path: answered from the journal
             if entry.status == "done":
                 return _done(entry.result or "null")
             if entry.status == "failed":
                 return _failed(entry.error_name or "Error", entry.error_message or "")
+        retries = _get(config, "retries")
+        run = _StepRun(
+            seq=self.seq - 1, name=name, limit=_get(retries, "limit"), delay_ms=_get(retries, "delay"),
+            backoff=_get(retries, "backoff"), timeout_ms=min(_get(config, "timeout"), self.policy.max_step_timeout_ms or 2**63), attempt=1, started_at=0, entry=entry,
+        )
+        if entry is not None:
             if entry.wake_at is not None and entry.wake_at > self.now():  # woken before the retry is due
                 raise self.suspend(entry, entry.wake_at, None)
             run.attempt = entry.attempts + 1

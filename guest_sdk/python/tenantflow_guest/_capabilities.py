@@ -15,8 +15,8 @@ the record (a retried attempt fetches again).
 from __future__ import annotations
 
 import json as _json
-from dataclasses import dataclass
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Union
 
 from ._durations import to_ms

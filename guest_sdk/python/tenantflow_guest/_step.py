@@ -178,9 +178,10 @@ class Step:
 
     def _run_step(self, name: str, fn: Callable[..., Any], options: StepOptions) -> Any:
         state: StepState = self._host.begin_step(name, options)
-        call = _call_with_context(fn)
-        while isinstance(state, Execute):
-            state = self._attempt(name, call, state)
+        if isinstance(state, Execute):  # not answered from the journal: run the body
+            call = _call_with_context(fn)
+            while isinstance(state, Execute):
+                state = self._attempt(name, call, state)
         if isinstance(state, Done):
             return json.loads(state.result_json)
         assert isinstance(state, Failed)

@@ -186,3 +186,13 @@ class Marathon(WorkflowEntrypoint):
             if i == n // 2:
                 step.sleep("breather", event.payload.get("sleep", "200 ms"))
         return results
+
+
+class StepsThenSleep(WorkflowEntrypoint):
+    """`n` steps, then a sleep: the invocation after the sleep replays all `n` (benchmarks)."""
+
+    def run(self, event, step):
+        for i in range(event.payload["n"]):
+            step.do("s", lambda i=i: i)
+        step.sleep("rest", "1 second")
+        return event.payload["n"]
