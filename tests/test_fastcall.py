@@ -263,6 +263,9 @@ ADDERS: dict[str, Adder] = {
 IMPORTS = {
     DURABLE: ["begin-step", "end-attempt", "sleep", "sleep-until", "wait-for-event", "log"],
     PROBE: ["echo", "inc", "scalars", "lists", "results", "options", "shapes", "perm", "configs", "maybe-config"],
+    # Part of the world, not exercised here: defined so the guest links.
+    "tenantflow:workflow/children@0.1.0": ["start", "join", "status", "send-event"],
+    "tenantflow:workflow/capabilities@0.1.0": ["fetch", "secret"],
 }
 
 
