@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import IO, Any, Callable, Optional, Sequence, TypeVar
+from typing import IO, Any, Callable, List, Optional, Sequence, TypeVar
 
 import wasmtime
 
@@ -31,6 +31,7 @@ from .loader import Loader, RegistryLoader, load_verified
 from .registry import ComponentStore, digest_of
 from .sandbox import EpochTicker, SandboxConfig, make_engine
 from .scheduler import Scheduler
+from .stats import EngineStats, engine_stats
 
 T = TypeVar("T")
 DEFAULT_TENANT = "default"
@@ -158,6 +159,10 @@ class Engine:
 
     def policy_for(self, tenant: str) -> TenantPolicy:
         return self._policies.get(tenant, DEFAULT_POLICY)
+
+    def stats(self) -> EngineStats:
+        """Isolate cache, writer and scheduler counters (what an operator watches)."""
+        return engine_stats(self)
 
     def _wake_threadsafe(self, pk: int, tenant: str) -> None:
         if self.run_scheduler and self._loop is not None:
@@ -354,7 +359,7 @@ class TenantBinding:
             next_cursor=_encode_cursor(page[-1].pk) if len(rows) > limit else None,
         )
 
-    async def upgrade(self, workflow: str, digest: str, *, apply: bool = False, instance_ids: Optional[Sequence[str]] = None) -> list[UpgradeResult]:
+    async def upgrade(self, workflow: str, digest: str, *, apply: bool = False, instance_ids: Optional[Sequence[str]] = None) -> List[UpgradeResult]:
         """Move in-flight instances of `workflow` to component `digest`.
 
         Each instance's journal is first replayed against the new code without side
@@ -382,7 +387,7 @@ class TenantBinding:
             results.append(UpgradeResult(id=row.id, from_digest=row.digest, to_digest=digest, result=outcome, divergence=divergence))  # type: ignore[arg-type]
         return results
 
-    async def logs(self, instance_id: str, limit: int = 1000) -> list[LogLine]:
+    async def logs(self, instance_id: str, limit: int = 1000) -> List[LogLine]:
         row = await self._row(instance_id)
         lines = await self.engine.read(jn.logs_query(row.pk, limit))
         return [LogLine(at=ts(at), stream=stream, message=message) for at, stream, message in lines]  # type: ignore[arg-type]

@@ -94,7 +94,7 @@ def backoff_delay_ms(backoff: str, delay_ms: int, attempt: int) -> int:
         return delay_ms
     if backoff == "linear":
         return delay_ms * attempt
-    return delay_ms * 2 ** (attempt - 1)
+    return int(delay_ms * 2 ** (attempt - 1))
 
 
 def format_duration_ms(ms: int) -> str:
@@ -531,22 +531,16 @@ def _carried(fn: Callable[..., Any]) -> Callable[..., Any]:
 def build_linker(engine: wasmtime.Engine) -> wc.Linker:
     """One linker per engine: WASI (nothing granted per store) plus the tenantflow imports."""
     from . import capabilities, children
+    from .fastcall import add_fast_func
 
     interfaces = {DURABLE: HOST_FUNCTIONS, CHILDREN: children.HOST_FUNCTIONS, CAPABILITIES: capabilities.HOST_FUNCTIONS}
-    try:
-        from .fastcall import add_fast_func as add
-    except ImportError:  # pragma: no cover - the stock path is always correct, only slower
-        add = None
     linker = wc.Linker(engine)
     linker.add_wasip2()
     with linker.root() as root:
         for interface, functions in interfaces.items():
             with root.add_instance(interface) as instance:
                 for name, fn in functions.items():
-                    if add is not None:
-                        add(instance, name, _carried(fn))
-                    else:
-                        instance.add_func(name, _carried(fn))
+                    add_fast_func(instance, name, _carried(fn))
     return linker
 
 

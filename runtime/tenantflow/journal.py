@@ -101,8 +101,11 @@ def _instance(row: Iterable[Any]) -> InstanceRow:
 
 
 def _entry(row: tuple[Any, ...]) -> JournalEntry:
-    *head, history = row
-    return JournalEntry(*head, history=json.loads(history) if history else [])
+    seq, kind, name, status, attempts, result, error_name, error_message, wake_at, event_type, started_at, ended_at, history = row
+    return JournalEntry(
+        seq, kind, name, status, attempts, result, error_name, error_message, wake_at, event_type, started_at, ended_at,
+        json.loads(history) if history else [],
+    )
 
 
 # ---- reads ----------------------------------------------------------------------
@@ -152,7 +155,7 @@ def active_instances_query() -> Query[list[tuple[int, str, str, Optional[int], i
     return Query(
         "SELECT pk, tenant, status, wake_at, generation FROM instances WHERE status IN ('queued','running','waiting','waitingForPause')",
         (),
-        lambda rows: [tuple(r) for r in rows],  # type: ignore[misc]
+        lambda rows: [tuple(r) for r in rows],
     )
 
 
@@ -171,7 +174,7 @@ def list_query(tenant: str, workflow: Optional[str], status: Optional[str], befo
 
 
 def logs_query(pk: int, limit: int) -> Query[list[tuple[int, str, str]]]:
-    return Query("SELECT at, stream, message FROM logs WHERE instance_pk=? ORDER BY pk LIMIT ?", (pk, limit), lambda rows: [tuple(r) for r in rows])  # type: ignore[misc]
+    return Query("SELECT at, stream, message FROM logs WHERE instance_pk=? ORDER BY pk LIMIT ?", (pk, limit), lambda rows: [tuple(r) for r in rows])
 
 
 def current_digest_query(tenant: str, workflow: str) -> Query[Optional[str]]:

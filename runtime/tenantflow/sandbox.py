@@ -106,7 +106,6 @@ _CALLBACK = ctypes.CFUNCTYPE(
 _FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
-@_CALLBACK
 def _on_deadline(_context: Any, data: Any, delta: Any, kind: Any) -> int:
     check = _checks.get(data or 0)
     reason = check() if check is not None else None
@@ -118,9 +117,13 @@ def _on_deadline(_context: Any, data: Any, delta: Any, kind: Any) -> int:
     return 0
 
 
-@_FINALIZER
 def _forget(data: Any) -> None:
     _checks.pop(data or 0, None)
+
+
+# C function pointers, kept alive for the life of the process.
+_ON_DEADLINE = _CALLBACK(_on_deadline)
+_FORGET = _FINALIZER(_forget)
 
 
 def watch_store(store: wasmtime.Store, check: DeadlineCheck) -> None:
@@ -128,5 +131,5 @@ def watch_store(store: wasmtime.Store, check: DeadlineCheck) -> None:
     traps the guest (with INTERRUPTED in the message), None lets it run on."""
     key = next(_keys)
     _checks[key] = check
-    ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_deadline, ctypes.c_void_p(key), _forget)
+    ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _ON_DEADLINE, ctypes.c_void_p(key), _FORGET)
     store.set_epoch_deadline(SLICE_TICKS)
