@@ -22,6 +22,7 @@ import aiosqlite
 T = TypeVar("T")
 WriteOp = Callable[[sqlite3.Connection], T]
 
+DEFER_MS = 50  # how long a deferred write may wait for a commit to ride along with
 SCHEMA_VERSION = 2
 
 # Each entry migrates from version i to i+1.
@@ -189,6 +190,13 @@ class GroupCommitWriter:
         self._pending.set()
         return future
 
+    def defer(self, op: WriteOp[T]) -> Future[T]:
+        """Queue `op` to ride along with the next commit (or the background one within
+        DEFER_MS): for bookkeeping that need not cost an fsync of its own."""
+        future: Future[T] = Future()
+        self._queue.put((op, future))
+        return future
+
     def run(self, op: WriteOp[T]) -> T:
         """Run `op` and wait until it is durably committed (leading the commit if free)."""
         future: Future[T] = Future()
@@ -209,7 +217,7 @@ class GroupCommitWriter:
 
     def _background(self) -> None:
         while True:
-            self._pending.wait()
+            self._pending.wait(DEFER_MS / 1000)
             self._pending.clear()
             self._lead()
             if self._closing:

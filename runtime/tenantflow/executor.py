@@ -625,7 +625,8 @@ class Executor:
         inv.replay_len = len(inv.journal)
         inv.events = jn.pending_events_query(pk).run(conn)
         now = self.clock.now_ms()
-        self.writer.submit(jn.start_invocation(pk, row.generation, self.host_id, now + self.lease_ms, now))
+        # Status and lease are bookkeeping: they ride along with the invocation's first commit.
+        self.writer.defer(jn.start_invocation(pk, row.generation, self.host_id, now + self.lease_ms, now))
         inv.deadline_ms = inv.now_wall() + self.limits.invocation_timeout_ms
         _current.invocation = inv
         self.cache.stats.live_instances += 1
