@@ -1,0 +1,69 @@
+"""`tenantflow run` and `tenantflow instances ...` through the real console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from enginekit import ARTIFACTS, REPO
+
+ORDER = {"order_id": "77", "items": [{"price": 700, "qty": 2}]}
+
+
+def tenantflow(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TENANTFLOW_CACHE_DIR": str(ARTIFACTS.parent / "cli-cache")}
+    result = subprocess.run([sys.executable, "-m", "tenantflow.cli", *args], capture_output=True, text=True, env=env, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+def test_run_fast_forwards_through_sleeps_and_prints_the_output(tmp_path: Path) -> None:
+    acme = _acme()
+    db = tmp_path / "flows.db"
+    done = tenantflow(
+        "run", str(acme), "--workflow", "order-approval", "--params", json.dumps(ORDER), "--id", "order-77",
+        "--db", str(db), "--tenant", "acme", "--fast-forward", "--event", 'approval={"approved": true, "by": "kim"}',
+    )
+    assert json.loads(done.stdout[done.stdout.index("{"):]) == {
+        "order_id": "77", "status": "shipped", "charged": 1400, "currency": "EUR", "tracking": "TRK-77"
+    }
+    assert "#5   step  ship  done" in done.stderr  # live step progress
+    listing = tenantflow("instances", "list", "--db", str(db), "--tenant", "acme", "--json")
+    assert [(i["id"], i["status"]) for i in json.loads(listing.stdout)["instances"]] == [("order-77", "complete")]
+    described = json.loads(tenantflow("instances", "describe", "order-77", "--db", str(db), "--tenant", "acme", "--json").stdout)
+    assert [s["name"] for s in described["steps"]] == ["validate order", "reserve stock", "manager approval", "charge card", "wait for warehouse pickup", "ship"]
+    assert described["logs"][0]["message"] == "order 77 needs approval (1400)"
+    timeline = tenantflow("instances", "describe", "order-77", "--db", str(db), "--tenant", "acme").stdout
+    assert "wait for warehouse pickup" in timeline and "60.0 min" in timeline
+
+
+def test_run_exit_codes_and_instance_commands(tmp_path: Path) -> None:
+    acme = _acme()
+    db = tmp_path / "flows.db"
+    failed = tenantflow("run", str(acme), "-w", "order-approval", "-p", '{"order_id": "x", "items": []}', "--db", str(db), "--fast-forward", check=False)
+    assert failed.returncode == 1 and "NonRetryableError: order has no items" in failed.stderr
+    # without --fast-forward and no event, the order waits: exit 3, state kept in the database
+    waiting = subprocess.run(
+        [sys.executable, "-m", "tenantflow.cli", "run", str(acme), "-w", "order-approval", "-p", json.dumps(ORDER), "--id", "w1", "--db", str(db), "--fast-forward"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert waiting.returncode == 0  # fast-forward: the approval wait times out, the order expires
+    assert '"status": "expired"' in waiting.stdout
+    assert tenantflow("instances", "send-event", "w1", "approval", "{}", "--db", str(db), check=False).returncode == 1
+    assert "cannot send an event to instance 'w1': it is complete" in tenantflow("instances", "send-event", "w1", "approval", "{}", "--db", str(db), check=False).stderr
+    assert "instance 'nope' not found" in tenantflow("instances", "pause", "nope", "--db", str(db), check=False).stderr
+    restarted = tenantflow("instances", "restart", "w1", "--db", str(db))
+    assert "w1: queued" in restarted.stdout
+    assert tenantflow("instances", "terminate", "w1", "--db", str(db)).stdout.strip() == "w1: terminated"
+    bad = tenantflow("run", str(acme), "-w", "order-approval", "-p", "{not json", "--db", str(db), check=False)
+    assert bad.returncode == 2 and "--params is not valid JSON" in bad.stderr
+
+
+def _acme() -> Path:
+    from components import build_component
+
+    return build_component(REPO / "tenants" / "acme" / "workflow.py")
