@@ -560,6 +560,22 @@ def _trap_message(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def call_run(inv: Invocation, store: wasmtime.Store, instance: wc.Instance) -> Any:
+    """Call the guest's `run` export for the invocation's instance. A host import's
+    exception comes out as itself (see `_carried`), a trap as WasmtimeError."""
+    row = inv.row
+    run = instance.get_func(store, "run")
+    if run is None:
+        raise Unwind("errored", ("ComponentError", "component does not export `run`"))
+    event = _record(payload=row.params, instance_id=row.id, workflow=row.workflow, created_at=row.created_at)
+    try:
+        return run(store, row.workflow, event)
+    except wasmtime.WasmtimeError:
+        if inv.raised is not None:
+            raise inv.raised from None
+        raise
+
+
 @dataclass
 class Executor:
     """Runs invocations; shared by the scheduler's worker threads."""
@@ -641,17 +657,8 @@ class Executor:
                     error = ("MemoryLimitExceeded", f"memory limit {format_bytes(inv.memory_limit)} is below what the component needs to start ({exc})")
                 return self.settle(inv, Unwind("errored", error))
             inv.store = store
-            run = instance.get_func(store, "run")
-            if run is None:
-                return self.settle(inv, Unwind("errored", ("ComponentError", "component does not export `run`")))
-            event = _record(payload=row.params, instance_id=row.id, workflow=row.workflow, created_at=row.created_at)
             try:
-                try:
-                    outcome = run(store, row.workflow, event)
-                except wasmtime.WasmtimeError:
-                    if inv.raised is not None:
-                        raise inv.raised from None
-                    raise
+                outcome = call_run(inv, store, instance)
             except Unwind as unwind:
                 return self.settle(inv, unwind)
             except wasmtime.WasmtimeError as trap:
@@ -694,17 +701,8 @@ class Executor:
         _current.invocation = inv
         try:
             store, instance = self.instantiate(digest, inv, inv.memory_limit, (row.tenant, row.workflow))
-            run = instance.get_func(store, "run")
-            if run is None:
-                return "the new component does not export `run`"
-            event = _record(payload=row.params, instance_id=row.id, workflow=row.workflow, created_at=row.created_at)
             try:
-                try:
-                    outcome = run(store, row.workflow, event)
-                except wasmtime.WasmtimeError:
-                    if inv.raised is not None:
-                        raise inv.raised from None
-                    raise
+                outcome = call_run(inv, store, instance)
             except Unwind as unwind:
                 if unwind.reason == "verified":
                     return None
