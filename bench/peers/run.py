@@ -394,7 +394,8 @@ async def _child_async(name: str, cfg: Json, out_path: Path, procs: ProcessGroup
 def child_main(args: argparse.Namespace) -> int:
     cfg: dict[str, Any] = json.loads(Path(args.child_config).read_text())
     out_path = Path(args.child_out)
-    # First, while this process has a single thread (unshare would fail otherwise).
+    # First, before any thread or child exists: unshare() moves only the calling thread, and every
+    # thread and process created afterwards inherits its namespace.
     cfg["network"] = isolate_network() if cfg.get("netns", True) else "host network (--no-netns)"
     log(f"{args.child}: {cfg['network']}")
 

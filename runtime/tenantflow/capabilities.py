@@ -114,11 +114,11 @@ def check_request(request: FetchRequest) -> None:
             raise FetchFailed("InvalidRequest", f"header {name!r} is set by the host from the URL and body; do not set it")
         size += len(name) + len(value.encode())
     if size > MAX_REQUEST_HEADER_BYTES:
-        raise FetchFailed("RequestTooLarge", f"request headers are {format_bytes(size)}; the limit is {format_bytes(MAX_REQUEST_HEADER_BYTES)}")
+        total, limit = _sizes(size, MAX_REQUEST_HEADER_BYTES)
+        raise FetchFailed("RequestTooLarge", f"request headers are {total}; the limit is {limit}")
     if request.body is not None and len(request.body) > MAX_REQUEST_BODY_BYTES:
-        raise FetchFailed(
-            "RequestTooLarge", f"request body is {format_bytes(len(request.body))}; the limit is {format_bytes(MAX_REQUEST_BODY_BYTES)}"
-        )
+        body_size, body_limit = _sizes(len(request.body), MAX_REQUEST_BODY_BYTES)
+        raise FetchFailed("RequestTooLarge", f"request body is {body_size}; the limit is {body_limit}")
     if request.timeout_ms is not None and request.timeout_ms <= 0:
         raise FetchFailed("InvalidRequest", f"timeout must be positive, got {request.timeout_ms} ms")
 
@@ -178,10 +178,8 @@ def perform_fetch(
 def _read_capped(chunks: Iterator[bytes], response: httpx.Response, target: Target, cap: int, end: float, timeout_ms: int) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
-        raise FetchFailed(
-            "ResponseTooLarge",
-            f"the response from {target.origin} is {format_bytes(int(declared))} (Content-Length); the limit is {format_bytes(cap)}",
-        )
+        shown, limit = _sizes(int(declared), cap)
+        raise FetchFailed("ResponseTooLarge", f"the response from {target.origin} is {shown} (Content-Length); the limit is {limit}")
     parts: list[bytes] = []
     size = 0
     for chunk in chunks:
@@ -192,6 +190,12 @@ def _read_capped(chunks: Iterator[bytes], response: httpx.Response, target: Targ
         if time.monotonic() > end:
             raise FetchFailed("TimeoutError", f"fetch to {target.origin} timed out after {timeout_ms} ms")
     return b"".join(parts)
+
+
+def _sizes(size: int, limit: int) -> tuple[str, str]:
+    """Both sizes for a message, exact when rounding would make them look equal."""
+    a, b = format_bytes(size), format_bytes(limit)
+    return (f"{size} bytes", f"{limit} bytes") if a == b else (a, b)
 
 
 def _redirected(
@@ -254,13 +258,13 @@ def call_name(request: FetchRequest, limit: int, secrets: dict[str, str]) -> str
 
 
 def _request_from_wit(request: Any) -> FetchRequest:
-    body = getattr(request, "body")
+    body = request.body
     return FetchRequest(
-        method=str(getattr(request, "method")),
-        url=str(getattr(request, "url")),
-        headers=[(str(k), str(v)) for k, v in getattr(request, "headers")],
+        method=str(request.method),
+        url=str(request.url),
+        headers=[(str(k), str(v)) for k, v in request.headers],
         body=bytes(body) if body is not None else None,
-        timeout_ms=getattr(request, "timeout"),
+        timeout_ms=request.timeout,
     )
 
 

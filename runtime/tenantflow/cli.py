@@ -348,16 +348,17 @@ def serve_command(
 
 def _component_source(path: Path) -> tuple[Path, str | None]:
     """(file to deploy, tenant named by a manifest): a .wasm, a .py, or a tenant folder."""
-    import tomllib
+    from .errors import TenantflowError
+    from .manifest import load_manifest
 
     if path.is_dir():
-        manifest = path / "tenant.toml"
-        if manifest.is_file():
+        if (path / "tenant.toml").is_file():
             try:
-                data = tomllib.loads(manifest.read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError as exc:
-                raise click.BadParameter(f"{manifest}: {exc}") from None
-            return path / str(data.get("source", "workflow.py")), data.get("tenant")
+                manifest = load_manifest(path / "tenant.toml")
+            except TenantflowError as exc:
+                _fail(str(exc))
+                raise
+            return manifest.source_path, manifest.tenant
         if (path / "workflow.py").is_file():
             return path / "workflow.py", None
         raise click.BadParameter(f"{path} has neither tenant.toml nor workflow.py")

@@ -4,7 +4,12 @@ Compiling an ~18 MB componentize-py component takes seconds; loading its precomp
 artifact takes milliseconds (mmap). So: a bounded in-memory LRU of `Component`s (by
 count and artifact bytes, idle ones evicted), backed by artifacts on disk keyed by digest,
 wasmtime version and engine configuration. The loader is consulted only on a miss, and
-concurrent misses for one digest compile once.
+concurrent misses for one digest compile once. Idle entries are dropped on the next
+lookup after `idle_seconds` (and by `evict_idle`); `clock` is injectable for tests.
+
+Loaded artifacts are memory-mapped: they are only ever replaced (write, then rename) or
+unlinked, never rewritten in place; anything else writing into the artifact directory
+must do the same, since truncating a mapped artifact crashes the process (SIGBUS).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -43,7 +48,7 @@ class CacheStats:
 class _Entry:
     component: wc.Component
     size: int
-    last_used: float = field(default_factory=time.monotonic)
+    last_used: float
 
 
 class IsolateCache:
@@ -56,8 +61,10 @@ class IsolateCache:
         max_count: int = 64,
         max_bytes: int = 4 * 1024**3,
         idle_seconds: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
+        self._clock = clock
         self.stats = CacheStats()
         self._fingerprint = config.fingerprint()
         self._dir = artifact_dir
@@ -80,8 +87,14 @@ class IsolateCache:
         with self._lock:
             return sum(e.size for e in self._entries.values())
 
+    @property
+    def resident_count(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
     def get(self, digest: str, load_bytes: Callable[[], bytes]) -> wc.Component:
         """The compiled component for `digest`; `load_bytes` is called only on a full miss."""
+        self.evict_idle()
         entry = self._lookup(digest)
         if entry is not None:
             return entry
@@ -105,7 +118,7 @@ class IsolateCache:
                     self.stats.misses += 1
                 return None
             self._entries.move_to_end(digest)
-            entry.last_used = time.monotonic()
+            entry.last_used = self._clock()
             if count_miss:
                 self.stats.hits += 1
             return entry.component
@@ -128,10 +141,15 @@ class IsolateCache:
 
     def _compile(self, digest: str, wasm: bytes) -> tuple[wc.Component, int]:
         started = time.perf_counter()
+        if bytes(wasm[:4]) != b"\0asm":  # wasmtime would try bytes that are not wasm as WAT text
+            raise ComponentError(f"component {digest[:12]} is not WebAssembly: it does not start with the '\\0asm' magic (got {bytes(wasm[:8])!r})")
+        if bytes(wasm[4:8]) == b"\x01\0\0\0":
+            raise ComponentError(f"component {digest[:12]} is a core WebAssembly module, not a component; build workflows with `tenantflow compile`")
         try:
             component = wc.Component(self.engine, wasm)
         except wasmtime.WasmtimeError as exc:
-            raise ComponentError(f"component {digest[:12]} is not a valid WebAssembly component: {str(exc).splitlines()[0]}") from None
+            detail = "; ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip() and ln.strip() != "Caused by:")
+            raise ComponentError(f"component {digest[:12]} is not a valid WebAssembly component: {detail}") from None
         self.stats.compiles += 1
         self.stats.compile_seconds += time.perf_counter() - started
         artifact = component.serialize()
@@ -144,7 +162,7 @@ class IsolateCache:
 
     def _insert(self, digest: str, component: wc.Component, size: int) -> None:
         with self._lock:
-            self._entries[digest] = _Entry(component, size)
+            self._entries[digest] = _Entry(component, size, self._clock())
             self._entries.move_to_end(digest)
             self._evict_over_bounds()
 
@@ -157,7 +175,7 @@ class IsolateCache:
 
     def evict_idle(self) -> int:
         """Drop components unused for `idle_seconds`; returns how many."""
-        cutoff = time.monotonic() - self.idle_seconds
+        cutoff = self._clock() - self.idle_seconds
         with self._lock:
             idle = [d for d, e in self._entries.items() if e.last_used < cutoff]
             for digest in idle:

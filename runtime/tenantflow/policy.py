@@ -18,6 +18,8 @@ class TenantPolicy:
     secrets: dict[str, str] = field(default_factory=dict)
     # Per-instance memory cap; None means the engine's default.
     memory_bytes: Optional[int] = None
+    # Upper bound on any step's per-attempt timeout (a longer one asked for is cut to it).
+    max_step_timeout_ms: Optional[int] = None
     # Outbound HTTP limits.
     http_timeout_ms: int = 30_000
     http_max_response_bytes: int = 10 * 1024 * 1024

@@ -130,6 +130,10 @@ class Scheduler:
         return len(self._running)
 
     @property
+    def queued_count(self) -> int:
+        return len(self._queued)
+
+    @property
     def active(self) -> bool:
         """Started and not closing (readiness probes)."""
         return self._task is not None and not self._task.done() and not self._closing

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -100,10 +101,18 @@ def serve(
         server_header=False,
     )
     server = uvicorn.Server(config)
+    # uvicorn handles SIGTERM/SIGINT (graceful shutdown), then re-raises the signal into the
+    # handlers that were there before it: these make a graceful stop exit with status 0.
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in (signal.SIGTERM, signal.SIGINT)}
     log.info("starting", extra={"db": str(db), "host": host, "port": port, "workers": workers, "pid": os.getpid()})
-    server.run()
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if not server.started:
         log.error("did not start (see the errors above)")
         return 1
-    log.info("stopped")
+    log.info("stopped", extra={"signal": signal.Signals(received[0]).name if received else None})
     return 0

@@ -18,8 +18,10 @@ import os
 from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Literal, Optional
 
 from fastapi import Body, Depends, FastAPI, Path, Query, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -186,6 +188,7 @@ def create_app(
         description="Durable workflows from tenant code: instances, events and component versions, per tenant.",
         lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,
+        dependencies=[Depends(_known_query_parameters)],
     )
     _declare_errors_accurately(app)
     app.add_middleware(BodyLimit, max_body=max_body_bytes, max_component=max_component_bytes)
@@ -348,12 +351,12 @@ def create_app(
         return WorkflowList(workflows=[WorkflowInfo(name=n, current=v[0].digest, versions=v) for n, v in sorted(by_name.items())])
 
     # ---- operations ---------------------------------------------------------------------
-    @app.get("/healthz", response_model=Health, tags=["operations"])
+    @app.get("/healthz", response_model=Health, tags=["operations"], responses=_errors(400))
     async def healthz() -> Health:
         """The process serves requests."""
         return Health(status="ok")
 
-    @app.get("/readyz", response_model=Health, tags=["operations"], responses={503: {"model": Health, "description": "Not ready."}})
+    @app.get("/readyz", response_model=Health, tags=["operations"], responses={**_errors(400), 503: {"model": Health, "description": "Not ready."}})
     async def readyz() -> JSONResponse:
         """The database takes writes and (if this host runs one) the scheduler runs."""
         checks = {"engine_open": engine.is_open, "database_writable": False, "scheduler_running": True}
@@ -370,9 +373,13 @@ def create_app(
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
     metrics_deps = [] if public_metrics else [Depends(_admin_dependency(authorizer, principal))]
-    metrics_responses: dict[int | str, dict[str, Any]] = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format."}}
-    if not public_metrics:
-        metrics_responses.update(_errors(401, 403))
+    # Errors are JSON even on this text/plain route; with `model=` FastAPI would document them as text/plain.
+    error_json = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    metrics_errors = _errors(400) if public_metrics else _errors(400, 401, 403)
+    metrics_responses: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format."},
+        **{status: {"description": d["description"], "content": error_json} for status, d in metrics_errors.items()},
+    }
 
     @app.get(
         "/metrics", response_class=PlainTextResponse, tags=["operations"], dependencies=metrics_deps,
@@ -383,6 +390,23 @@ def create_app(
         return PlainTextResponse(await metrics.render(engine), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+async def _known_query_parameters(request: Request) -> None:
+    """A misspelt filter (`?stauts=`) is an error, not a silently unfiltered list."""
+    route = request.scope.get("route")
+    allowed = _query_names(route.dependant) if isinstance(route, APIRoute) else set()
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        accepted = f"; accepted: {', '.join(sorted(allowed))}" if allowed else ""
+        raise InvalidInput(f"unknown query parameter(s) {', '.join(map(repr, unknown))}{accepted}")
 
 
 def _declare_errors_accurately(app: FastAPI) -> None:

@@ -92,7 +92,7 @@ class Response:
         return self.body.decode(self._charset(), errors="replace")
 
     def json(self) -> Any:
-        return _json.loads(self.body)
+        return _json.loads(self.body.decode(self._charset()))
 
     def raise_for_status(self) -> "Response":
         if not self.ok:

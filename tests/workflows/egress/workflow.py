@@ -8,7 +8,7 @@ def _call(p):
         r = fetch(p["url"], method=p.get("method", "GET"), headers=p.get("headers"), body=p.get("body"), timeout=p.get("timeout"))
     except CapabilityError as exc:
         return {"error": exc.name, "message": exc.message}
-    return {"status": r.status, "text": r.text, "url": r.url, "size": len(r.body), "echo": r.headers.get("x-echo"), "ok": r.ok}
+    return {"status": r.status, "text": r.text if len(r.body) <= 1000 else None, "url": r.url, "size": len(r.body), "echo": r.headers.get("x-echo"), "ok": r.ok}
 
 
 class Fetch(WorkflowEntrypoint):

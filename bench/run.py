@@ -1,0 +1,1164 @@
+"""tenantflow's benchmark suite: the issue's seven workloads plus the raw commit limit.
+
+    .venv/bin/python bench/run.py            # full suite, then the peers, then BENCHMARKS.md
+    .venv/bin/python bench/run.py --quick    # smoke run (small sizes, results under *-quick.*)
+
+`make bench` runs exactly that (after setting up the peers and matplotlib). Each workload
+runs in a child process of this script (`--child NAME`), so memory figures start from a
+fresh interpreter and one workload's leftovers never slow the next. Every metric is the
+median over `--repeats` repeats with the per-repeat samples kept, in the same shape as the
+peer harness (bench/peers/run.py) writes, so ratios are `tenantflow / peer`.
+
+Results: bench/results/tenantflow.json (raw samples, machine, versions, command, load),
+BENCHMARKS.md (tables, ratios to the peers measured in the same run, pass/miss against the
+issue's targets), PNGs from bench/plot.py. See bench/README.md for what each workload does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import gc
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+WORKLOAD_SRC = BENCH / "workloads" / "core" / "workflow.py"
+COMPONENT_CACHE = ROOT / ".cache" / "bench-components"
+# Precompiled artifacts of the bench component, kept between runs (keyed by digest and
+# engine config like the engine's own cache): only the compile workload starts empty.
+ARTIFACT_CACHE = ROOT / ".cache" / "bench-artifacts"
+PEERS_DIR = BENCH / "peers"
+SCHEMA = "tenantflow.bench/1"
+MiB = 1024 * 1024
+
+Json = dict[str, Any]
+
+
+# ==== sizes ======================================================================================
+
+
+@dataclass
+class Sizes:
+    """Workload sizes. The first five mirror the peer harness (bench/peers) so that every
+    system runs the same shapes; the rest are tenantflow-only."""
+
+    seq_steps: int
+    agg_workflows: int
+    agg_steps: int
+    latency_runs: int
+    wakeup_runs: int
+    sleep_ms: int
+    settle_ms: int
+    warmup_runs: int
+    engine_workers: int  # worker threads of the engine for every workload but aggregate
+    agg_workers: list[int]  # aggregate runs once per worker count; the first is the headline
+    replay_history: int
+    replay_invocations: int  # invocations timed per repeat (median taken)
+    cold_runs: int
+    compile_runs: int
+    waiting_instances: int
+    waiting_tenants: int
+    waiting_repeats: int
+    running_instances: int
+    hold_ms: int
+    churn_tenants: int
+    churn_cache: int
+    raw_commits: int
+
+    @staticmethod
+    def full() -> "Sizes":
+        return Sizes(
+            seq_steps=1000, agg_workflows=64, agg_steps=100, latency_runs=200, wakeup_runs=40,
+            sleep_ms=100, settle_ms=200, warmup_runs=5, engine_workers=8, agg_workers=[64, 8],
+            replay_history=1000, replay_invocations=7, cold_runs=20, compile_runs=3,
+            waiting_instances=10_000, waiting_tenants=100, waiting_repeats=2,
+            running_instances=16, hold_ms=2500, churn_tenants=100, churn_cache=10, raw_commits=2000,
+        )
+
+    @staticmethod
+    def quick() -> "Sizes":
+        return Sizes(
+            seq_steps=100, agg_workflows=8, agg_steps=20, latency_runs=20, wakeup_runs=5,
+            sleep_ms=100, settle_ms=200, warmup_runs=2, engine_workers=8, agg_workers=[8],
+            replay_history=1000, replay_invocations=3, cold_runs=5, compile_runs=1,
+            waiting_instances=1000, waiting_tenants=10, waiting_repeats=1,
+            running_instances=8, hold_ms=1500, churn_tenants=20, churn_cache=2, raw_commits=500,
+        )
+
+
+# ==== statistics (same definitions as bench/peers/tfpeers/common.py) =============================
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100]) of a non-empty sequence."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def median(values: Sequence[float]) -> float:
+    return percentile(values, 50.0)
+
+
+def metric(samples: Sequence[float], unit: str, better: str) -> Json:
+    """One metric: the median over repeats plus the per-repeat samples."""
+    return {
+        "unit": unit,
+        "better": better,
+        "median": round(median(samples), 4) if samples else None,
+        "samples": [round(s, 4) for s in samples],
+    }
+
+
+def r3(values: Sequence[float]) -> list[float]:
+    return [round(v, 3) for v in values]
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ==== the component ==============================================================================
+
+
+def _component_digest() -> str:
+    """sha256 over everything that goes into a build of the bench workflows."""
+    from importlib.metadata import version
+
+    import tenantflow.compiler
+    from tenantflow.resources import guest_sdk_dir, wit_dir
+
+    h = hashlib.sha256()
+
+    def add(label: str, data: bytes) -> None:
+        h.update(f"{label}\0{len(data)}\0".encode())
+        h.update(data)
+
+    def files(root: Path, pattern: str) -> list[Path]:
+        return sorted(p for p in root.rglob(pattern) if p.is_file() and "__pycache__" not in p.parts)
+
+    for path in files(WORKLOAD_SRC.parent, "*.py"):
+        add(f"src:{path.relative_to(WORKLOAD_SRC.parent)}", path.read_bytes())
+    sdk = guest_sdk_dir() / "tenantflow_guest"
+    for path in files(sdk, "*"):
+        add(f"sdk:{path.relative_to(sdk)}", path.read_bytes())
+    for path in files(wit_dir(), "*.wit"):
+        add(f"wit:{path.relative_to(wit_dir())}", path.read_bytes())
+    add("compiler", Path(tenantflow.compiler.__file__).read_bytes())
+    add("componentize-py", version("componentize-py").encode())
+    return h.hexdigest()
+
+
+def build_component() -> tuple[Path, float]:
+    """The bench component (compiled with `tenantflow compile` on first use, then cached)."""
+    from tenantflow.compiler import compile_workflow
+
+    COMPONENT_CACHE.mkdir(parents=True, exist_ok=True)
+    target = COMPONENT_CACHE / f"{_component_digest()}.wasm"
+    if target.is_file():
+        return target, 0.0
+    log(f"building the bench component from {WORKLOAD_SRC.relative_to(ROOT)} (componentize-py, takes a while)")
+    started = time.perf_counter()
+    compile_workflow(WORKLOAD_SRC, target)
+    return target, time.perf_counter() - started
+
+
+def leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def variant(wasm: bytes, index: int) -> bytes:
+    """The component with one extra custom section appended: still a valid component with
+    the same code, but a different digest (a distinct 'tenant version' without a compile)."""
+    name = b"tenantflow-bench-variant"
+    body = leb128(len(name)) + name + f"variant {index}".encode()
+    return wasm + b"\x00" + leb128(len(body)) + body
+
+
+# ==== host facts =================================================================================
+
+
+def rss() -> Json:
+    """This process's resident memory (MiB) from /proc/self/status."""
+    out: Json = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
+            out[key] = round(int(value.split()[0]) / 1024, 2)
+    return out
+
+
+def malloc_trim() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def filesystem_of(path: Path) -> tuple[str, str, str]:
+    """(device, mount point, fs type) of the mount holding path."""
+    best = ("unknown", "", "unknown")
+    target = str(path.resolve())
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and (target == parts[1] or target.startswith(parts[1].rstrip("/") + "/")) and len(parts[1]) >= len(best[1]):
+                best = (parts[0], parts[1], parts[2])
+    return best
+
+
+def fsync_probe(directory: Path, rounds: int = 100) -> Json:
+    """p50/p99 of write(4 KiB)+fsync: what one durable commit costs at best on this disk."""
+    samples: list[float] = []
+    probe = directory / ".fsync-probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            os.write(fd, b"x" * 4096)
+            os.fsync(fd)
+            samples.append((time.perf_counter() - t0) * 1000)
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+    return {"p50_ms": round(percentile(samples, 50), 4), "p99_ms": round(percentile(samples, 99), 4)}
+
+
+def host_info(data_dir: Path) -> Json:
+    cpu_model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    device, mount, fstype = filesystem_of(data_dir)
+    disk: Json = {"device": device, "mount": mount, "filesystem": fstype}
+    block = Path(device).name.rstrip("0123456789") if device.startswith("/dev/") else ""
+    sys_block = Path("/sys/block") / block
+    if block and sys_block.exists():
+        with contextlib.suppress(OSError, ValueError):
+            disk["size_gib"] = round(int((sys_block / "size").read_text()) * 512 / 1024**3, 1)
+            disk["rotational"] = (sys_block / "queue" / "rotational").read_text().strip() == "1"
+            model = sys_block / "device" / "model"
+            vendor = sys_block / "device" / "vendor"
+            disk["model"] = model.read_text().strip() if model.exists() else ("virtio block device" if block.startswith("vd") else "unknown")
+            if vendor.exists():
+                disk["vendor"] = vendor.read_text().strip()
+    virt = ""
+    with contextlib.suppress(OSError):
+        virt = Path("/sys/class/dmi/id/product_name").read_text().strip()
+    return {
+        "platform": platform.platform(),
+        "kernel": platform.release(),
+        "cpu_model": cpu_model,
+        "cpus": os.cpu_count(),
+        "mem_gib": round(mem_kib / 1024**2, 1),
+        "disk": disk,
+        "virtualization": virt or ("firecracker microVM" if "firecracker" in _cmdline_of(1) else "unknown"),
+        "data_dir": str(data_dir),
+        "data_dir_fsync_4k": fsync_probe(data_dir),
+        "load_avg_at_start": list(os.getloadavg()),
+    }
+
+
+def _cmdline_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def versions() -> Json:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: Json = {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version}
+    for package in ("wasmtime", "componentize-py", "tenantflow", "aiosqlite", "pydantic"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "runtime", "guest_sdk"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        out["tenantflow_git"] = rev + (" (+ uncommitted engine changes)" if dirty else "")
+    return out
+
+
+TENANTFLOW_DURABILITY = {
+    "summary": "SQLite (one file), journal_mode=WAL, synchronous=FULL; every step result is committed "
+    "(fsync of the WAL) before the guest continues; commits from concurrent instances are grouped "
+    "(leader/follower group commit, one fsync per batch)",
+    "journal_mode": "wal",
+    "synchronous": "full",
+    "group_commit": True,
+}
+
+
+# ==== instrumentation (bench-only; the engine is not changed) =====================================
+
+
+class Probe:
+    """Host-side timestamps of the guest's durable calls, taken when the guest enters the
+    host import: `begin` when a step is asked for (its body runs right after, if it is not
+    answered from the journal), `end` when an attempt's body has returned, `sleep` when a
+    durable sleep is asked for. Installed by wrapping `Invocation` methods in this process
+    only; keyed by (tenant, instance id). perf_counter = CLOCK_MONOTONIC."""
+
+    def __init__(self) -> None:
+        self.calls: dict[tuple[str, str], list[tuple[str, int, str, float]]] = {}
+
+    def install(self) -> "Probe":
+        from tenantflow import executor as ex
+
+        calls = self.calls
+        begin, end, sleep = ex.Invocation.begin_step, ex.Invocation.end_attempt, ex.Invocation.sleep_until
+
+        def note(inv: Any, what: str, name: str) -> None:
+            calls.setdefault((inv.row.tenant, inv.row.id), []).append((what, inv.seq, name, time.perf_counter()))
+
+        def begin_step(inv: Any, name: str, config: Any) -> Any:
+            note(inv, "begin", name)
+            return begin(inv, name, config)
+
+        def end_attempt(inv: Any, name: str, outcome: Any) -> Any:
+            note(inv, "end", name)
+            return end(inv, name, outcome)
+
+        def sleep_until(inv: Any, kind: str, name: str, until: Any, duration: Any) -> Any:
+            note(inv, "sleep", name)
+            return sleep(inv, kind, name, until, duration)
+
+        ex.Invocation.begin_step = begin_step  # type: ignore[method-assign]
+        ex.Invocation.end_attempt = end_attempt  # type: ignore[method-assign]
+        ex.Invocation.sleep_until = sleep_until  # type: ignore[method-assign]
+        return self
+
+    def last(self, tenant: str, instance_id: str, what: str, name: str) -> float:
+        for w, _, n, t in reversed(self.calls.get((tenant, instance_id), [])):
+            if w == what and n == name:
+                return t
+        raise KeyError(f"no {what} {name!r} recorded for {tenant}/{instance_id}")
+
+    def first(self, tenant: str, instance_id: str, what: str) -> float:
+        for w, _, _, t in self.calls.get((tenant, instance_id), []):
+            if w == what:
+                return t
+        raise KeyError(f"no {what} recorded for {tenant}/{instance_id}")
+
+    def count(self, what: str, name: str) -> int:
+        return sum(1 for calls in list(self.calls.values()) for w, _, n, _ in list(calls) if w == what and n == name)
+
+
+class Completions:
+    """When instances finished, from the scheduler's `on_finished` hook (no polling)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.times: dict[int, float] = {}
+        self.statuses: dict[int, str] = {}
+        self.waiters: list[tuple[int, asyncio.Future[float]]] = []
+        engine.scheduler.on_finished.append(self._finished)
+
+    def _finished(self, pk: int, result: Any) -> None:
+        if result.status in ("complete", "errored", "terminated"):
+            self.times[pk] = time.perf_counter()
+            self.statuses[pk] = result.status
+            n = len(self.times)
+            for want, fut in list(self.waiters):
+                if n >= want and not fut.done():
+                    fut.set_result(self.times[pk])
+
+    async def until(self, count: int, timeout: float) -> float:
+        """perf_counter time at which the `count`-th completion (since creation) happened."""
+        if len(self.times) >= count:
+            return max(self.times.values())
+        fut: asyncio.Future[float] = self.loop.create_future()
+        self.waiters.append((count, fut))
+        return await asyncio.wait_for(fut, timeout)
+
+
+@contextlib.asynccontextmanager
+async def open_engine(data: Path, name: str, **kwargs: Any) -> Any:
+    from tenantflow.engine import Engine
+
+    folder = data / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    kwargs.setdefault("artifact_dir", ARTIFACT_CACHE)
+    async with Engine(folder / "flows.db", **kwargs) as engine:
+        yield engine
+
+
+async def run_to_end(binding: Any, workflow: str, params: Any, timeout: float = 600.0) -> tuple[str, Any]:
+    iid = await binding.create(workflow, params)
+    status = await binding.wait(iid, timeout=timeout)
+    if status.status != "complete":
+        raise RuntimeError(f"{workflow} {iid} ended {status.status}: {status.error}")
+    return iid, status
+
+
+# ==== workloads (each runs in a child process) ====================================================
+
+
+async def w_prepare(cfg: Json) -> Json:
+    """Compile the bench component's artifact once; seed distinct tenant versions."""
+    wasm = Path(cfg["wasm"]).read_bytes()
+    data = Path(cfg["data"])
+    async with open_engine(data, "prepare", workers=2) as engine:
+        started = time.perf_counter()
+        info = await engine.deploy("prepare", wasm)
+        deploy_s = time.perf_counter() - started
+        artifact = engine.isolates.artifact_path(info.digest)
+        assert artifact is not None and artifact.exists()
+        variants_dir = Path(cfg["variant_artifacts"])
+        variants_dir.mkdir(parents=True, exist_ok=True)
+        from tenantflow.isolates import IsolateCache
+        from tenantflow.registry import digest_of
+
+        seeded = IsolateCache(engine.wasm_engine, engine.sandbox_config, variants_dir)
+        shutil.copyfile(artifact, seeded.artifact_path(info.digest))  # type: ignore[arg-type]
+        started = time.perf_counter()
+        for i in range(cfg["variants"]):
+            target = seeded.artifact_path(digest_of(variant(wasm, i)))
+            assert target is not None
+            if not target.exists():
+                shutil.copyfile(artifact, target)
+        seed_s = time.perf_counter() - started
+        return {
+            "digest": info.digest,
+            "workflows": info.workflows,
+            "component_bytes": len(wasm),
+            "artifact_bytes": artifact.stat().st_size,
+            "artifact_path": str(artifact),
+            "deploy_s": round(deploy_s, 3),
+            "compiled": engine.isolates.stats.compiles > 0,
+            "compile_s": round(engine.isolates.stats.compile_seconds, 3),
+            "variants_seeded": cfg["variants"],
+            "seed_copy_s": round(seed_s, 2),
+        }
+
+
+async def w_raw_sqlite(cfg: Json) -> Json:
+    """The physical limit: one-row transactions, WAL, synchronous=FULL, on the bench disk."""
+    data = Path(cfg["data"]) / "raw-sqlite"
+    data.mkdir(parents=True, exist_ok=True)
+    n = cfg["sizes"]["raw_commits"]
+    rates, normal = [], []
+    for r in range(cfg["repeats"]):
+        for sync, out in (("FULL", rates), ("NORMAL", normal)):
+            path = data / f"raw-{sync}-{r}.db"
+            conn = sqlite3.connect(str(path), isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={sync}")
+            conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            value = "x" * 64
+            count = n if sync == "FULL" else n * 5
+            t0 = time.perf_counter()
+            for _ in range(count):
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("INSERT INTO t (v) VALUES (?)", (value,))
+                conn.execute("COMMIT")
+            out.append(count / (time.perf_counter() - t0))
+            conn.close()
+        log(f"raw sqlite repeat {r + 1}: {rates[-1]:.0f} commits/s (FULL), {normal[-1]:.0f} (NORMAL)")
+    return {
+        "params": {"commits_per_repeat": n, "row_bytes": 64, "journal_mode": "wal"},
+        "metrics": {
+            "commits_per_s": metric(rates, "commits/s", "higher"),
+            "commits_per_s_synchronous_normal": metric(normal, "commits/s", "higher"),
+        },
+        "raw": {"fsync_4k": fsync_probe(data)},
+    }
+
+
+async def w_sequential(cfg: Json) -> Json:
+    sizes, wasm = cfg["sizes"], Path(cfg["wasm"]).read_bytes()
+    n = sizes["seq_steps"]
+    async with open_engine(Path(cfg["data"]), "sequential", workers=sizes["engine_workers"]) as engine:
+        await engine.deploy("acme", wasm)
+        t = engine.tenant("acme")
+        for _ in range(sizes["warmup_runs"]):
+            await run_to_end(t, "Steps", {"n": 10})
+        rates, elapsed, commits = [], [], []
+        for r in range(cfg["repeats"]):
+            c0 = engine.writer.commits
+            t0 = time.perf_counter()
+            iid = await t.create("Steps", {"n": n})
+            status = await t.wait(iid, timeout=600)
+            dt = time.perf_counter() - t0
+            assert status.status == "complete" and len(status.steps) == n, status.status
+            rates.append(n / dt)
+            elapsed.append(dt)
+            commits.append(engine.writer.commits - c0)
+            log(f"sequential repeat {r + 1}: {rates[-1]:.0f} steps/s ({commits[-1]} commits)")
+    return {
+        "params": {"workflows": 1, "steps_per_workflow": n, "workers": sizes["engine_workers"]},
+        "metrics": {"steps_per_s": metric(rates, "steps/s", "higher")},
+        "raw": {"elapsed_s": r3(elapsed), "commits": commits},
+    }
+
+
+async def w_aggregate(cfg: Json) -> Json:
+    sizes, wasm = cfg["sizes"], Path(cfg["wasm"]).read_bytes()
+    wf, steps = sizes["agg_workflows"], sizes["agg_steps"]
+    out: Json = {"params": {"workflows": wf, "steps_per_workflow": steps, "workers": sizes["agg_workers"][0], "worker_sweep": sizes["agg_workers"]}, "metrics": {}, "raw": {}}
+    for workers in sizes["agg_workers"]:
+        async with open_engine(Path(cfg["data"]), f"aggregate-{workers}", workers=workers) as engine:
+            await engine.deploy("acme", wasm)
+            t = engine.tenant("acme")
+            done = Completions(engine)
+            expected = 0
+            for _ in range(2):  # warm-up: spins up the worker threads and their read connections
+                await t.create_batch([{"workflow": "Steps", "params": {"n": 5}} for _ in range(workers)])
+                expected += workers
+                await done.until(expected, 120)
+            rates, elapsed, commits, ops = [], [], [], []
+            for r in range(cfg["repeats"]):
+                c0, o0 = engine.writer.commits, engine.writer.operations
+                t0 = time.perf_counter()
+                ids = await t.create_batch([{"workflow": "Steps", "params": {"n": steps}} for _ in range(wf)])
+                expected += wf
+                t1 = await done.until(expected, 600)
+                rates.append(wf * steps / (t1 - t0))
+                elapsed.append(t1 - t0)
+                commits.append(engine.writer.commits - c0)
+                ops.append(engine.writer.operations - o0)
+                for iid in ids[:: max(1, wf // 8)]:  # spot-check outside the timing
+                    st = await t.status(iid)
+                    assert st.status == "complete" and len(st.steps) == steps, st.status
+                log(f"aggregate workers={workers} repeat {r + 1}: {rates[-1]:.0f} steps/s ({commits[-1]} commits for {ops[-1]} writes)")
+            key = "total_steps_per_s" if workers == sizes["agg_workers"][0] else f"total_steps_per_s_workers_{workers}"
+            out["metrics"][key] = metric(rates, "steps/s", "higher")
+            out["raw"][f"workers_{workers}"] = {"elapsed_s": r3(elapsed), "commits": commits, "writes": ops}
+    return out
+
+
+async def w_latency(cfg: Json) -> Json:
+    sizes, wasm = cfg["sizes"], Path(cfg["wasm"]).read_bytes()
+    async with open_engine(Path(cfg["data"]), "latency", workers=sizes["engine_workers"]) as engine:
+        await engine.deploy("acme", wasm)
+        t = engine.tenant("acme")
+        done = Completions(engine)
+        for _ in range(sizes["warmup_runs"]):
+            await run_to_end(t, "Steps", {"n": 1})
+        p50, p99, raw, created_ms, engine_ms = [], [], [], [], []
+        for r in range(cfg["repeats"]):
+            lat: list[float] = []
+            for _ in range(sizes["latency_runs"]):
+                t0 = time.perf_counter()
+                iid = await t.create("Steps", {"n": 1})
+                t1 = time.perf_counter()
+                status = await t.wait(iid, timeout=60)
+                t2 = time.perf_counter()
+                assert status.status == "complete"
+                lat.append((t2 - t0) * 1000)
+                created_ms.append((t1 - t0) * 1000)
+                engine_ms.append((max(done.times.values()) - t0) * 1000)
+            p50.append(percentile(lat, 50))
+            p99.append(percentile(lat, 99))
+            raw.append(r3(lat))
+            log(f"one-step latency repeat {r + 1}: p50 {p50[-1]:.2f} ms, p99 {p99[-1]:.2f} ms")
+    return {
+        "params": {"runs_per_repeat": sizes["latency_runs"], "workers": sizes["engine_workers"]},
+        "metrics": {"p50_ms": metric(p50, "ms", "lower"), "p99_ms": metric(p99, "ms", "lower")},
+        "raw": {
+            "latencies_ms": raw,
+            "breakdown_p50_ms": {
+                "create_returned": round(median(created_ms), 3),
+                "completion_committed": round(median(engine_ms), 3),
+                "wait_returned": round(median([x for rep in raw for x in rep]), 3),
+            },
+        },
+    }
+
+
+def _drop_page_cache(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+async def w_cold_start(cfg: Json) -> Json:
+    """Create a one-step workflow; time to its first step (host sees begin-step), warm,
+    from the disk artifact (memory cache cleared), and with nothing cached (compile)."""
+    sizes, wasm = cfg["sizes"], Path(cfg["wasm"]).read_bytes()
+    probe = Probe().install()
+    async with open_engine(Path(cfg["data"]), "cold", workers=sizes["engine_workers"]) as engine:
+        info = await engine.deploy("acme", wasm)
+        t = engine.tenant("acme")
+        cache = engine.isolates
+        artifact = cache.artifact_path(info.digest)
+        assert artifact is not None and artifact.exists()
+        for _ in range(sizes["warmup_runs"]):
+            await run_to_end(t, "Steps", {"n": 1})
+
+        async def first_step() -> float:
+            t0 = time.perf_counter()
+            iid, _ = await run_to_end(t, "Steps", {"n": 1})
+            return (probe.first("acme", iid, "begin") - t0) * 1000
+
+        warm, disk, disk_uncached, load_ms, inst_ms = [], [], [], [], []
+        for _ in range(sizes["cold_runs"]):
+            warm.append(await first_step())
+            cache.clear()
+            s0 = (cache.stats.disk_hits, cache.stats.disk_load_seconds)
+            disk.append(await first_step())
+            assert cache.stats.disk_hits == s0[0] + 1, "expected a disk-artifact load"
+            load_ms.append((cache.stats.disk_load_seconds - s0[1]) * 1000)
+            i0 = (cache.stats.instantiations, cache.stats.instantiate_seconds)
+            warm.append(await first_step())
+            inst_ms.append((cache.stats.instantiate_seconds - i0[1]) * 1000 / max(1, cache.stats.instantiations - i0[0]))
+            cache.clear()
+            _drop_page_cache(artifact)
+            disk_uncached.append(await first_step())
+        compile_ms, compile_only_ms = [], []
+        for _ in range(sizes["compile_runs"]):
+            cache.clear()
+            artifact.unlink()
+            c0 = (cache.stats.compiles, cache.stats.compile_seconds)
+            compile_ms.append(await first_step())
+            assert cache.stats.compiles == c0[0] + 1, "expected a compile"
+            compile_only_ms.append((cache.stats.compile_seconds - c0[1]) * 1000)
+        blob = engine.components.path(info.digest)
+        disk_bytes = {"component_blob": blob.stat().st_size, "artifact": artifact.stat().st_size}
+    log(f"cold start: warm {median(warm):.2f} ms, disk {median(disk):.2f} ms, disk+page-cache-dropped {median(disk_uncached):.2f} ms, compile {median(compile_ms):.0f} ms")
+    return {
+        "params": {"runs": sizes["cold_runs"], "compile_runs": sizes["compile_runs"], "workflow": "Steps(n=1)"},
+        "metrics": {
+            "disk_artifact_ms": metric(disk, "ms", "lower"),
+            "disk_artifact_page_cache_dropped_ms": metric(disk_uncached, "ms", "lower"),
+            "compile_ms": metric(compile_ms, "ms", "lower"),
+            "warm_ms": metric(warm, "ms", "lower"),
+            "deserialize_ms": metric(load_ms, "ms", "lower"),
+            "instantiate_ms": metric(inst_ms, "ms", "lower"),
+            "cranelift_compile_ms": metric(compile_only_ms, "ms", "lower"),
+        },
+        "raw": {"disk_bytes": disk_bytes},
+    }
+
+
+async def w_wakeup(cfg: Json) -> Json:
+    sizes, wasm = cfg["sizes"], Path(cfg["wasm"]).read_bytes()
+    probe = Probe().install()
+    ms, settle = sizes["sleep_ms"], sizes["settle_ms"] / 1000
+    async with open_engine(Path(cfg["data"]), "wakeup", workers=sizes["engine_workers"]) as engine:
+        await engine.deploy("acme", wasm)
+        t = engine.tenant("acme")
+
+        async def signal_once() -> float:
+            started = time.perf_counter()
+            iid = await t.create("Signal", {"type": "wake"})
+            await t.wait(iid, timeout=60, statuses=frozenset({"waiting"}))
+            await asyncio.sleep(max(0.0, started + settle - time.perf_counter()))
+            t0 = time.perf_counter()
+            await t.send_event(iid, "wake", {"ok": True})
+            status = await t.wait(iid, timeout=60)
+            assert status.status == "complete", status.status
+            return (probe.last("acme", iid, "begin", "after") - t0) * 1000
+
+        async def sleep_once() -> tuple[float, float]:
+            iid, _ = await run_to_end(t, "Nap", {"ms": ms}, timeout=60)
+            after = probe.last("acme", iid, "begin", "after")
+            overshoot = (after - probe.last("acme", iid, "end", "before")) * 1000 - ms
+            due = (after - probe.last("acme", iid, "sleep", "nap")) * 1000 - ms
+            return overshoot, due
+
+        await signal_once()
+        await sleep_once()
+        m: dict[str, list[float]] = {k: [] for k in ("signal_p50_ms", "signal_p99_ms", "sleep_overshoot_p50_ms", "sleep_overshoot_p99_ms", "timer_due_to_step_p50_ms", "timer_due_to_step_p99_ms")}
+        raw_sig, raw_over, raw_due = [], [], []
+        for r in range(cfg["repeats"]):
+            sig = [await signal_once() for _ in range(sizes["wakeup_runs"])]
+            pairs = [await sleep_once() for _ in range(sizes["wakeup_runs"])]
+            over, due = [p[0] for p in pairs], [p[1] for p in pairs]
+            for name, values in (("signal", sig), ("sleep_overshoot", over), ("timer_due_to_step", due)):
+                m[f"{name}_p50_ms"].append(percentile(values, 50))
+                m[f"{name}_p99_ms"].append(percentile(values, 99))
+            raw_sig.append(r3(sig))
+            raw_over.append(r3(over))
+            raw_due.append(r3(due))
+            log(f"wake-up repeat {r + 1}: signal p50 {m['signal_p50_ms'][-1]:.2f} ms, sleep({ms} ms) overshoot p50 {m['sleep_overshoot_p50_ms'][-1]:.2f} ms")
+    return {
+        "params": {"runs_per_repeat": sizes["wakeup_runs"], "settle_ms": sizes["settle_ms"], "sleep_ms": ms},
+        "metrics": {k: metric(v, "ms", "lower") for k, v in m.items()},
+        "raw": {"signal_ms": raw_sig, "sleep_overshoot_ms": raw_over, "timer_due_to_step_ms": raw_due},
+    }
+
+
+async def w_replay(cfg: Json) -> Json:
+    """Invoke an instance whose journal holds `n` steps and that then sleeps: the invocation
+    replays all `n` from the journal and suspends again. Per-step cost = (T(n) - T(0)) / n."""
+    from tenantflow.clock import ManualClock
+    from tenantflow.executor import Control
+
+    sizes, wasm = cfg["sizes"], Path(cfg["wasm"]).read_bytes()
+    n = sizes["replay_history"]
+    async with open_engine(Path(cfg["data"]), "replay", workers=2, clock=ManualClock()) as engine:
+        await engine.deploy("acme", wasm)
+        t = engine.tenant("acme")
+        pks = {}
+        for size in (0, n):
+            iid = await t.create("StepsThenSleep", {"n": size})
+            await t.wait(iid, timeout=600, statuses=frozenset({"waiting"}))
+            pks[size] = (await t._row(iid)).pk
+
+        def timed(pk: int) -> tuple[float, float]:
+            c0, w0 = time.thread_time(), time.perf_counter()
+            result = engine.executor.invoke(pk, Control())
+            c1, w1 = time.thread_time(), time.perf_counter()
+            assert result.status == "waiting", result.status
+            return (w1 - w0) * 1000, (c1 - c0) * 1000
+
+        for size in (0, n):  # warm
+            await asyncio.to_thread(timed, pks[size])
+        wall_us, cpu_us, inv_wall, inv_cpu, base_wall = [], [], [], [], []
+        for r in range(cfg["repeats"]):
+            samples: dict[int, list[tuple[float, float]]] = {0: [], n: []}
+            for _ in range(sizes["replay_invocations"]):
+                for size in (0, n):
+                    samples[size].append(await asyncio.to_thread(timed, pks[size]))
+            w_n, c_n = median([s[0] for s in samples[n]]), median([s[1] for s in samples[n]])
+            w_0, c_0 = median([s[0] for s in samples[0]]), median([s[1] for s in samples[0]])
+            wall_us.append((w_n - w_0) * 1000 / n)
+            cpu_us.append((c_n - c_0) * 1000 / n)
+            inv_wall.append(w_n)
+            inv_cpu.append(c_n)
+            base_wall.append(w_0)
+            log(f"replay repeat {r + 1}: {wall_us[-1]:.1f} us/step wall, {cpu_us[-1]:.1f} us/step CPU ({w_n:.1f} ms per {n}-step invocation)")
+    return {
+        "params": {"history_steps": n, "invocations_per_repeat": sizes["replay_invocations"]},
+        "metrics": {
+            "us_per_step": metric(wall_us, "us", "lower"),
+            "cpu_us_per_step": metric(cpu_us, "us", "lower"),
+            "invocation_ms": metric(inv_wall, "ms", "lower"),
+            "invocation_cpu_ms": metric(inv_cpu, "ms", "lower"),
+            "empty_invocation_ms": metric(base_wall, "ms", "lower"),
+        },
+        "raw": {},
+    }
+
+
+async def w_footprint_waiting(cfg: Json) -> Json:
+    """One child per repeat (RSS from a fresh process): `tenants` tenants, each with its own
+    component version (distinct digest, seeded artifact) unless cfg['shared'], park
+    `instances` instances on an event wait with a timer; RSS once all wait."""
+    from tenantflow import journal as jn
+
+    sizes = cfg["sizes"]
+    wasm = Path(cfg["wasm"]).read_bytes()
+    tenants, total = sizes["waiting_tenants"], sizes["waiting_instances"]
+    per = total // tenants
+    shared = cfg.get("shared", False)
+    data = Path(cfg["data"])
+    gc.collect()
+    rss_start = rss()
+    async with open_engine(data, "footprint-waiting", workers=sizes["engine_workers"], artifact_dir=Path(cfg["variant_artifacts"])) as engine:
+        rss_open = rss()
+        for i in range(tenants):
+            await engine.deploy(f"tenant-{i:03d}", wasm if shared else variant(wasm, i))
+        gc.collect()
+        rss_deployed = rss()
+        t0 = time.perf_counter()
+        for i in range(tenants):
+            await engine.tenant(f"tenant-{i:03d}").create_batch([{"workflow": "Park", "params": {"k": k}} for k in range(per)])
+        await engine.scheduler.quiesce(timeout=3600)
+        park_s = time.perf_counter() - t0
+        counts = await engine.read(jn.status_counts_query())
+        assert counts.get("waiting") == per * tenants, counts
+        rss_waiting = rss()
+        gc.collect()
+        malloc_trim()
+        rss_trimmed = rss()
+        cached = engine.isolates.resident_count
+        engine.isolates.clear()
+        gc.collect()
+        malloc_trim()
+        rss_no_cache = rss()
+        db_bytes = sum(p.stat().st_size for p in (data / "footprint-waiting").glob("flows.db*"))
+        log(f"footprint: {per * tenants} waiting over {tenants} tenants: RSS {rss_waiting['VmRSS']:.0f} MiB "
+            f"(after deploys {rss_deployed['VmRSS']:.0f}, without cached components {rss_no_cache['VmRSS']:.0f}); parked in {park_s:.1f} s")
+    return {
+        "waiting": per * tenants,
+        "tenants": tenants,
+        "distinct_versions": not shared,
+        "rss_mib": {"process_start": rss_start, "engine_open": rss_open, "after_deploys": rss_deployed, "all_waiting": rss_waiting,
+                    "all_waiting_after_gc_trim": rss_trimmed, "without_cached_components": rss_no_cache},
+        "cached_components": cached,
+        "park_s": round(park_s, 2),
+        "park_invocations_per_s": round(per * tenants / park_s, 1),
+        "db_bytes": db_bytes,
+    }
+
+
+async def w_footprint_running(cfg: Json) -> Json:
+    """N instances held inside a step at once (a guest body blocked in time.sleep: a live
+    Wasm instance that burns no CPU); RSS with all N live minus RSS idle, over N."""
+    sizes, wasm = cfg["sizes"], Path(cfg["wasm"]).read_bytes()
+    n = sizes["running_instances"]
+    probe = Probe().install()
+    per_instance, live_rss, idle_rss = [], [], []
+    async with open_engine(Path(cfg["data"]), "footprint-running", workers=n, per_tenant_concurrency=n) as engine:
+        await engine.deploy("acme", wasm)
+        t = engine.tenant("acme")
+        done = Completions(engine)
+        expected = 0
+        for wave in range(cfg["repeats"] + 1):  # wave 0 warms every worker thread up
+            gc.collect()
+            malloc_trim()
+            idle = rss()
+            before = probe.count("begin", "hold")
+            await t.create_batch([{"workflow": "Hold", "params": {"ms": sizes["hold_ms"]}} for _ in range(n)])
+            expected += n
+            deadline = time.perf_counter() + 60
+            while probe.count("begin", "hold") < before + n:
+                if time.perf_counter() > deadline:
+                    raise TimeoutError("instances did not all reach their step")
+                await asyncio.sleep(0.01)
+            peak = 0.0
+            for _ in range(10):  # all N are inside the step body now
+                peak = max(peak, rss()["VmRSS"])
+                await asyncio.sleep(0.02)
+            await done.until(expected, 120)
+            if wave:
+                per_instance.append((peak - idle["VmRSS"]) / n)
+                live_rss.append(peak)
+                idle_rss.append(idle["VmRSS"])
+                log(f"running footprint wave {wave}: {per_instance[-1]:.2f} MiB per live instance ({n} live, RSS {idle['VmRSS']:.0f} -> {peak:.0f} MiB)")
+    return {
+        "params": {"live_instances": n, "hold_ms": sizes["hold_ms"]},
+        "metrics": {
+            "rss_per_running_instance_mib": metric(per_instance, "MiB", "lower"),
+            "rss_all_live_mib": metric(live_rss, "MiB", "lower"),
+            "rss_idle_mib": metric(idle_rss, "MiB", "lower"),
+        },
+        "raw": {},
+    }
+
+
+async def w_churn(cfg: Json) -> Json:
+    """`tenants` distinct component versions (seeded artifacts), one-step workflows used
+    round-robin through an isolate cache of `cache` entries; the same with a cache that
+    holds them all as the no-churn reference."""
+    sizes, wasm = cfg["sizes"], Path(cfg["wasm"]).read_bytes()
+    tenants = sizes["churn_tenants"]
+    out: Json = {"params": {"tenants": tenants, "cache_entries": sizes["churn_cache"], "workflow": "Steps(n=1)"}, "metrics": {}, "raw": {}}
+    for label, capacity in (("churn", sizes["churn_cache"]), ("all_cached", tenants + 1)):
+        async with open_engine(Path(cfg["data"]), f"churn-{label}", workers=sizes["engine_workers"], artifact_dir=Path(cfg["variant_artifacts"]), cache_max_count=capacity) as engine:
+            names = [f"tenant-{i:03d}" for i in range(tenants)]
+            for i, name in enumerate(names):
+                await engine.deploy(name, variant(wasm, i))
+            for name in names:  # warm-up round
+                await run_to_end(engine.tenant(name), "Steps", {"n": 1})
+            done = Completions(engine)
+            stats0 = asdict(engine.isolates.stats)
+            p50, p99, rates, raw = [], [], [], []
+            expected = 0
+            for r in range(cfg["repeats"]):
+                lat = []
+                for name in names:
+                    t0 = time.perf_counter()
+                    await run_to_end(engine.tenant(name), "Steps", {"n": 1})
+                    lat.append((time.perf_counter() - t0) * 1000)
+                expected += tenants
+                p50.append(percentile(lat, 50))
+                p99.append(percentile(lat, 99))
+                raw.append(r3(lat))
+                # concurrent: one instance per tenant at once, round-robin through the workers
+                await done.until(expected, 60)
+                t0 = time.perf_counter()
+                await asyncio.gather(*(engine.tenant(name).create("Steps", {"n": 1}) for name in names))
+                expected += tenants
+                t1 = await done.until(expected, 600)
+                rates.append(tenants / (t1 - t0))
+                log(f"churn[{label}, cache {capacity}] repeat {r + 1}: p50 {p50[-1]:.2f} ms, p99 {p99[-1]:.2f} ms, {rates[-1]:.0f} workflows/s concurrent")
+            stats1 = asdict(engine.isolates.stats)
+            delta = {k: round(stats1[k] - stats0[k], 4) for k in stats0 if k != "live_instances"}
+            loads = max(1, delta["disk_hits"])
+            suffix = "" if label == "churn" else "_all_cached"
+            out["metrics"][f"p50_ms{suffix}"] = metric(p50, "ms", "lower")
+            out["metrics"][f"p99_ms{suffix}"] = metric(p99, "ms", "lower")
+            out["metrics"][f"workflows_per_s{suffix}"] = metric(rates, "workflows/s", "higher")
+            out["raw"][label] = {"latencies_ms": raw, "cache_stats_delta": delta, "deserialize_ms_mean": round(delta["disk_load_seconds"] * 1000 / loads, 3)}
+    return out
+
+
+CHILDREN: dict[str, Callable[[Json], Awaitable[Json]]] = {
+    "prepare": w_prepare,
+    "raw_sqlite": w_raw_sqlite,
+    "sequential_steps": w_sequential,
+    "aggregate_steps": w_aggregate,
+    "one_step_latency": w_latency,
+    "cold_start": w_cold_start,
+    "wakeup_latency": w_wakeup,
+    "replay": w_replay,
+    "footprint_running": w_footprint_running,
+    "footprint_waiting": w_footprint_waiting,
+    "tenant_churn": w_churn,
+}
+# The order the suite runs them in (footprint_waiting is assembled from one child per repeat).
+ORDER = ["raw_sqlite", "sequential_steps", "aggregate_steps", "one_step_latency", "cold_start", "wakeup_latency", "replay", "footprint_running", "footprint_waiting", "tenant_churn"]
+
+WHAT = {
+    "raw_sqlite": "one-row transactions on a fresh SQLite file on the bench disk (WAL, synchronous=FULL): the physical commit limit",
+    "sequential_steps": "one workflow of N trivial steps, each committed before the next; create to result",
+    "aggregate_steps": "W concurrent workflows of S steps created in one batch; first create to last completion",
+    "one_step_latency": "create a one-step workflow and wait for its result, sequentially, tenant warm",
+    "cold_start": "create a one-step workflow; time until the host sees its first step begin",
+    "wakeup_latency": "signal: from just before send_event to the next step starting; sleep: gap between the end of step 1 and the start of step 2, minus the sleep",
+    "replay": "invoke an instance with N journaled steps (then a pending sleep); per-step cost = (T(N) - T(0)) / N",
+    "footprint_running": "N instances alive at once inside a step; (RSS with all live - RSS idle) / N",
+    "footprint_waiting": "instances parked on an event wait (with a timeout timer) across tenants; host RSS once all wait",
+    "tenant_churn": "one-step workflows of T tenants (distinct component digests) round-robin through an isolate cache of C entries",
+}
+
+
+# ==== orchestration ==============================================================================
+
+
+def run_child(name: str, cfg: Json, data: Path, profile: bool = False) -> Json:
+    """Run workload `name` in a fresh interpreter; returns its JSON (or raises)."""
+    cfg_path = data / f"{name}.cfg.json"
+    out_path = data / f"{name}.out.json"
+    out_path.unlink(missing_ok=True)
+    cfg_path.write_text(json.dumps(cfg))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--child-config", str(cfg_path), "--child-out", str(out_path)]
+    prof_path = None
+    if profile:
+        spy = Path(sys.executable).with_name("py-spy")
+        if spy.exists():
+            (RESULTS / "profiles").mkdir(parents=True, exist_ok=True)
+            prof_path = RESULTS / "profiles" / f"{name}.txt"
+            cmd = [str(spy), "record", "--gil", "--rate", "250", "--format", "raw", "--output", str(prof_path), "--"] + cmd
+        else:
+            log("py-spy is not installed in this venv: running without --profile")
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if proc.returncode != 0 or not out_path.exists():
+        raise RuntimeError(f"child {name} exited with {proc.returncode}")
+    result = json.loads(out_path.read_text())
+    if prof_path is not None and prof_path.exists():
+        result["profile"] = {"file": str(prof_path.relative_to(ROOT)), **summarize_profile(prof_path)}
+    return result
+
+
+def summarize_profile(path: Path, top: int = 15) -> Json:
+    """Top frames of a py-spy raw (collapsed) profile, by self and inclusive GIL samples."""
+    total, own, incl = 0, {}, {}
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+    def best(d: dict[str, int]) -> list[list[Any]]:
+        return [[f, round(100 * c / total, 1)] for f, c in sorted(d.items(), key=lambda kv: -kv[1])[:top]] if total else []
+    return {"samples": total, "self_pct": best(own), "inclusive_pct": best(incl)}
+
+
+def write_json(path: Path, data: Json) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def footprint_summary(runs: list[Json], shared: Optional[Json]) -> Json:
+    def pick(key: str, field: str = "VmRSS") -> list[float]:
+        return [r["rss_mib"][key][field] for r in runs]
+
+    waiting = runs[0]["waiting"]
+    per_inst = [(r["rss_mib"]["all_waiting"]["VmRSS"] - r["rss_mib"]["after_deploys"]["VmRSS"]) * 1024 / r["waiting"] for r in runs]
+    out: Json = {
+        "params": {"waiting_instances": waiting, "tenants": runs[0]["tenants"], "distinct_versions": True, "runs": len(runs)},
+        "metrics": {
+            "rss_mib": metric(pick("all_waiting"), "MiB", "lower"),
+            "rss_anon_mib": metric(pick("all_waiting", "RssAnon"), "MiB", "lower"),
+            "rss_file_mib": metric(pick("all_waiting", "RssFile"), "MiB", "lower"),
+            "rss_after_deploys_mib": metric(pick("after_deploys"), "MiB", "lower"),
+            "rss_without_cached_components_mib": metric(pick("without_cached_components"), "MiB", "lower"),
+            "kib_per_waiting_instance": metric(per_inst, "KiB", "lower"),
+            "park_invocations_per_s": metric([r["park_invocations_per_s"] for r in runs], "invocations/s", "higher"),
+        },
+        "raw": {"runs": runs},
+    }
+    if shared is not None:
+        out["metrics"]["rss_shared_version_mib"] = metric([shared["rss_mib"]["all_waiting"]["VmRSS"]], "MiB", "lower")
+        out["raw"]["shared_version_run"] = shared
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, 2 repeats; results go to *-quick.* files")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats per workload (default 5, quick 2)")
+    parser.add_argument("--only", default="", help="comma-separated workloads to run (default: all); see --list")
+    parser.add_argument("--list", action="store_true", help="list the workloads and exit")
+    parser.add_argument("--out", type=Path, default=None, help="tenantflow JSON (default bench/results/tenantflow[-quick].json)")
+    parser.add_argument("--markdown", type=Path, default=None, help="report (default BENCHMARKS.md; quick: bench/results/BENCHMARKS-quick.md)")
+    parser.add_argument("--peers", choices=("run", "reuse", "skip"), default="run",
+                        help="run the peer harness after tenantflow (default), reuse its last JSON, or leave peers out")
+    parser.add_argument("--peers-json", type=Path, default=None, help="peer JSON (default bench/results/peers[-quick].json)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="parent of the temporary storage (must be a real disk)")
+    parser.add_argument("--keep-data", action="store_true", help="keep the databases and seeded artifacts")
+    parser.add_argument("--profile", action="store_true", help="run each workload child under py-spy (GIL samples) into bench/results/profiles/")
+    parser.add_argument("--render-only", action="store_true", help="re-render the markdown and plots from the existing JSON")
+    parser.add_argument("--command", default=None, help="the command line to record (make bench passes its own)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-config", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        cfg = json.loads(args.child_config.read_text())
+        result = asyncio.run(CHILDREN[args.child](cfg))
+        args.child_out.write_text(json.dumps(result))
+        return 0
+    if args.list:
+        for name in ORDER:
+            print(f"{name:20s} {WHAT[name]}")
+        return 0
+
+    suffix = "-quick" if args.quick else ""
+    out_path = args.out or RESULTS / f"tenantflow{suffix}.json"
+    peers_path = args.peers_json or RESULTS / f"peers{suffix}.json"
+    md_path = args.markdown or (RESULTS / "BENCHMARKS-quick.md" if args.quick else ROOT / "BENCHMARKS.md")
+    command = args.command or " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT), "bench/run.py", *(argv if argv is not None else sys.argv[1:])])
+
+    if args.render_only:
+        return render_all(out_path, peers_path, md_path)
+
+    sizes = Sizes.quick() if args.quick else Sizes.full()
+    repeats = args.repeats or (2 if args.quick else 5)
+    only = [w for w in args.only.split(",") if w] or ORDER
+    unknown = set(only) - set(ORDER)
+    if unknown:
+        parser.error(f"unknown workloads {sorted(unknown)}; one of {', '.join(ORDER)}")
+
+    data_parent = args.data_dir or Path(tempfile.gettempdir())
+    data_parent.mkdir(parents=True, exist_ok=True)
+    data = Path(tempfile.mkdtemp(prefix="tf-bench-", dir=data_parent))
+    if filesystem_of(data)[2] in ("tmpfs", "ramfs"):
+        log(f"WARNING: {data} is on {filesystem_of(data)[2]}: fsync is free there, durable numbers would be meaningless")
+
+    results: Json = {}
+    if out_path.exists() and set(only) != set(ORDER):  # a partial run updates the last full results
+        with contextlib.suppress(ValueError):
+            results = json.loads(out_path.read_text())
+            if results.get("schema") != SCHEMA or results.get("mode") != ("quick" if args.quick else "full"):
+                results = {}
+    started = time.time()
+    results.update({
+        "schema": SCHEMA,
+        "mode": "quick" if args.quick else "full",
+        "repeats": repeats,
+        "sizes": asdict(sizes),
+        "command": command,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "host": host_info(data),
+        "versions": versions(),
+        "durability": TENANTFLOW_DURABILITY,
+    })
+    results.setdefault("workloads", {})
+    try:
+        wasm_path, build_s = build_component()
+        base_cfg: Json = {"wasm": str(wasm_path), "data": str(data), "sizes": asdict(sizes), "repeats": repeats,
+                          "variant_artifacts": str(data / "variant-artifacts")}
+        needs_variants = {"footprint_waiting", "tenant_churn"} & set(only)
+        variants = max(sizes.waiting_tenants, sizes.churn_tenants) if needs_variants else 0
+        log(f"preparing (component {wasm_path.name[:12]}, {variants} seeded tenant versions) in {data}")
+        prep = run_child("prepare", {**base_cfg, "variants": variants}, data)
+        prep["component_build_s"] = round(build_s, 1)
+        results["component"] = prep
+        for name in only:
+            log(f"--- {name}")
+            load_before = list(os.getloadavg())
+            t0 = time.perf_counter()
+            try:
+                if name == "footprint_waiting":
+                    runs = [run_child(name, base_cfg, data, args.profile) for _ in range(sizes.waiting_repeats)]
+                    shared = run_child(name, {**base_cfg, "shared": True}, data) if not args.quick else None
+                    section = footprint_summary(runs, shared)
+                else:
+                    section = run_child(name, base_cfg, data, args.profile)
+                section["status"] = "ok"
+            except Exception as exc:  # noqa: BLE001 - one failing workload must not lose the others
+                log(f"{name} failed: {exc}")
+                section = {"status": "error", "reason": str(exc)}
+            section["what"] = WHAT[name]
+            section["wall_s"] = round(time.perf_counter() - t0, 1)
+            section["load_avg_before"] = load_before
+            section["load_avg_after"] = list(os.getloadavg())
+            results["workloads"][name] = section
+            write_json(out_path, results)
+    finally:
+        if not args.keep_data:
+            shutil.rmtree(data, ignore_errors=True)
+    results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results["host"]["load_avg_at_end"] = list(os.getloadavg())
+    write_json(out_path, results)
+    log(f"wrote {out_path.relative_to(ROOT)}")
+
+    status = 0
+    if args.peers == "run":
+        peer_py = PEERS_DIR / ".venv" / "bin" / "python"
+        if not peer_py.exists():
+            log("peers are not set up (run `bash bench/peers/setup.sh`, or `make bench`): leaving them out")
+        else:
+            cmd = [str(peer_py), str(PEERS_DIR / "run.py"), "--out", str(peers_path)] + (["--quick"] if args.quick else [])
+            if args.data_dir:
+                cmd += ["--data-dir", str(args.data_dir)]
+            log("running the peers: " + " ".join(shlex.quote(c) for c in cmd))
+            rc = subprocess.run(cmd, cwd=ROOT).returncode
+            results["peers_command"] = " ".join(shlex.quote(os.path.relpath(c, ROOT) if c.startswith(str(ROOT)) else c) for c in cmd)
+            results["peers_exit_code"] = rc
+            write_json(out_path, results)
+            status = 0 if rc == 0 else 1
+    render_all(out_path, peers_path, md_path, use_peers=args.peers != "skip")
+    return status
+
+
+def render_all(out_path: Path, peers_path: Path, md_path: Path, use_peers: bool = True) -> int:
+    log("render: TODO")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
