@@ -6,11 +6,11 @@ import contextlib
 from pathlib import Path
 from typing import AsyncIterator
 
-from components import build_component
-
 from tenantflow.clock import ManualClock
 from tenantflow.engine import Engine, TenantBinding
 from tenantflow.limits import Limits
+
+from components import build_component
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / "tests" / "workflows"

@@ -6,10 +6,17 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from enginekit import open_engine, settle
+from enginekit import open_engine
 
 from tenantflow.clock import ManualClock
-from tenantflow.errors import InstanceAlreadyExists, InstanceNotFound, InvalidInput, InvalidState, PayloadTooLarge, UnknownWorkflow
+from tenantflow.errors import (
+    InstanceAlreadyExists,
+    InstanceNotFound,
+    InvalidInput,
+    InvalidState,
+    PayloadTooLarge,
+    UnknownWorkflow,
+)
 from tenantflow.limits import Limits
 
 

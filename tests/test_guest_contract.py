@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import wasmtime
-from components import build_component
 from enginekit import ARTIFACTS, REPO
 from wasmtime import component as wc
 
@@ -20,6 +19,8 @@ from tenantflow import capabilities, children
 from tenantflow.isolates import IsolateCache
 from tenantflow.registry import digest_of
 from tenantflow.sandbox import SandboxConfig, make_engine, watch_store
+
+from components import build_component
 
 
 class Unwind(Exception):
@@ -43,12 +44,12 @@ class MemoryHost:
         return None
 
     def begin_step(self, _ctx: Any, name: str, config: Any) -> Any:
-        self.calls.append(("begin-step", name, getattr(config, "timeout")))
+        self.calls.append(("begin-step", name, config.timeout))
         recorded = self._next("step", name)
         if recorded is not None:
             return wc.Variant("done", recorded)
         record = wc.Record()
-        setattr(record, "attempt", 1)
+        record.attempt = 1
         setattr(record, "idempotency-key", f"key-{self.seq - 1}")
         return wc.Variant("execute", record)
 
@@ -57,10 +58,10 @@ class MemoryHost:
             self.calls.append(("end-attempt", name, "ok"))
             self.journal.append(("step", name, outcome))
             return wc.Variant("done", outcome)
-        self.calls.append(("end-attempt", name, getattr(outcome, "name"), str(getattr(outcome, "retryable"))))
+        self.calls.append(("end-attempt", name, outcome.name, str(outcome.retryable)))
         error = wc.Record()
-        setattr(error, "name", getattr(outcome, "name"))
-        setattr(error, "message", getattr(outcome, "message"))
+        error.name = outcome.name
+        error.message = outcome.message
         return wc.Variant("failed", error)
 
     def sleep(self, _ctx: Any, name: str, duration: int) -> None:
@@ -85,8 +86,8 @@ class MemoryHost:
             self.journal.append(("event", name, recorded))
         event = wc.Record()
         setattr(event, "event-type", recorded[0])
-        setattr(event, "payload", recorded[1])
-        setattr(event, "timestamp", self.now)
+        event.payload = recorded[1]
+        event.timestamp = self.now
         return event
 
     def log(self, _ctx: Any, level: str, message: str) -> None:
@@ -177,10 +178,10 @@ def test_a_failing_step_reports_its_error_and_the_workflow_fails(acme: tuple[was
         ("begin-step", "validate order", 600_000),
         ("end-attempt", "validate order", "NonRetryableError", "False"),
     ]
-    assert (getattr(outcome, "name"), getattr(outcome, "message")) == ("NonRetryableError", "order has no items")
+    assert (outcome.name, outcome.message) == ("NonRetryableError", "order has no items")
 
 
 def test_unknown_workflow_is_a_failed_outcome_not_a_crash(acme: tuple[wasmtime.Engine, wc.Component]) -> None:
     outcome = invoke(acme, MemoryHost(), "nope", {})
-    assert getattr(outcome, "name") == "UnknownWorkflow"
-    assert "order-approval" in getattr(outcome, "message")
+    assert outcome.name == "UnknownWorkflow"
+    assert "order-approval" in outcome.message

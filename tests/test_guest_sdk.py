@@ -11,7 +11,13 @@ from enginekit import REPO
 
 sys.path.insert(0, str(REPO / "guest_sdk" / "python"))
 
-from tenantflow_guest import EventTimeoutError, NonRetryableError, StepFailedError, WorkflowDefinitionError, WorkflowEntrypoint  # noqa: E402
+from tenantflow_guest import (  # noqa: E402
+    EventTimeoutError,
+    NonRetryableError,
+    StepFailedError,
+    WorkflowDefinitionError,
+    WorkflowEntrypoint,
+)
 from tenantflow_guest._durations import to_epoch_ms, to_ms  # noqa: E402
 from tenantflow_guest._host import Done, Execute, Failed, ReceivedEvent, StepOptions, StepState  # noqa: E402
 from tenantflow_guest._runtime import find_workflows, run_workflow  # noqa: E402

@@ -75,11 +75,11 @@ def _start(_: Any, name: str, specs: list[Any]) -> Any:
         if not specs:
             raise _CallError("InvalidInput", "start needs at least one child")
         for index, spec in enumerate(specs):
-            workflow = check_workflow_name(getattr(spec, "workflow"))
-            params = getattr(spec, "params")
+            workflow = check_workflow_name(spec.workflow)
+            params = spec.params
             check_size(params, inv.x.limits.max_params_bytes, f"params of child {index}")
             json.loads(params)
-            given = getattr(spec, "id")
+            given = spec.id
             child_id = check_instance_id(given) if given is not None else _child_id(inv, seq, index)
             created.append(jn.NewInstance(inv.row.tenant, child_id, workflow, _digest_for(conn, inv, workflow), params, None, now, inv.row.pk))
         return [c.id for c in created]

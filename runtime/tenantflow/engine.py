@@ -25,9 +25,18 @@ from .errors import HostBusy, InstanceNotFound, InvalidInput, UnknownWorkflow
 from .executor import Executor, build_linker
 from .isolates import IsolateCache
 from .limits import Limits, check_event_type, check_instance_id, check_tenant, check_workflow_name, encode_json
-from .policy import DEFAULT_POLICY, TenantPolicy
-from .models import ComponentInfo, InstancePage, InstanceStatus, InstanceSummary, LogLine, UpgradeResult, instance_status, ts
 from .loader import Loader, RegistryLoader, load_verified
+from .models import (
+    ComponentInfo,
+    InstancePage,
+    InstanceStatus,
+    InstanceSummary,
+    LogLine,
+    UpgradeResult,
+    instance_status,
+    ts,
+)
+from .policy import DEFAULT_POLICY, TenantPolicy
 from .registry import ComponentStore, digest_of
 from .sandbox import EpochTicker, SandboxConfig, make_engine
 from .scheduler import Scheduler

@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from ._children import Workflows
 from ._durations import from_epoch_ms, to_epoch_ms, to_ms
 from ._errors import EventTimeoutError, NonRetryableError, StepFailedError, WorkflowDefinitionError
-from ._children import Workflows
 from ._host import Done, Execute, Failed, Host, StepOptions, StepState
 
 # Cloudflare Workflows' defaults.
