@@ -152,3 +152,28 @@ async def test_loader_failures_leave_the_instance_waiting_and_it_recovers(tmp_pa
         await t.send_event(iid, "go", {"env": "prod"})
         assert (await t.wait(iid, timeout=120)).status == "complete"
         assert loader.calls >= 3
+
+
+async def test_applied_manifests_survive_a_restart_with_secrets_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tenantflow.manifest import load_manifest
+
+    folder = tmp_path / "tenant"
+    folder.mkdir()
+    (folder / "workflow.py").write_text("")
+    (folder / "tenant.toml").write_text(
+        'tenant = "gamma"\nsource = "workflow.py"\n[egress]\nallow = ["api.example.com"]\n'
+        '[secrets]\nTOKEN = "env:GAMMA_TOKEN"\n[limits]\nmemory_mib = 128\n'
+    )
+    monkeypatch.setenv("GAMMA_TOKEN", "first-value")
+    db = tmp_path / "flows.db"
+    async with open_engine(db) as engine:
+        policy = await engine.apply_manifest(load_manifest(folder / "tenant.toml"))
+        assert policy.secrets == {"TOKEN": "first-value"} and policy.egress == ("api.example.com",)
+    assert b"first-value" not in db.read_bytes() + (db.with_name(db.name + "-wal").read_bytes() if db.with_name(db.name + "-wal").exists() else b"")
+    monkeypatch.setenv("GAMMA_TOKEN", "rotated")
+    async with open_engine(db) as engine:
+        restored = engine.policy_for("gamma")
+        assert restored.secrets == {"TOKEN": "rotated"} and restored.memory_bytes == 128 * 1024 * 1024
+    monkeypatch.delenv("GAMMA_TOKEN")
+    async with open_engine(db) as engine:  # a missing secret does not stop the engine
+        assert engine.policy_for("gamma").secrets == {} and engine.policy_for("gamma").egress == ("api.example.com",)

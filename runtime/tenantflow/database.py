@@ -23,7 +23,7 @@ T = TypeVar("T")
 WriteOp = Callable[[sqlite3.Connection], T]
 
 DEFER_MS = 50  # how long a deferred write may wait for a commit to ride along with
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry migrates from version i to i+1.
 MIGRATIONS: list[str] = [
@@ -124,6 +124,14 @@ MIGRATIONS: list[str] = [
         revoked_at INTEGER
     );
     CREATE INDEX api_keys_by_tenant ON api_keys(tenant);
+    """,
+    """
+    CREATE TABLE tenant_manifests (
+        tenant TEXT PRIMARY KEY,
+        manifest TEXT NOT NULL,            -- JSON of the validated manifest (secrets as references, never values)
+        folder TEXT NOT NULL,              -- where relative file: secrets are read from
+        updated_at INTEGER NOT NULL
+    );
     """,
 ]
 

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import fcntl
 import json
+import logging
 import os
 import time
 import uuid
@@ -26,6 +27,7 @@ from .executor import Executor, build_linker
 from .isolates import IsolateCache
 from .limits import Limits, check_event_type, check_instance_id, check_tenant, check_workflow_name, encode_json
 from .loader import Loader, RegistryLoader, load_verified
+from .manifest import ManifestError, TenantManifest
 from .models import (
     ComponentInfo,
     InstancePage,
@@ -43,6 +45,7 @@ from .scheduler import Scheduler
 from .stats import EngineStats, engine_stats
 
 T = TypeVar("T")
+log = logging.getLogger("tenantflow.engine")
 DEFAULT_TENANT = "default"
 SETTLED = frozenset({"complete", "errored", "terminated", "paused"})
 
@@ -131,6 +134,7 @@ class Engine:
         )
         self.scheduler = Scheduler(self.executor, self.clock, workers=self.workers, per_tenant=self.per_tenant_concurrency)
         self._opened = True
+        await self._load_manifests()
         if self.run_scheduler:
             self.scheduler.start(await self.read(jn.active_instances_query()))
 
@@ -165,6 +169,24 @@ class Engine:
     def set_policy(self, tenant: str, policy: TenantPolicy) -> None:
         """Grant a tenant capabilities and limits (egress, secrets, memory)."""
         self._policies[check_tenant(tenant)] = policy
+
+    async def apply_manifest(self, manifest: TenantManifest) -> TenantPolicy:
+        """Grant what a tenant manifest declares, now and after restarts (stored in the
+        database with secret references, never values; values are read on every open)."""
+        policy = manifest.to_policy()
+        body = manifest.model_dump_json()
+        await self.write(jn.store_manifest(manifest.tenant, body, str(manifest.folder), self.now()))
+        self.set_policy(manifest.tenant, policy)
+        return policy
+
+    async def _load_manifests(self) -> None:
+        for tenant, body, folder in await self.read(jn.manifests_query()):
+            manifest = TenantManifest.model_validate({**json.loads(body), "folder": folder})
+            try:
+                self.set_policy(tenant, manifest.to_policy())
+            except ManifestError as exc:  # e.g. a secret's env var is not set on this host
+                log.error("tenant %s: %s; its workflows run without their secrets until this is fixed", tenant, exc)
+                self.set_policy(tenant, manifest.model_copy(update={"secrets": {}}).to_policy())
 
     def policy_for(self, tenant: str) -> TenantPolicy:
         return self._policies.get(tenant, DEFAULT_POLICY)

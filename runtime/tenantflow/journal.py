@@ -566,3 +566,17 @@ def repin(pk: int, generation: int, journal_length: int, old_digest: str, new_di
         return cur.rowcount == 1
 
     return op
+
+
+def store_manifest(tenant: str, manifest_json: str, folder: str, now: int) -> Callable[[sqlite3.Connection], None]:
+    def op(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO tenant_manifests (tenant, manifest, folder, updated_at) VALUES (?, ?, ?, ?)",
+            (tenant, manifest_json, folder, now),
+        )
+
+    return op
+
+
+def manifests_query() -> Query[list[tuple[str, str, str]]]:
+    return Query("SELECT tenant, manifest, folder FROM tenant_manifests ORDER BY tenant", (), lambda rows: [(r[0], r[1], r[2]) for r in rows])
