@@ -79,6 +79,8 @@ def build_world(module: ModuleType) -> type:
 
     install()  # long prints must reach the host whole
 
+    host = WitHost()  # built now, so every instance starts from it in the snapshot
+
     class WitWorld:
         def workflows(self) -> list[str]:
             return sorted(workflows)
@@ -88,7 +90,7 @@ def build_world(module: ModuleType) -> type:
             if cls is None:
                 known = ", ".join(sorted(workflows))
                 return types.Outcome_Failed(types.ErrorInfo("UnknownWorkflow", f"this component defines no workflow {workflow!r} (it defines: {known})"))
-            ok, value = run_workflow(cls, WitHost, event.payload, event.instance_id, workflow, event.created_at)
+            ok, value = run_workflow(cls, lambda: host, event.payload, event.instance_id, workflow, event.created_at)
             if ok:
                 return types.Outcome_Complete(value)
             return types.Outcome_Failed(types.ErrorInfo(*value))

@@ -55,16 +55,10 @@ class WorkflowEvent:
         return getattr(self, {"instanceId": "instance_id"}.get(key, key))
 
 
-_DEFAULT_OPTIONS: Optional[StepOptions] = None
-
-
 def step_options(retries: Optional[dict[str, Any]], timeout: Any, config: Optional[dict[str, Any]]) -> StepOptions:
     """Merge `retries=`/`timeout=` and a Cloudflare-style `config=` over the defaults."""
-    global _DEFAULT_OPTIONS
     if retries is None and timeout is None and config is None:
-        if _DEFAULT_OPTIONS is None:  # the common case, parsed once (steps run in hot loops)
-            _DEFAULT_OPTIONS = _step_options(None, None, None)
-        return _DEFAULT_OPTIONS
+        return _DEFAULT_OPTIONS  # the common case: parsed at build time, part of the snapshot
     return _step_options(retries, timeout, config)
 
 
@@ -100,6 +94,15 @@ _context_style_by_code: dict[Any, int] = {}
 
 
 def _context_style(fn: Callable[..., Any]) -> int:
+    code = getattr(fn, "__code__", None)
+    if code is not None and not hasattr(fn, "__self__") and isinstance(getattr(fn, "__defaults__", None), (tuple, type(None))):
+        # Plain functions and lambdas: read the code object (inspect.signature is slow).
+        names = code.co_varnames[: code.co_argcount]
+        kwonly = code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
+        required = code.co_argcount - len(fn.__defaults__ or ())  # type: ignore[attr-defined]
+        if "ctx" in kwonly:
+            return _KEYWORD
+        return _POSITIONAL if required > 0 or "ctx" in names else _NO_CONTEXT
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
@@ -283,3 +286,6 @@ class _AsyncStepFunction:
 
     def __call__(self) -> _Ready:
         return _Ready(self._fn())
+
+
+_DEFAULT_OPTIONS = _step_options(None, None, None)
