@@ -29,6 +29,7 @@ import platform
 import shlex
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -775,7 +776,9 @@ async def w_replay(cfg: Json) -> Json:
 async def w_footprint_waiting(cfg: Json) -> Json:
     """One child per repeat (RSS from a fresh process): `tenants` tenants, each with its own
     component version (distinct digest, seeded artifact) unless cfg['shared'], park
-    `instances` instances on an event wait with a timer; RSS once all wait."""
+    `instances` instances on an event wait with a timer, tenant by tenant; RSS after each
+    tenant's batch (the trajectory) and once all wait. Stops early, with what it measured,
+    when RSS nears the child's memory cap (a leaking engine must not take the machine down)."""
     from tenantflow import journal as jn
 
     sizes = cfg["sizes"]
@@ -784,6 +787,7 @@ async def w_footprint_waiting(cfg: Json) -> Json:
     per = total // tenants
     shared = cfg.get("shared", False)
     data = Path(cfg["data"])
+    stop_at = 0.8 * cfg["rss_cap_mib"]
     gc.collect()
     rss_start = rss()
     async with open_engine(data, "footprint-waiting", workers=sizes["engine_workers"], artifact_dir=Path(cfg["variant_artifacts"])) as engine:
@@ -792,13 +796,22 @@ async def w_footprint_waiting(cfg: Json) -> Json:
             await engine.deploy(f"tenant-{i:03d}", wasm if shared else variant(wasm, i))
         gc.collect()
         rss_deployed = rss()
+        trajectory: list[tuple[int, float]] = [(0, rss_deployed["VmRSS"])]
+        stopped_early = False
         t0 = time.perf_counter()
         for i in range(tenants):
             await engine.tenant(f"tenant-{i:03d}").create_batch([{"workflow": "Park", "params": {"k": k}} for k in range(per)])
-        await engine.scheduler.quiesce(timeout=3600)
+            await engine.scheduler.quiesce(timeout=3600)
+            trajectory.append(((i + 1) * per, rss()["VmRSS"]))
+            if trajectory[-1][1] > stop_at and i + 1 < tenants:
+                stopped_early = True
+                log(f"footprint: RSS {trajectory[-1][1]:.0f} MiB after {trajectory[-1][0]} waiting instances passed 80% of the "
+                    f"{cfg['rss_cap_mib']} MiB cap: stopping early")
+                break
         park_s = time.perf_counter() - t0
+        waiting = trajectory[-1][0]
         counts = await engine.read(jn.status_counts_query())
-        assert counts.get("waiting") == per * tenants, counts
+        assert counts.get("waiting") == waiting, counts
         rss_waiting = rss()
         gc.collect()
         malloc_trim()
@@ -809,17 +822,27 @@ async def w_footprint_waiting(cfg: Json) -> Json:
         malloc_trim()
         rss_no_cache = rss()
         db_bytes = sum(p.stat().st_size for p in (data / "footprint-waiting").glob("flows.db*"))
-        log(f"footprint: {per * tenants} waiting over {tenants} tenants: RSS {rss_waiting['VmRSS']:.0f} MiB "
-            f"(after deploys {rss_deployed['VmRSS']:.0f}, without cached components {rss_no_cache['VmRSS']:.0f}); parked in {park_s:.1f} s")
+        # least-squares slope of RSS over waiting instances (MiB per instance)
+        xs, ys = [x for x, _ in trajectory], [y for _, y in trajectory]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(1e-9, sum((x - mx) ** 2 for x in xs))
+        log(f"footprint: {waiting} waiting over {i + 1} tenants: RSS {rss_waiting['VmRSS']:.0f} MiB "
+            f"(after deploys {rss_deployed['VmRSS']:.0f}, without cached components {rss_no_cache['VmRSS']:.0f}, "
+            f"slope {slope * 1024:.0f} KiB per waiting instance); parked in {park_s:.1f} s")
     return {
-        "waiting": per * tenants,
-        "tenants": tenants,
+        "waiting": waiting,
+        "target_waiting": per * tenants,
+        "stopped_early": stopped_early,
+        "tenants": i + 1,
         "distinct_versions": not shared,
         "rss_mib": {"process_start": rss_start, "engine_open": rss_open, "after_deploys": rss_deployed, "all_waiting": rss_waiting,
                     "all_waiting_after_gc_trim": rss_trimmed, "without_cached_components": rss_no_cache},
+        "rss_trajectory_mib": trajectory,
+        "kib_per_waiting_instance_slope": round(slope * 1024, 2),
+        "rss_extrapolated_to_target_mib": round(rss_deployed["VmRSS"] + slope * per * tenants, 1),
         "cached_components": cached,
         "park_s": round(park_s, 2),
-        "park_invocations_per_s": round(per * tenants / park_s, 1),
+        "park_invocations_per_s": round(waiting / park_s, 1),
         "db_bytes": db_bytes,
     }
 
@@ -877,6 +900,8 @@ async def w_churn(cfg: Json) -> Json:
     tenants = sizes["churn_tenants"]
     out: Json = {"params": {"tenants": tenants, "cache_entries": sizes["churn_cache"], "workflow": "Steps(n=1)"}, "metrics": {}, "raw": {}}
     for label, capacity in (("churn", sizes["churn_cache"]), ("all_cached", tenants + 1)):
+        if cfg.get("churn_label", label) != label:
+            continue
         async with open_engine(Path(cfg["data"]), f"churn-{label}", workers=sizes["engine_workers"], artifact_dir=Path(cfg["variant_artifacts"]), cache_max_count=capacity) as engine:
             names = [f"tenant-{i:03d}" for i in range(tenants)]
             for i, name in enumerate(names):
@@ -949,6 +974,23 @@ WHAT = {
 # ==== orchestration ==============================================================================
 
 
+def guard_memory(cap_mib: float, out_path: Path) -> None:
+    """Kill this child if its RSS passes `cap_mib`: a leaking engine must not push a shared
+    machine into the OOM killer. The parent reports the workload as failed, with why."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            now = rss()["VmRSS"]
+            if now > cap_mib:
+                out_path.write_text(json.dumps({"status": "error", "reason": f"RSS {now:.0f} MiB passed the child's cap of {cap_mib:.0f} MiB (--rss-cap-mib); stopped"}))
+                log(f"RSS {now:.0f} MiB > cap {cap_mib:.0f} MiB: stopping this workload")
+                os._exit(3)
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, name="bench-rss-guard", daemon=True).start()
+
+
 def run_child(name: str, cfg: Json, data: Path, profile: bool = False) -> Json:
     """Run workload `name` in a fresh interpreter; returns its JSON (or raises)."""
     cfg_path = data / f"{name}.cfg.json"
@@ -966,9 +1008,13 @@ def run_child(name: str, cfg: Json, data: Path, profile: bool = False) -> Json:
         else:
             log("py-spy is not installed in this venv: running without --profile")
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if proc.returncode != 0 or not out_path.exists():
+    if not out_path.exists():
         raise RuntimeError(f"child {name} exited with {proc.returncode}")
     result = json.loads(out_path.read_text())
+    if result.get("status") == "error":
+        raise RuntimeError(result.get("reason", f"child {name} failed"))
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {name} exited with {proc.returncode}")
     if prof_path is not None and prof_path.exists():
         result["profile"] = {"file": str(prof_path.relative_to(ROOT)), **summarize_profile(prof_path)}
     return result
@@ -999,25 +1045,57 @@ def write_json(path: Path, data: Json) -> None:
     os.replace(tmp, path)
 
 
+# Run one child per repeat: a fresh process per repeat (and an engine that leaks per
+# invocation stays under the memory cap); metrics are merged by concatenating samples.
+PER_REPEAT = ("sequential_steps", "aggregate_steps", "one_step_latency", "wakeup_latency", "tenant_churn")
+
+
+def merge_repeats(parts: list[Json]) -> Json:
+    out: Json = {k: v for k, v in parts[0].items() if k not in ("metrics", "raw", "profile")}
+    out["metrics"] = {}
+    for key, first in parts[0]["metrics"].items():
+        samples = [s for p in parts for s in p["metrics"].get(key, {}).get("samples", [])]
+        out["metrics"][key] = metric(samples, first["unit"], first["better"])
+    out["raw"] = {"per_repeat": [p["raw"] for p in parts]}
+    profiles = [p["profile"] for p in parts if "profile" in p]
+    if profiles:
+        out["profile"] = profiles[-1]
+    return out
+
+
+def union(parts: list[Json]) -> Json:
+    out: Json = {k: v for k, v in parts[0].items()}
+    out["metrics"] = {k: v for p in parts for k, v in p["metrics"].items()}
+    out["raw"] = {k: v for p in parts for k, v in p["raw"].items()}
+    return out
+
+
+def first_raw(section: Json) -> Json:
+    raw = section.get("raw", {})
+    return raw["per_repeat"][0] if "per_repeat" in raw and raw["per_repeat"] else raw
+
+
 def footprint_summary(runs: list[Json], shared: Optional[Json]) -> Json:
     def pick(key: str, field: str = "VmRSS") -> list[float]:
         return [r["rss_mib"][key][field] for r in runs]
 
-    waiting = runs[0]["waiting"]
-    per_inst = [(r["rss_mib"]["all_waiting"]["VmRSS"] - r["rss_mib"]["after_deploys"]["VmRSS"]) * 1024 / r["waiting"] for r in runs]
     out: Json = {
-        "params": {"waiting_instances": waiting, "tenants": runs[0]["tenants"], "distinct_versions": True, "runs": len(runs)},
+        "params": {"waiting_instances": runs[0]["target_waiting"], "reached": [r["waiting"] for r in runs], "tenants": runs[0]["tenants"],
+                   "distinct_versions": True, "runs": len(runs)},
         "metrics": {
             "rss_mib": metric(pick("all_waiting"), "MiB", "lower"),
             "rss_anon_mib": metric(pick("all_waiting", "RssAnon"), "MiB", "lower"),
             "rss_file_mib": metric(pick("all_waiting", "RssFile"), "MiB", "lower"),
             "rss_after_deploys_mib": metric(pick("after_deploys"), "MiB", "lower"),
             "rss_without_cached_components_mib": metric(pick("without_cached_components"), "MiB", "lower"),
-            "kib_per_waiting_instance": metric(per_inst, "KiB", "lower"),
+            "kib_per_waiting_instance": metric([r["kib_per_waiting_instance_slope"] for r in runs], "KiB", "lower"),
             "park_invocations_per_s": metric([r["park_invocations_per_s"] for r in runs], "invocations/s", "higher"),
         },
         "raw": {"runs": runs},
     }
+    if any(r["stopped_early"] for r in runs):
+        out["status_detail"] = "stopped early at the memory cap"
+        out["metrics"]["rss_extrapolated_mib"] = metric([r["rss_extrapolated_to_target_mib"] for r in runs], "MiB", "lower")
     if shared is not None:
         out["metrics"]["rss_shared_version_mib"] = metric([shared["rss_mib"]["all_waiting"]["VmRSS"]], "MiB", "lower")
         out["raw"]["shared_version_run"] = shared
@@ -1037,9 +1115,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--peers-json", type=Path, default=None, help="peer JSON (default bench/results/peers[-quick].json)")
     parser.add_argument("--data-dir", type=Path, default=None, help="parent of the temporary storage (must be a real disk)")
     parser.add_argument("--keep-data", action="store_true", help="keep the databases and seeded artifacts")
+    parser.add_argument("--rss-cap-mib", type=float, default=None, help="memory cap per workload child (default: 35%% of RAM, at most 8 GiB)")
     parser.add_argument("--profile", action="store_true", help="run each workload child under py-spy (GIL samples) into bench/results/profiles/")
     parser.add_argument("--render-only", action="store_true", help="re-render the markdown and plots from the existing JSON")
-    parser.add_argument("--command", default=None, help="the command line to record (make bench passes its own)")
+    parser.add_argument("--via", default=None, help="the outer command to record (the Makefile passes 'make bench')")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-config", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
@@ -1047,6 +1126,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if args.child:
         cfg = json.loads(args.child_config.read_text())
+        guard_memory(cfg["rss_cap_mib"], args.child_out)
         result = asyncio.run(CHILDREN[args.child](cfg))
         args.child_out.write_text(json.dumps(result))
         return 0
@@ -1059,7 +1139,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     out_path = args.out or RESULTS / f"tenantflow{suffix}.json"
     peers_path = args.peers_json or RESULTS / f"peers{suffix}.json"
     md_path = args.markdown or (RESULTS / "BENCHMARKS-quick.md" if args.quick else ROOT / "BENCHMARKS.md")
-    command = args.command or " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT), "bench/run.py", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT), "bench/run.py", *(argv if argv is not None else sys.argv[1:])])
 
     if args.render_only:
         return render_all(out_path, peers_path, md_path)
@@ -1071,6 +1151,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if unknown:
         parser.error(f"unknown workloads {sorted(unknown)}; one of {', '.join(ORDER)}")
 
+    rss_cap = args.rss_cap_mib or min(8192.0, 0.35 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MiB)
     data_parent = args.data_dir or Path(tempfile.gettempdir())
     data_parent.mkdir(parents=True, exist_ok=True)
     data = Path(tempfile.mkdtemp(prefix="tf-bench-", dir=data_parent))
@@ -1090,6 +1171,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "repeats": repeats,
         "sizes": asdict(sizes),
         "command": command,
+        "make_command": args.via or command,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "host": host_info(data),
         "versions": versions(),
@@ -1099,7 +1181,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         wasm_path, build_s = build_component()
         base_cfg: Json = {"wasm": str(wasm_path), "data": str(data), "sizes": asdict(sizes), "repeats": repeats,
-                          "variant_artifacts": str(data / "variant-artifacts")}
+                          "variant_artifacts": str(data / "variant-artifacts"), "rss_cap_mib": rss_cap}
         needs_variants = {"footprint_waiting", "tenant_churn"} & set(only)
         variants = max(sizes.waiting_tenants, sizes.churn_tenants) if needs_variants else 0
         log(f"preparing (component {wasm_path.name[:12]}, {variants} seeded tenant versions) in {data}")
@@ -1115,6 +1197,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                     runs = [run_child(name, base_cfg, data, args.profile) for _ in range(sizes.waiting_repeats)]
                     shared = run_child(name, {**base_cfg, "shared": True}, data) if not args.quick else None
                     section = footprint_summary(runs, shared)
+                elif name == "tenant_churn":
+                    section = merge_repeats([
+                        union([run_child(name, {**base_cfg, "repeats": 1, "churn_label": label}, data, args.profile) for label in ("churn", "all_cached")])
+                        for _ in range(repeats)
+                    ])
+                elif name in PER_REPEAT:
+                    section = merge_repeats([run_child(name, {**base_cfg, "repeats": 1}, data, args.profile) for _ in range(repeats)])
                 else:
                     section = run_child(name, base_cfg, data, args.profile)
                 section["status"] = "ok"
@@ -1154,8 +1243,380 @@ def main(argv: Optional[list[str]] = None) -> int:
     return status
 
 
+# ==== the report =================================================================================
+
+PEERS = ("dbos", "temporal", "restate")
+PEER_NAMES = {"dbos": "DBOS", "temporal": "Temporal", "restate": "Restate"}
+
+# (workload, metric, label) compared with every peer, in the peers' metric names.
+COMPARED = [
+    ("sequential_steps", "steps_per_s", "1. sequential: one workflow of {seq_steps} steps"),
+    ("aggregate_steps", "total_steps_per_s", "2. aggregate: {agg_workflows} workflows × {agg_steps} steps"),
+    ("one_step_latency", "p50_ms", "3. one-step workflow, start to result, p50"),
+    ("one_step_latency", "p99_ms", "3. one-step workflow, start to result, p99"),
+    ("wakeup_latency", "signal_p50_ms", "5. event sent → next step running, p50"),
+    ("wakeup_latency", "signal_p99_ms", "5. event sent → next step running, p99"),
+    ("wakeup_latency", "sleep_overshoot_p50_ms", "5. sleep({sleep_ms} ms) overshoot (step → sleep → step), p50"),
+    ("wakeup_latency", "sleep_overshoot_p99_ms", "5. sleep({sleep_ms} ms) overshoot, p99"),
+]
+
+
+METHOD = """
+Common to every workload: a fresh SQLite file per workload on the bench disk (WAL,
+`synchronous=FULL`), the engine embedded in the measuring process (`tenantflow.engine.Engine`,
+system clock), the workflows of [`bench/workloads/core/workflow.py`](bench/workloads/core/workflow.py)
+compiled once with `tenantflow compile` (componentize-py) and loaded from its precompiled
+artifact. Each workload (and, for sequential/aggregate/latency/wake-up/churn, each repeat) runs
+in a fresh child process after warm-up runs; the figure is the median over repeats, every
+sample is in the JSON. Latencies use `time.perf_counter()` (CLOCK_MONOTONIC). Percentiles are
+linear-interpolated, as in the peer harness.
+
+- *Start to result* (sequential, one-step latency) is what a caller sees: from just before
+  `tenant.create(...)` to the return of `tenant.wait(id)`, which reads the finished status.
+  Aggregate stops at the scheduler's completion callback of the last workflow (the completion is
+  committed by then), because 64 concurrent `wait()` loops would measure the polling instead.
+- *First step* (cold start) and the wake-up figures are host-side timestamps of the guest's
+  durable calls, taken by a bench-only wrapper around `tenantflow.executor.Invocation`
+  methods (`begin_step` when the guest asks for a step, whose body runs right after;
+  `end_attempt` when a body returned; `sleep_until` when a sleep is asked for). The peers take
+  theirs inside their step bodies; the difference is one host call (~15 µs).
+- *Sleep overshoot* is the peers' definition: from the end of step 1 to the start of step 2,
+  minus the sleep. It includes committing step 1, recording the sleep, the timer, and the
+  replay of step 1 in the new invocation. *Timer due → step* measures from the moment the timer
+  is due (sleep call + duration) instead.
+- *Cold start from a disk artifact*: `engine.isolates.clear()` empties the in-memory component
+  cache, so the next invocation deserializes (mmaps) the artifact; the artifact file is in the
+  OS page cache unless the `page_cache_dropped` variant evicted it (`posix_fadvise(DONTNEED)`).
+  *Compile*: the artifact file is deleted too, so the invocation reads the component from the
+  registry, verifies its digest and compiles it with Cranelift (then writes the artifact).
+- *Replay*: an instance with N journaled steps followed by a pending sleep (manual clock) is
+  invoked directly with `engine.executor.invoke(pk, Control())` on a worker thread; each
+  invocation loads the journal, instantiates, replays all N steps, hits the sleep and suspends
+  again. Per-step cost = (median T(N) − median T(0)) / N, wall and thread CPU time.
+- *Footprint, waiting*: 100 tenants, each deploying its own component version, each parking
+  100 `Park` instances (one step, then an event wait with a 1-day timeout, so each also holds a
+  timer); RSS (`/proc/self/status` VmRSS) of the whole host process once all 10,000 wait, with
+  its anonymous/file split, the RSS after deploying (before any instance) and the slope of
+  RSS over waiting instances. One fresh process per repeat.
+- *Footprint, running*: N instances inside a step body that blocks in `time.sleep` (a live Wasm
+  instance that burns no CPU) on N workers; (peak RSS with all N live − RSS idle) / N.
+- *Distinct tenant versions without 100 compiles* (footprint and churn): each tenant's component
+  is the bench component with one extra custom section appended (`tenantflow-bench-variant`,
+  payload `variant <i>`) — a valid component with identical code and a different digest. Its
+  disk artifact is seeded by **copying the one compiled artifact** to that digest's artifact
+  path before the engine starts, so the engine finds every version precompiled on disk: the
+  measurement is the deserialize + instantiate path of a real cache miss, not Cranelift.
+- *Tenant churn*: 100 such versions, one tenant each, an isolate cache of 10 entries
+  (`cache_max_count=10`), one-step workflows used round-robin (so every invocation misses the
+  memory cache and loads the artifact from disk); sequentially (latency) and one instance per
+  tenant at once (throughput); the same with a cache that holds all 100 as reference.
+"""
+
+
+def _m(section: Optional[Json], name: str) -> Optional[float]:
+    if not section or section.get("status") not in (None, "ok"):
+        return None
+    entry = section.get("metrics", {}).get(name)
+    return None if entry is None else entry.get("median")
+
+
+def _fmt(value: Optional[float], unit: str = "") -> str:
+    if value is None:
+        return "—"
+    if abs(value) >= 1000:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 100:
+        text = f"{value:.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.2f}"
+    return f"{text} {unit}".strip()
+
+
+def _ratio(tf: Optional[float], peer: Optional[float], better: str) -> str:
+    if tf is None or peer is None or peer == 0 or tf == 0:
+        return "—"
+    ratio = tf / peer
+    wins = ratio > 1 if better == "higher" else ratio < 1
+    factor = ratio if ratio >= 1 else 1 / ratio
+    verdict = f"tenantflow {factor:.1f}× {'better' if wins else 'worse'}"
+    return f"{ratio:.2f} ({verdict})"
+
+
+def _peer_section(peers: Json, peer: str, workload: str) -> Optional[Json]:
+    p = peers.get("peers", {}).get(peer)
+    if not p or p.get("status") not in ("ok", "partial"):
+        return None
+    return p.get("workloads", {}).get(workload)
+
+
+def evaluate_targets(tf: Json, peers: Json) -> list[Json]:
+    w = tf.get("workloads", {})
+    seq = _m(w.get("sequential_steps"), "steps_per_s")
+    raw = _m(w.get("raw_sqlite"), "commits_per_s")
+    dbos = _m(_peer_section(peers, "dbos", "sequential_steps"), "steps_per_s") if peers else None
+    waiting = w.get("footprint_waiting", {})
+    n_wait = waiting.get("params", {}).get("waiting_instances")
+    rss_mb = _m(waiting, "rss_mib")
+    early = waiting.get("status_detail") == "stopped early at the memory cap"
+    if early:
+        reached = min(waiting["params"]["reached"])
+        extrapolated = _m(waiting, "rss_extrapolated_mib") or 0
+        wait_shown = (f"stopped at {reached:,} waiting with {rss_mb * MiB / 1e6:,.0f} MB RSS (memory cap); "
+                      f"{_m(waiting, 'kib_per_waiting_instance'):,.0f} KiB per waiting instance → ~{extrapolated * MiB / 1e6:,.0f} MB at {n_wait:,}")
+        rss_mb = extrapolated
+    else:
+        wait_shown = f"{rss_mb * MiB / 1e6:,.0f} MB RSS with {n_wait:,} waiting" if rss_mb and n_wait else "—"
+    rows = [
+        ("Sequential ≥ 2,000 durable steps/s", seq, 2000, "higher", f"{_fmt(seq, 'steps/s')}"),
+        ("Sequential ≥ 4× DBOS", seq / dbos if seq and dbos else None, 4.0, "higher",
+         f"{seq / dbos:.2f}× (DBOS {_fmt(dbos, 'steps/s')} in this run)" if seq and dbos else "DBOS not measured"),
+        ("Sequential ≥ 45% of the raw commit limit", seq / raw if seq and raw else None, 0.45, "higher",
+         f"{100 * seq / raw:.0f}% of {_fmt(raw, 'commits/s')}" if seq and raw else "—"),
+        ("Aggregate ≥ 10,000 steps/s", _m(w.get("aggregate_steps"), "total_steps_per_s"), 10_000, "higher",
+         f"{_fmt(_m(w.get('aggregate_steps'), 'total_steps_per_s'), 'steps/s')} ({w.get('aggregate_steps', {}).get('params', {}).get('workers', '?')} workers)"),
+        ("One-step workflow p50 ≤ 3 ms", _m(w.get("one_step_latency"), "p50_ms"), 3.0, "lower", _fmt(_m(w.get("one_step_latency"), "p50_ms"), "ms")),
+        ("Cold start from a disk artifact ≤ 15 ms to the first step", _m(w.get("cold_start"), "disk_artifact_ms"), 15.0, "lower",
+         _fmt(_m(w.get("cold_start"), "disk_artifact_ms"), "ms")),
+        ("Replay ≤ 20 µs per journaled step", _m(w.get("replay"), "us_per_step"), 20.0, "lower", _fmt(_m(w.get("replay"), "us_per_step"), "µs")),
+        ("10,000 waiting instances in ≤ 300 MB of host memory", rss_mb * MiB / 1e6 if rss_mb else None, 300.0, "lower",
+         wait_shown),
+    ]
+    out = []
+    for name, value, target, better, shown in rows:
+        ok = None if value is None else (value >= target if better == "higher" else value <= target)
+        if name.startswith("10,000") and n_wait and n_wait != 10_000:
+            ok = None  # a quick run parks fewer instances: not the target's size
+        out.append({"target": name, "value": value, "threshold": target, "better": better, "shown": shown, "pass": ok})
+    return out
+
+
+ANALYSIS = """
+(profiling notes are filled in below)
+"""
+
+
+def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: Path) -> str:
+    w = tf.get("workloads", {})
+    sizes = tf.get("sizes", {})
+    host = tf.get("host", {})
+    ver = tf.get("versions", {})
+    peers = peers or {}
+    quick = tf.get("mode") == "quick"
+    L: list[str] = []
+    add = L.append
+    add("# Benchmarks")
+    add("")
+    add(f"tenantflow against DBOS, Temporal and Restate, measured in the same `make bench` run on the same machine "
+        f"({host.get('cpus')} cores, {host.get('mem_gib')} GiB RAM). Generated by `bench/run.py` from "
+        f"[`{tf_path.relative_to(ROOT)}`]({tf_path.relative_to(ROOT)})" + (f" and [`{peers_path.relative_to(ROOT)}`]({peers_path.relative_to(ROOT)})" if peers else "")
+        + " (every sample is in those files); do not edit by hand.")
+    add("")
+    if quick:
+        add("**Quick mode** (`--quick`): small sizes and 2 repeats, a smoke test — not the issue's workload sizes.")
+        add("")
+    loads = [host.get("load_avg_at_start"), host.get("load_avg_at_end")]
+    add(f"- Run: {tf.get('started_at', '?')} → {tf.get('finished_at', '?')}, mode `{tf.get('mode')}`, {tf.get('repeats')} repeats per workload "
+        f"(median reported). Load average (1/5/15 min) at start {loads[0]}, at end {loads[1]}; per workload in the JSON.")
+    add(f"- Command: `{tf.get('make_command')}`" + (f", which runs `{tf.get('command')}`" if tf.get("make_command") != tf.get("command") else "")
+        + (f" and then `{tf.get('peers_command')}`." if tf.get("peers_command") else "."))
+    fs = host.get("data_dir_fsync_4k", {})
+    add(f"- This is a shared 2-core VM with other jobs running: absolute numbers move by 2× between runs "
+        f"(fsync of 4 KiB here: p50 {fs.get('p50_ms')} ms, p99 {fs.get('p99_ms')} ms at the start). Compare ratios within one run.")
+    add("")
+
+    # -- targets
+    add("## The issue's targets")
+    add("")
+    add("| target | measured | result |")
+    add("| --- | --- | --- |")
+    for row in evaluate_targets(tf, peers):
+        verdict = "—" if row["pass"] is None else ("**pass**" if row["pass"] else "**miss**")
+        add(f"| {row['target']} | {row['shown']} | {verdict} |")
+    add("")
+    add("Where a target is missed or a peer wins, [What bounds the gaps](#what-bounds-the-gaps) says why, from profiles.")
+    add("")
+
+    # -- side by side
+    add("## Side by side (same run, same machine)")
+    add("")
+    add("Ratio = tenantflow / peer (for throughput, above 1 is better for tenantflow; for latency, below 1 is).")
+    add("")
+    head = "| workload | tenantflow | " + " | ".join(PEER_NAMES[p] for p in PEERS) + " | " + " | ".join(f"tf / {PEER_NAMES[p]}" for p in PEERS) + " |"
+    add(head)
+    add("|" + " --- |" * (2 + 2 * len(PEERS)))
+    for workload, name, label in COMPARED:
+        section = w.get(workload)
+        entry = (section or {}).get("metrics", {}).get(name, {})
+        unit, better = entry.get("unit", ""), entry.get("better", "higher")
+        tfv = _m(section, name)
+        peer_vals = [_m(_peer_section(peers, p, workload), name) for p in PEERS]
+        label = label.format(**sizes)
+        if workload == "aggregate_steps" and section:
+            label += f" (tenantflow: {section.get('params', {}).get('workers')} workers)"
+        add(f"| {label} | {_fmt(tfv, unit)} | " + " | ".join(_fmt(v, unit) for v in peer_vals) + " | "
+            + " | ".join(_ratio(tfv, v, better) for v in peer_vals) + " |")
+    add("")
+    statuses = {p: peers.get("peers", {}).get(p, {}).get("status", "not run") for p in PEERS} if peers else {}
+    if peers:
+        add("Peer status: " + ", ".join(f"{PEER_NAMES[p]} {s}" + (f" ({peers['peers'][p].get('reason')})" if peers.get('peers', {}).get(p, {}).get('reason') else "") for p, s in statuses.items())
+            + f"; peers measured in `{peers.get('mode')}` mode with {peers.get('repeats')} repeats.")
+    else:
+        add("Peers were not run in this invocation (`--peers skip`).")
+    add("")
+
+    # -- tenantflow only
+    add("## tenantflow-only measurements")
+    add("")
+    add("| workload | metric | median | samples (per repeat) |")
+    add("| --- | --- | --- | --- |")
+    only = [
+        ("cold_start", ["disk_artifact_ms", "disk_artifact_page_cache_dropped_ms", "compile_ms", "warm_ms", "deserialize_ms", "instantiate_ms", "cranelift_compile_ms"]),
+        ("replay", ["us_per_step", "cpu_us_per_step", "invocation_ms", "empty_invocation_ms"]),
+        ("footprint_waiting", ["rss_mib", "rss_anon_mib", "rss_file_mib", "rss_after_deploys_mib", "rss_without_cached_components_mib", "kib_per_waiting_instance", "rss_shared_version_mib", "park_invocations_per_s"]),
+        ("footprint_running", ["rss_per_running_instance_mib", "rss_idle_mib", "rss_all_live_mib"]),
+        ("tenant_churn", ["p50_ms", "p99_ms", "workflows_per_s", "p50_ms_all_cached", "p99_ms_all_cached", "workflows_per_s_all_cached"]),
+        ("wakeup_latency", ["timer_due_to_step_p50_ms", "timer_due_to_step_p99_ms"]),
+        ("aggregate_steps", [k for k in (w.get("aggregate_steps") or {}).get("metrics", {}) if k.startswith("total_steps_per_s_workers")]),
+        ("raw_sqlite", ["commits_per_s", "commits_per_s_synchronous_normal"]),
+    ]
+    for workload, names in only:
+        section = w.get(workload)
+        if not section:
+            continue
+        if section.get("status") == "error":
+            add(f"| {workload} | error | {section.get('reason', '')} | |")
+            continue
+        for name in names:
+            entry = section.get("metrics", {}).get(name)
+            if entry is None:
+                continue
+            samples = ", ".join(_fmt(s) for s in entry.get("samples", []))
+            add(f"| {workload} | {name} | {_fmt(entry.get('median'), entry.get('unit', ''))} | {samples} |")
+    cold = w.get("cold_start", {})
+    disk_bytes = cold.get("raw", {}).get("disk_bytes")
+    if disk_bytes:
+        total = disk_bytes["component_blob"] + disk_bytes["artifact"]
+        add(f"| disk per tenant version | component blob + precompiled artifact | {total / MiB:.1f} MiB | blob {disk_bytes['component_blob'] / MiB:.1f} MiB, artifact {disk_bytes['artifact'] / MiB:.1f} MiB |")
+    add("")
+    per = [r.get("breakdown_p50_ms") for r in w.get("one_step_latency", {}).get("raw", {}).get("per_repeat", []) if r.get("breakdown_p50_ms")]
+    lat = {k: round(median([b[k] for b in per]), 2) for k in per[0]} if per else None
+    if lat:
+        add(f"One-step latency, where the time goes (medians from the start of `create`): create committed after {lat['create_returned']} ms, "
+            f"the instance's completion committed after {lat['completion_committed']} ms, `wait()` returned after {lat['wait_returned']} ms.")
+        add("")
+    churn_raw = first_raw(w.get("tenant_churn", {})).get("churn", {})
+    churn = churn_raw.get("cache_stats_delta")
+    if churn:
+        add(f"Churn through the {w['tenant_churn']['params']['cache_entries']}-entry cache (one repeat): {churn.get('disk_hits')} artifact loads from disk, "
+            f"{churn.get('hits')} memory hits, {churn.get('compiles')} compiles, {churn.get('evictions')} evictions "
+            f"(mean deserialize {churn_raw.get('deserialize_ms_mean')} ms).")
+        add("")
+
+    # -- plots
+    pngs = [p for p in ("throughput", "latency", "tenantflow") if (RESULTS / f"{p}{'-quick' if quick else ''}.png").exists()]
+    if pngs:
+        add("## Plots")
+        add("")
+        for p in pngs:
+            rel = (RESULTS / f"{p}{'-quick' if quick else ''}.png").relative_to(ROOT if not quick else RESULTS)
+            add(f"![{p}]({rel})")
+        add("")
+        add("Drawn by `bench/plot.py` from the JSON files.")
+        add("")
+
+    # -- analysis
+    add("## What bounds the gaps")
+    add("")
+    add(ANALYSIS.strip())
+    add("")
+    for name, section in w.items():
+        prof = section.get("profile") if isinstance(section, dict) else None
+        if prof:
+            top = ", ".join(f"`{f}` {p}%" for f, p in prof["self_pct"][:6])
+            add(f"- py-spy ({name}, {prof['samples']} GIL samples, `{prof['file']}`): top self time {top}")
+    add("")
+
+    # -- method
+    add("## How each workload is measured")
+    add("")
+    for name in ORDER:
+        section = w.get(name)
+        if section:
+            params = ", ".join(f"{k}={v}" for k, v in section.get("params", {}).items())
+            add(f"- **{name}** — {section.get('what', WHAT[name])}" + (f" ({params})." if params else "."))
+    add("")
+    add(METHOD.strip())
+    add("")
+
+    # -- durability
+    add("## Durability settings")
+    add("")
+    add("| system | settings |")
+    add("| --- | --- |")
+    add(f"| tenantflow | {tf.get('durability', TENANTFLOW_DURABILITY)['summary']} |")
+    for p in PEERS:
+        d = peers.get("peers", {}).get(p, {}).get("durability", {}) if peers else {}
+        if d:
+            add(f"| {PEER_NAMES[p]} | {d.get('summary', json.dumps(d))} |")
+    add("")
+    add("The raw limit is the same kind of commit tenantflow makes: a fresh SQLite file on the same disk, WAL, "
+        "`synchronous=FULL`, one 64-byte row per transaction.")
+    add("")
+
+    # -- machine
+    add("## Machine and versions")
+    add("")
+    disk = host.get("disk", {})
+    add(f"- CPU: {host.get('cpu_model')}, {host.get('cpus')} cores ({host.get('virtualization')}); RAM {host.get('mem_gib')} GiB; kernel {host.get('kernel')}")
+    add(f"- Disk: {disk.get('device')} ({disk.get('model', '?')}, {disk.get('size_gib', '?')} GiB, rotational={disk.get('rotational', '?')}), "
+        f"{disk.get('filesystem')} mounted at {disk.get('mount')}; data under {host.get('data_dir')}")
+    add(f"- tenantflow: Python {ver.get('python')}, wasmtime-py {ver.get('wasmtime')}, componentize-py {ver.get('componentize-py')}, "
+        f"SQLite {ver.get('sqlite')}, aiosqlite {ver.get('aiosqlite')}, tenantflow {ver.get('tenantflow')} at `{ver.get('tenantflow_git')}`")
+    comp = tf.get("component", {})
+    if comp:
+        add(f"- Bench component ([`bench/workloads/core/workflow.py`](bench/workloads/core/workflow.py)): "
+            f"{comp.get('component_bytes', 0) / MiB:.1f} MiB, precompiled artifact {comp.get('artifact_bytes', 0) / MiB:.1f} MiB, digest `{comp.get('digest', '')[:12]}`")
+    for p in PEERS:
+        v = peers.get("peers", {}).get(p, {}).get("version") if peers else None
+        if v:
+            add(f"- {PEER_NAMES[p]}: " + ", ".join(f"{k} {val}" for k, val in v.items()))
+    if peers:
+        ph = peers.get("host", {})
+        add(f"- Peer run: load average at its start {ph.get('load_avg_at_start')}, fsync 4 KiB {ph.get('data_dir_fsync_4k')}; options {peers.get('options')}")
+    add("")
+    add("## Reproduce")
+    add("")
+    add("```sh")
+    add("make bench                                   # full suite + peers + BENCHMARKS.md + plots (~25 min on 2 cores)")
+    add("make bench BENCH_ARGS=--quick                # smoke run, results under bench/results/*-quick.*")
+    add(".venv/bin/python bench/run.py --only replay --peers reuse   # one workload, reusing the last peer JSON")
+    add(".venv/bin/python bench/run.py --render-only  # re-render BENCHMARKS.md and the plots from the JSON")
+    add("```")
+    add("")
+    add("See [bench/README.md](bench/README.md) for the options and [bench/peers/README.md](bench/peers/README.md) for the peer harness.")
+    return "\n".join(L) + "\n"
+
+
 def render_all(out_path: Path, peers_path: Path, md_path: Path, use_peers: bool = True) -> int:
-    log("render: TODO")
+    if not out_path.exists():
+        log(f"no results at {out_path}")
+        return 1
+    tf = json.loads(out_path.read_text())
+    peers = json.loads(peers_path.read_text()) if use_peers and peers_path.exists() else None
+    tf["targets"] = evaluate_targets(tf, peers or {})
+    write_json(out_path, tf)
+    plot = BENCH / "plot.py"
+    if plot.exists():  # plots first, so the markdown links only what exists
+        rc = subprocess.run([sys.executable, str(plot), "--tenantflow", str(out_path)] + (["--peers", str(peers_path)] if peers else ["--no-peers"]), cwd=ROOT).returncode
+        if rc != 0:
+            log("plot.py failed (is matplotlib installed? `make bench` installs it): no plots")
+    md = render_markdown(tf, peers, out_path, peers_path)
+    if md_path.parent != ROOT:  # links in a report under bench/results/ are relative to it
+        md = md.replace("](bench/", "](../../bench/").replace("](BENCHMARKS", "](../../BENCHMARKS")
+    md_path.write_text(md)
+    log(f"wrote {md_path.relative_to(ROOT)}")
     return 0
 
 

@@ -186,7 +186,7 @@ async def _run(
 
 @main.group("instances")
 def instances() -> None:
-    """Inspect and control instances in a local database."""
+    """Inspect and control instances in a local database (--db) or on a server (--url)."""
 
 
 def _binding_call(db: Path, tenant: str, action: Callable[[Any], Awaitable[Any]]) -> Any:

@@ -43,6 +43,7 @@ from .registry import ComponentStore, digest_of
 from .sandbox import EpochTicker, SandboxConfig, make_engine
 from .scheduler import Scheduler
 from .stats import EngineStats, engine_stats
+from .warm import WarmPool
 
 T = TypeVar("T")
 log = logging.getLogger("tenantflow.engine")
@@ -76,6 +77,7 @@ class Engine:
         cache_max_bytes: int = 4 * 1024**3,
         cache_idle_seconds: float = 600.0,
         loader: Optional[Loader] = None,
+        warm_instances: int = 8,
     ) -> None:
         self.path = Path(path)
         self.clock: Clock = clock or SystemClock()
@@ -88,6 +90,8 @@ class Engine:
         self.run_scheduler = run_scheduler
         self._cache_args = (cache_max_count, cache_max_bytes, cache_idle_seconds)
         self._custom_loader = loader
+        # Instances prepared ahead of use (see warm.py); 0 turns it off.
+        self.warm_instances = warm_instances
         self.host_id = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._opened = False
         self._lock_file: Optional[IO[str]] = None
@@ -132,6 +136,8 @@ class Engine:
             policy_for=self.policy_for,
             wake=self._wake_threadsafe,
         )
+        if self.run_scheduler and self.warm_instances > 0:
+            self.executor.warm = WarmPool(self.wasm_engine, self.executor.linker, max_total=self.warm_instances, on_instantiate=self._count_instantiation)
         self.scheduler = Scheduler(self.executor, self.clock, workers=self.workers, per_tenant=self.per_tenant_concurrency)
         self._opened = True
         await self._load_manifests()
@@ -144,6 +150,8 @@ class Engine:
         self._opened = False
         if self.run_scheduler:
             await self.scheduler.close()
+        if self.executor.warm is not None:
+            self.executor.warm.close()
         self.writer.close()
         await self.readers.aclose()
         self._ticker.stop()
@@ -194,6 +202,10 @@ class Engine:
     def stats(self) -> EngineStats:
         """Isolate cache, writer and scheduler counters (what an operator watches)."""
         return engine_stats(self)
+
+    def _count_instantiation(self, seconds: float) -> None:
+        self.isolates.stats.instantiations += 1
+        self.isolates.stats.instantiate_seconds += seconds
 
     def _wake_threadsafe(self, pk: int, tenant: str) -> None:
         if self.run_scheduler and self._loop is not None:

@@ -28,6 +28,7 @@ from .limits import EVENT_TYPE, Limits, format_bytes
 from .loader import LoaderError
 from .policy import DEFAULT_POLICY, TenantPolicy
 from .sandbox import INTERRUPTED, new_store
+from .warm import WarmPool
 
 WIT_PACKAGE = "tenantflow:workflow"
 WIT_VERSION = "0.1.0"
@@ -593,11 +594,20 @@ class Executor:
     policy_for: Callable[[str], TenantPolicy] = field(default=lambda tenant: DEFAULT_POLICY)
     # Thread-safe: make an instance runnable (a child's event, a parent's join).
     wake: Callable[[int, str], None] = field(default=lambda pk, tenant: None)
+    warm: Optional[WarmPool] = None
 
     def instantiate(
         self, digest: str, inv: Optional[Invocation], memory_bytes: int, owner: tuple[str, str] = ("", "")
     ) -> tuple[wasmtime.Store, wc.Instance]:
         component = self.cache.get(digest, lambda: self.load_component_bytes(owner[0], owner[1], digest))
+        if inv is not None and self.warm is not None:
+            key = (digest, memory_bytes)
+            warm = self.warm.take(key)
+            self.warm.refill(key, component)  # for the next invocation of this code
+            if warm is not None:
+                store, instance, binding = warm
+                binding.inv = inv
+                return store, instance
         if inv is not None:
             check = inv.check_deadlines
         else:  # inspecting a component: its exports get a fixed budget
