@@ -67,3 +67,28 @@ def _acme() -> Path:
     from components import build_component
 
     return build_component(REPO / "tenants" / "acme" / "workflow.py")
+
+
+def test_instances_upgrade_dry_run_and_apply(tmp_path: Path) -> None:
+    import asyncio
+
+    from enginekit import component, open_engine
+
+    from tenantflow.clock import ManualClock
+
+    db = tmp_path / "flows.db"
+
+    async def prepare() -> None:
+        clock = ManualClock()
+        async with open_engine(db, clock=clock, deploy={"t": "flow_v1"}) as engine:
+            await engine.tenant("t").create("pipeline", {"commit": "c"}, id="p1")
+            await engine.scheduler.quiesce()
+
+    asyncio.run(prepare())
+    v2, v3 = component("flow_v2"), component("flow_v3")
+    refused = tenantflow("instances", "upgrade", "-w", "pipeline", "--to", str(v3), "--db", str(db), "--tenant", "t", "--apply", check=False)
+    assert refused.returncode == 1 and "p1: diverged" in refused.stdout and "position 0" in refused.stdout
+    dry = tenantflow("instances", "upgrade", "-w", "pipeline", "--to", str(v2), "--db", str(db), "--tenant", "t")
+    assert "p1: compatible" in dry.stdout and "dry run" in dry.stdout
+    applied = tenantflow("instances", "upgrade", "-w", "pipeline", "--to", str(v2), "--db", str(db), "--tenant", "t", "--apply", "--json")
+    assert [r["result"] for r in json.loads(applied.stdout)] == ["upgraded"]

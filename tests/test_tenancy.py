@@ -177,3 +177,33 @@ async def test_applied_manifests_survive_a_restart_with_secrets_read_again(tmp_p
     monkeypatch.delenv("GAMMA_TOKEN")
     async with open_engine(db) as engine:  # a missing secret does not stop the engine
         assert engine.policy_for("gamma").secrets == {} and engine.policy_for("gamma").egress == ("api.example.com",)
+
+
+async def test_the_binding_asks_the_authorizer_before_every_operation(tmp_path: Path) -> None:
+    from tenantflow.auth import Action, Principal, Role
+    from tenantflow.errors import Forbidden
+
+    class Recording:
+        def __init__(self) -> None:
+            self.asked: list[tuple[str, str, str | None]] = []
+
+        async def authenticate(self, token: str | None) -> Principal:
+            raise NotImplementedError
+
+        async def authorize(self, principal: Principal, action: Action, tenant: str, instance_id: str | None) -> None:
+            self.asked.append((action.value, tenant, instance_id))
+            if action is Action.CONTROL:
+                raise Forbidden(f"{principal.subject} may not control instances of {tenant}")
+
+    async with open_engine(tmp_path / "flows.db", deploy={"t": "basics"}) as engine:
+        authorizer = Recording()
+        viewer = Principal(subject="viewer", tenant="t", role=Role.TENANT_READONLY)
+        t = engine.tenant("t", principal=viewer, authorizer=authorizer)
+        iid = await t.create("Steps", {"n": 1}, id="one")
+        await t.wait(iid)
+        with pytest.raises(Forbidden):
+            await t.terminate(iid)
+        await t.list()
+        assert ("create", "t", None) in authorizer.asked and ("read", "t", "one") in authorizer.asked
+        assert ("control", "t", "one") in authorizer.asked and ("read", "t", None) in authorizer.asked
+        assert (await engine.tenant("t").status(iid)).status == "complete"  # refused: nothing changed

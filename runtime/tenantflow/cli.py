@@ -300,6 +300,47 @@ def send_event_command(instance_id: str, event_type: str, payload: str, db: Path
 
 # ---- against a server (--url), serve, deploy, tenants and keys ------------------------
 
+@instances.command("upgrade")
+@click.option("--workflow", "-w", required=True, help="Workflow whose in-flight instances move.")
+@click.option("--to", "target", required=True, help="Target code: a digest (sha256:... or hex) or a .wasm file (registered first).")
+@click.option("--id", "instance_ids", multiple=True, help="Only these instances (repeatable; default: all in flight).")
+@click.option("--apply", is_flag=True, help="Switch the instances that replay cleanly (default: dry run).")
+@DB_OPTION
+@TENANT_OPTION
+@click.option("--json", "as_json", is_flag=True)
+def upgrade_command(workflow: str, target: str, instance_ids: tuple[str, ...], apply: bool, db: Path, tenant: str, as_json: bool) -> None:
+    """Move in-flight instances to other code, after replaying each journal against it.
+
+    An instance whose recorded calls all match the new code is `compatible` (and
+    `upgraded` with --apply); otherwise the first divergence is shown and it is left alone.
+    """
+    if not db.exists():
+        _fail(f"database {db} does not exist")
+
+    async def go() -> Any:
+        async with Engine(db, run_scheduler=False) as engine:
+            digest = target.removeprefix("sha256:")
+            if target.endswith(".wasm"):
+                digest = (await engine.register_component(Path(target).read_bytes())).digest
+            return await engine.tenant(tenant).upgrade(workflow, digest, apply=apply, instance_ids=instance_ids or None)
+
+    from .engine import Engine
+
+    results = _run_async(go())
+    if as_json:
+        click.echo(json.dumps([json.loads(r.model_dump_json()) for r in results], indent=2))
+        return
+    if not results:
+        click.echo(f"no in-flight instances of {workflow!r} run other code")
+    for r in results:
+        line = f"{r.id}: {r.result} ({r.from_digest[:12]} -> {r.to_digest[:12]})"
+        click.echo(line + (f": {r.divergence}" if r.divergence else ""))
+    if not apply and any(r.result == "compatible" for r in results):
+        click.echo("dry run: nothing changed; use --apply to switch the compatible instances")
+    if any(r.result == "diverged" for r in results):
+        sys.exit(1)
+
+
 def _remote() -> tuple[str | None, str | None]:
     ctx = click.get_current_context(silent=True)
     if ctx is None:
@@ -346,8 +387,8 @@ def serve_command(
                    artifact_dir=artifact_dir, public_metrics=public_metrics, grace_seconds=grace_seconds))
 
 
-def _component_source(path: Path) -> tuple[Path, str | None]:
-    """(file to deploy, tenant named by a manifest): a .wasm, a .py, or a tenant folder."""
+def _component_source(path: Path) -> tuple[Path, Any]:
+    """(file to deploy, the tenant manifest if any): a .wasm, a .py, or a tenant folder."""
     from .errors import TenantflowError
     from .manifest import load_manifest
 
@@ -358,7 +399,7 @@ def _component_source(path: Path) -> tuple[Path, str | None]:
             except TenantflowError as exc:
                 _fail(str(exc))
                 raise
-            return manifest.source_path, manifest.tenant
+            return manifest.source_path, manifest
         if (path / "workflow.py").is_file():
             return path / "workflow.py", None
         raise click.BadParameter(f"{path} has neither tenant.toml nor workflow.py")
@@ -383,8 +424,10 @@ def deploy_command(path: Path, tenant: str | None, db: Path, as_json: bool) -> N
 
     from .compiler import CompileError, compile_workflow
 
-    source, manifest_tenant = _component_source(path)
-    tenant = tenant or manifest_tenant or "default"
+    source, manifest = _component_source(path)
+    tenant = tenant or (manifest.tenant if manifest else None) or "default"
+    if manifest is not None and manifest.tenant != tenant:
+        _fail(f"{path}: the manifest is for tenant {manifest.tenant!r}, not {tenant!r}")
     if source.suffix == ".wasm":
         wasm = source.read_bytes()
     else:
@@ -398,9 +441,13 @@ def deploy_command(path: Path, tenant: str | None, db: Path, as_json: bool) -> N
 
     async def local() -> Any:
         async with _open_engine(db) as engine:
+            if manifest is not None:  # with the database in hand we are the platform: grant it
+                await engine.apply_manifest(manifest)
             return await engine.deploy(tenant, wasm)
 
     url, api_key = _remote()
+    if url and manifest is not None and (manifest.egress.allow or manifest.secrets):
+        click.echo("note: egress and secrets in tenant.toml are granted by the platform (`tenantflow deploy --db`), not over the API", err=True)
     info = _run_async(_remote_call(url, api_key, tenant, lambda b: b.deploy(wasm)) if url else local())
     if as_json:
         click.echo(json.dumps({"tenant": tenant, **info.model_dump()}, indent=2))

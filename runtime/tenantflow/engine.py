@@ -20,6 +20,7 @@ from typing import IO, Any, Callable, List, Optional, Sequence, TypeVar
 import wasmtime
 
 from . import journal as jn
+from .auth import Action, Authorizer, Principal
 from .clock import Clock, SystemClock
 from .database import GroupCommitWriter, Readers, migrate
 from .errors import HostBusy, InstanceNotFound, InvalidInput, UnknownWorkflow
@@ -239,8 +240,11 @@ class Engine:
         return info
 
     # ---- tenants ---------------------------------------------------------------------
-    def tenant(self, tenant: str) -> "TenantBinding":
-        return TenantBinding(self, check_tenant(tenant))
+    def tenant(self, tenant: str, *, principal: Optional[Principal] = None, authorizer: Optional[Authorizer] = None) -> "TenantBinding":
+        """Operations scoped to `tenant`. With an authorizer, the binding asks it (for
+        `principal`) before every operation: a layer of its own, whatever the caller
+        checked before."""
+        return TenantBinding(self, check_tenant(tenant), principal, authorizer)
 
     def _after_control(self, result: jn.ControlResult) -> None:
         if not self.run_scheduler:
@@ -277,9 +281,18 @@ class TenantBinding:
     """Every instance operation, scoped to one tenant. Another tenant's instance is
     indistinguishable from a missing one."""
 
-    def __init__(self, engine: Engine, tenant: str) -> None:
+    def __init__(self, engine: Engine, tenant: str, principal: Optional[Principal] = None, authorizer: Optional[Authorizer] = None) -> None:
+        if authorizer is not None and principal is None:
+            raise InvalidInput("a binding with an authorizer needs the principal it acts for")
         self.engine = engine
         self.name = tenant
+        self.principal = principal
+        self.authorizer = authorizer
+
+    async def _allow(self, action: Action, instance_id: Optional[str] = None) -> None:
+        if self.authorizer is not None:
+            assert self.principal is not None
+            await self.authorizer.authorize(self.principal, action, self.name, instance_id)
 
     async def _digest_for(self, workflow: str, digest: Optional[str]) -> str:
         check_workflow_name(workflow)
@@ -309,6 +322,7 @@ class TenantBinding:
 
     async def create_batch(self, items: Sequence[dict[str, Any]]) -> list[str]:
         """Create several instances atomically (a duplicate id fails the whole batch)."""
+        await self._allow(Action.CREATE)
         if not items:
             raise InvalidInput("a batch needs at least one instance")
         now = self.engine.now()
@@ -343,6 +357,7 @@ class TenantBinding:
         return row
 
     async def status(self, instance_id: str) -> InstanceStatus:
+        await self._allow(Action.READ, instance_id)
         row = await self._row(instance_id)
         steps = await self.engine.read(jn.journal_query(row.pk))
         return instance_status(row, steps)
@@ -360,22 +375,28 @@ class TenantBinding:
         return result.status
 
     async def pause(self, instance_id: str) -> str:
+        await self._allow(Action.CONTROL, instance_id)
         return await self._control(jn.pause(self.name, check_instance_id(instance_id), self.engine.now()))
 
     async def resume(self, instance_id: str) -> str:
+        await self._allow(Action.CONTROL, instance_id)
         return await self._control(jn.resume(self.name, check_instance_id(instance_id), self.engine.now()))
 
     async def terminate(self, instance_id: str) -> str:
+        await self._allow(Action.CONTROL, instance_id)
         return await self._control(jn.terminate(self.name, check_instance_id(instance_id), self.engine.now()))
 
     async def restart(self, instance_id: str) -> str:
+        await self._allow(Action.CONTROL, instance_id)
         return await self._control(jn.restart(self.name, check_instance_id(instance_id), self.engine.now()))
 
     async def delete(self, instance_id: str) -> None:
+        await self._allow(Action.CONTROL, instance_id)
         await self._control(jn.delete(self.name, check_instance_id(instance_id)))
 
     async def send_event(self, instance_id: str, event_type: str, payload: Any = None) -> None:
         """Deliver an event: to the waiting step if one waits for its type, else buffered."""
+        await self._allow(Action.SEND_EVENT, instance_id)
         check_instance_id(instance_id)
         check_event_type(event_type)
         body = encode_json(payload, self.engine.limits.max_event_payload_bytes, "event payload")
@@ -387,6 +408,7 @@ class TenantBinding:
     async def list(
         self, *, workflow: Optional[str] = None, status: Optional[str] = None, limit: int = 50, cursor: Optional[str] = None
     ) -> InstancePage:
+        await self._allow(Action.READ)
         if status is not None and status not in jn.STATUSES:
             raise InvalidInput(f"unknown status {status!r}; one of {', '.join(jn.STATUSES)}")
         if not 1 <= limit <= 1000:
@@ -409,6 +431,7 @@ class TenantBinding:
         effects; only if every recorded call matches is its pin switched (when `apply`;
         the default is a dry run). Otherwise the first divergence is reported and the
         instance is left untouched."""
+        await self._allow(Action.CONTROL)
         await self._digest_for(workflow, digest)  # registered and defines the workflow
         rows = await self.engine.read(jn.upgradable_query(self.name, workflow, digest))
         if instance_ids is not None:
@@ -431,6 +454,7 @@ class TenantBinding:
         return results
 
     async def logs(self, instance_id: str, limit: int = 1000) -> List[LogLine]:
+        await self._allow(Action.READ, instance_id)
         row = await self._row(instance_id)
         lines = await self.engine.read(jn.logs_query(row.pk, limit))
         return [LogLine(at=ts(at), stream=stream, message=message) for at, stream, message in lines]  # type: ignore[arg-type]

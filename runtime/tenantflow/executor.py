@@ -361,7 +361,7 @@ class Invocation:
 
     def wait_for_event(self, name: str, event_type: str, timeout: Optional[int]) -> Any:
         entry = self.next_call("event", name)
-        if not EVENT_TYPE.match(event_type):
+        if not EVENT_TYPE.fullmatch(event_type):
             raise self.fatal("InvalidEventType", f"wait {name!r}: invalid event type {event_type!r} (1 to 100 letters, digits, '-' or '_')")
         now = self.now()
         if entry is None:

@@ -36,25 +36,25 @@ def check_instance_id(instance_id: object) -> str:
         raise InvalidInput("instance id must be a non-empty string")
     if len(instance_id) > MAX_INSTANCE_ID:
         raise InvalidInput(f"instance id is {len(instance_id)} characters; at most {MAX_INSTANCE_ID} are allowed")
-    if not INSTANCE_ID.match(instance_id):
+    if not INSTANCE_ID.fullmatch(instance_id):
         raise InvalidInput(f"invalid instance id {instance_id!r}: use letters, digits, '-' and '_', not starting with '-'")
     return instance_id
 
 
 def check_event_type(event_type: object) -> str:
-    if not isinstance(event_type, str) or not EVENT_TYPE.match(event_type):
+    if not isinstance(event_type, str) or not EVENT_TYPE.fullmatch(event_type):
         raise InvalidInput(f"invalid event type {event_type!r}: 1 to 100 characters of letters, digits, '-' and '_'")
     return event_type
 
 
 def check_tenant(tenant: object) -> str:
-    if not isinstance(tenant, str) or not TENANT.match(tenant):
+    if not isinstance(tenant, str) or not TENANT.fullmatch(tenant):
         raise InvalidInput(f"invalid tenant {tenant!r}: 1 to 63 lowercase letters, digits, '-' and '_', starting with a letter or digit")
     return tenant
 
 
 def check_workflow_name(name: object) -> str:
-    if not isinstance(name, str) or not WORKFLOW_NAME.match(name):
+    if not isinstance(name, str) or not WORKFLOW_NAME.fullmatch(name):
         raise InvalidInput(f"invalid workflow name {name!r}")
     return name
 

@@ -88,7 +88,7 @@ class TenantManifest(_Strict):
     @field_validator("tenant")
     @classmethod
     def _tenant_name(cls, tenant: str) -> str:
-        if not TENANT.match(tenant):
+        if not TENANT.fullmatch(tenant):
             raise ValueError(f"invalid tenant name {tenant!r}: 1 to 63 lowercase letters, digits, '-' and '_', starting with a letter or digit")
         return tenant
 

@@ -235,14 +235,14 @@ def create_app(
     def tenant_scope(action: Action) -> Callable[..., Awaitable[TenantBinding]]:
         async def dependency(tenant: TenantName, who: Annotated[Principal, Depends(principal)]) -> TenantBinding:
             await authorizer.authorize(who, action, tenant, None)
-            return engine.tenant(tenant)
+            return engine.tenant(tenant, principal=who, authorizer=authorizer)
 
         return dependency
 
     def instance_scope(action: Action) -> Callable[..., Awaitable[TenantBinding]]:
         async def dependency(tenant: TenantName, instance_id: InstanceId, who: Annotated[Principal, Depends(principal)]) -> TenantBinding:
             await authorizer.authorize(who, action, tenant, instance_id)
-            return engine.tenant(tenant)
+            return engine.tenant(tenant, principal=who, authorizer=authorizer)
 
         return dependency
 
