@@ -59,7 +59,7 @@ def test_api_conforms_to_its_openapi_document(fuzz_server: tuple[str, str], mode
         fixed = {"tenant": "acme"} if "{tenant}" in operation.path else None
 
         @given(case=operation.as_strategy(mode, path_parameters=fixed))
-        @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
         def check(case: schemathesis.Case) -> None:
             response = case.call(headers=bearer(key), timeout=120)
             case.validate_response(response, headers=bearer(key), excluded_checks=semantic_exemptions(case, response.status_code))

@@ -264,10 +264,10 @@ def create_app(
     @app.get(f"{base}/instances", response_model=InstancePage, tags=["instances"], responses=_errors(*common))
     async def list_instances(
         binding: Annotated[TenantBinding, Depends(tenant_scope(Action.READ))],
-        workflow: Annotated[Optional[str], Query(max_length=128, description="Only instances of this workflow.")] = None,
+        workflow: Annotated[Optional[str], Query(min_length=1, max_length=128, description="Only instances of this workflow.")] = None,
         status: Annotated[Optional[Status], Query(description="Only instances with this status.")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-        cursor: Annotated[Optional[str], Query(max_length=200, description="`next_cursor` of the previous page.")] = None,
+        cursor: Annotated[Optional[str], Query(min_length=1, max_length=200, description="`next_cursor` of the previous page.")] = None,
     ) -> InstancePage:
         """Instances of the tenant, newest first, a page at a time."""
         return await binding.list(workflow=workflow, status=status, limit=limit, cursor=cursor)
