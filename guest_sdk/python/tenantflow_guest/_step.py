@@ -201,7 +201,7 @@ class Step:
             name_of = exc.error_name if isinstance(exc, StepFailedError) else type(exc).__name__
             return self._host.end_attempt_err(name, name_of, str(exc), True)
         try:
-            encoded = json.dumps(value, allow_nan=False)
+            encoded = _ENCODER.encode(value)
         except (TypeError, ValueError) as exc:
             # Retrying cannot make a value serializable: fail the step for good.
             return self._host.end_attempt_err(name, "TypeError", f"step {name!r} returned a value that is not JSON-serializable: {exc}", False)
@@ -289,3 +289,5 @@ class _AsyncStepFunction:
 
 
 _DEFAULT_OPTIONS = _step_options(None, None, None)
+# json.dumps(..., allow_nan=False) builds a new encoder per call: one is enough (hot path).
+_ENCODER = json.JSONEncoder(allow_nan=False)
