@@ -374,32 +374,27 @@ def _invalid(instance_id: str, status: str, action: str) -> Exception:
     return InvalidState(f"cannot {action} instance {instance_id!r}: it is {status}")
 
 
-def pause(tenant: str, instance_id: str, now: int) -> Callable[[sqlite3.Connection], ControlResult]:
-    """Queued or waiting instances pause at once; a running one at its next durable call."""
-
+def _set_pause(tenant: str, instance_id: str, now: int, action: str, moves: dict[str, str], default: Optional[str], requested: int) -> Callable[[sqlite3.Connection], ControlResult]:
     def op(conn: sqlite3.Connection) -> ControlResult:
         pk, status, _, _ = _require(conn, tenant, instance_id)
         if status in FINISHED:
-            raise _invalid(instance_id, status, "pause")
-        new = {"running": "waitingForPause", "waitingForPause": "waitingForPause"}.get(status, "paused")
-        conn.execute("UPDATE instances SET status=?, pause_requested=1, updated_at=? WHERE pk=?", (new, now, pk))
+            raise _invalid(instance_id, status, action)
+        new = moves.get(status, default or status)
+        conn.execute("UPDATE instances SET status=?, pause_requested=?, updated_at=? WHERE pk=?", (new, requested, now, pk))
         return ControlResult(pk, tenant, new, status)
 
     return op
+
+
+def pause(tenant: str, instance_id: str, now: int) -> Callable[[sqlite3.Connection], ControlResult]:
+    """Queued or waiting instances pause at once; a running one at its next durable call."""
+    moves = {"running": "waitingForPause", "waitingForPause": "waitingForPause"}
+    return _set_pause(tenant, instance_id, now, "pause", moves, "paused", 1)
 
 
 def resume(tenant: str, instance_id: str, now: int) -> Callable[[sqlite3.Connection], ControlResult]:
     """A paused instance is queued again (its replay re-suspends if it still has to wait)."""
-
-    def op(conn: sqlite3.Connection) -> ControlResult:
-        pk, status, _, _ = _require(conn, tenant, instance_id)
-        if status in FINISHED:
-            raise _invalid(instance_id, status, "resume")
-        new = {"paused": "queued", "waitingForPause": "running"}.get(status, status)
-        conn.execute("UPDATE instances SET status=?, pause_requested=0, updated_at=? WHERE pk=?", (new, now, pk))
-        return ControlResult(pk, tenant, new, status)
-
-    return op
+    return _set_pause(tenant, instance_id, now, "resume", {"paused": "queued", "waitingForPause": "running"}, None, 0)
 
 
 def terminate(tenant: str, instance_id: str, now: int) -> Callable[[sqlite3.Connection], ControlResult]:
