@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 from collections.abc import Iterable
 from importlib.metadata import version
 from pathlib import Path
@@ -21,6 +22,9 @@ from tenantflow.resources import guest_sdk_dir, wit_dir
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO / ".cache" / "test-components"
+# Precompiled artifacts (written when a component is built and inspected, read by every
+# engine the tests open) live in the repo, not in the user's cache.
+os.environ["TENANTFLOW_CACHE_DIR"] = str(REPO / ".cache" / "tenantflow")
 
 
 def _files(root: Path, pattern: str) -> Iterable[Path]:

@@ -15,7 +15,7 @@ from components import build_component
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / "tests" / "workflows"
 # Precompiled artifacts are keyed by digest and engine config: safe to share across tests.
-ARTIFACTS = REPO / ".cache" / "test-artifacts"
+ARTIFACTS = REPO / ".cache" / "tenantflow" / "artifacts"  # = default_artifact_dir() under the tests (components.py)
 
 
 def component(name: str) -> Path:

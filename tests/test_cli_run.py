@@ -14,7 +14,7 @@ ORDER = {"order_id": "77", "items": [{"price": 700, "qty": 2}]}
 
 
 def tenantflow(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TENANTFLOW_CACHE_DIR": str(ARTIFACTS.parent / "cli-cache")}
+    env = {**os.environ, "TENANTFLOW_CACHE_DIR": str(ARTIFACTS.parent)}
     result = subprocess.run([sys.executable, "-m", "tenantflow.cli", *args], capture_output=True, text=True, env=env, timeout=300)
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
