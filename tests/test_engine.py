@@ -410,3 +410,21 @@ async def test_a_busy_tenant_does_not_starve_another(tmp_path: Path, clock: Manu
         assert len(unfinished) >= 15  # the quiet tenant ran long before the flood drained
         for i in flood:
             await noisy.wait(i, timeout=120)
+
+
+async def test_finished_invocations_free_their_wasm_stores(tmp_path: Path, clock: ManualClock) -> None:
+    """A waiting or finished instance holds no Wasm instance: every store is freed."""
+    import gc
+
+    import wasmtime
+
+    def live_stores() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, wasmtime.Store))
+
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        await t.create_batch([{"workflow": "Sleeper", "params": {"duration": "1 hour"}} for _ in range(30)])
+        await t.create_batch([{"workflow": "Crash"} for _ in range(10)] + [{"workflow": "Retry", "params": {"fail": 1}} for _ in range(10)])
+        await engine.scheduler.quiesce()
+        assert live_stores() <= engine.warm_instances  # only warm instances prepared for the next run

@@ -28,7 +28,7 @@ from .limits import EVENT_TYPE, Limits, format_bytes
 from .loader import LoaderError
 from .policy import DEFAULT_POLICY, TenantPolicy
 from .sandbox import INTERRUPTED, new_store
-from .warm import WarmPool
+from .warm import Binding, WarmPool
 
 WIT_PACKAGE = "tenantflow:workflow"
 WIT_VERSION = "0.1.0"
@@ -167,12 +167,12 @@ class Invocation:
         self.seq = 0
         self.replay_len = 0  # journal entries recorded before this invocation
         self.step: Optional[_StepRun] = None
-        self.store: Optional[wasmtime.Store] = None
         self.deadline_ms = 0  # end of this invocation's budget (monotonic ms)
         self.step_deadline = 0  # end of the running attempt's timeout (monotonic ms)
         self.logs: list[tuple[int, str, str]] = []
         self.partial: dict[str, str] = {}
         self.raised: Optional[Exception] = None  # what a host import raised (see _carried)
+        self.warm_binding: Optional[Binding] = None  # set when a warm instance serves this invocation
         self.policy: TenantPolicy = executor.policy_for(row.tenant)
         # Verifying new code against this journal (an upgrade): answer recorded calls only,
         # never run a step body, never write.
@@ -607,6 +607,7 @@ class Executor:
             if warm is not None:
                 store, instance, binding = warm
                 binding.inv = inv
+                inv.warm_binding = binding
                 return store, instance
         if inv is not None:
             check = inv.check_deadlines
@@ -666,7 +667,6 @@ class Executor:
                 if "exceeds memory limits" in str(exc):
                     error = ("MemoryLimitExceeded", f"memory limit {format_bytes(inv.memory_limit)} is below what the component needs to start ({exc})")
                 return self.settle(inv, Unwind("errored", error))
-            inv.store = store
             try:
                 outcome = call_run(inv, store, instance)
             except Unwind as unwind:
@@ -691,6 +691,14 @@ class Executor:
             return self.settle(inv, unwind)
         finally:
             _current.invocation = None
+            # Break what ties a finished invocation to its store: wasmtime-py keeps output
+            # callbacks (which reach `inv`) in a process-wide table until the store is freed,
+            # so a traceback on `inv` or a pooled binding pointing at it would keep the
+            # store (~8 MB) alive forever.
+            inv.raised = None
+            if inv.warm_binding is not None:
+                inv.warm_binding.inv = None
+                inv.warm_binding = None
             self.cache.stats.live_instances -= 1
             inv.flush_output()
             if inv.logs or inv.log_dropped:
