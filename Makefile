@@ -34,9 +34,15 @@ demo: setup
 		--params '{"order_id": "1001", "items": [{"sku": "desk", "price": 850, "qty": 1}, {"sku": "lamp", "price": 90, "qty": 2}]}' \
 		--event 'approval={"approved": true, "by": "dana@acme.example"}'
 
-# Placeholder: benchmarks land in bench/.
+# tenantflow's benchmark suite, then the peers (DBOS, Temporal, Restate) in the same run, then
+# BENCHMARKS.md and the plots (~25 min on 2 cores). `make bench BENCH_ARGS=--quick` for a smoke
+# run (results under bench/results/*-quick.*). matplotlib and py-spy go into the repo venv for
+# the bench only (not tenantflow dependencies); the peers get their own venv (bench/peers/).
+BENCH_ARGS ?=
 bench: setup
-	@echo "no benchmarks yet"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'matplotlib>=3.8' 'py-spy>=0.3.14'
+	bash bench/peers/setup.sh
+	$(BIN)/python bench/run.py --via "make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build dist .pytest_cache .mypy_cache .ruff_cache
