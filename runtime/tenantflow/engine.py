@@ -463,13 +463,14 @@ class TenantBinding:
         """Wait until the instance reaches one of `statuses` (default: finished or paused)."""
         deadline = time.monotonic() + timeout
         while True:
+            seen = self.engine.scheduler.finished_seq if self.engine.run_scheduler else None
             row = await self._row(instance_id)  # the envelope only: cheap to poll
             if row.status in statuses:
                 return await self.status(instance_id)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"instance {instance_id!r} is still {row.status} after {timeout} s")
-            await self.engine.scheduler.changed(min(remaining, 0.25))
+            await self.engine.scheduler.changed(min(remaining, 0.25), since=seen)
 
 
 class Instance:

@@ -44,6 +44,7 @@ class Scheduler:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._closing = False
         self.on_finished: list[Callable[[int, InvocationResult], None]] = []
+        self.finished_seq = 0  # invocations finished so far (see `changed`)
 
     # ---- lifecycle -------------------------------------------------------------------
     def start(self, active: list[tuple[int, str, str, Optional[int], int]]) -> None:
@@ -172,6 +173,7 @@ class Scheduler:
         future.add_done_callback(lambda f: self._finished(pk, tenant, f))
 
     def _finished(self, pk: int, tenant: str, future: "asyncio.Future[InvocationResult]") -> None:
+        self.finished_seq += 1
         self._running.pop(pk, None)
         self._running_by_tenant[tenant] -= 1
         dirty = pk in self._dirty
@@ -207,9 +209,12 @@ class Scheduler:
         async with self._changed:
             self._changed.notify_all()
 
-    async def changed(self, timeout: float) -> None:
-        """Wait until some invocation finishes (or `timeout` seconds pass)."""
+    async def changed(self, timeout: float, since: Optional[int] = None) -> None:
+        """Wait until some invocation finishes (or `timeout` seconds pass). With `since` (a
+        `finished_seq` read earlier), return at once if one finished meanwhile: no lost wake-up."""
         async with self._changed:
+            if since is not None and since != self.finished_seq:
+                return
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout)
             except asyncio.TimeoutError:
