@@ -34,11 +34,13 @@ def value(section: Optional[dict[str, Any]], name: str) -> Optional[float]:
 
 def section_of(tf: dict[str, Any], peers: dict[str, Any], system: str, workload: str) -> Optional[dict[str, Any]]:
     if system == "tenantflow":
-        return tf.get("workloads", {}).get(workload)
+        own: Optional[dict[str, Any]] = tf.get("workloads", {}).get(workload)
+        return own
     p = peers.get("peers", {}).get(system)
     if not p or p.get("status") not in ("ok", "partial"):
         return None
-    return p.get("workloads", {}).get(workload)
+    peer: Optional[dict[str, Any]] = p.get("workloads", {}).get(workload)
+    return peer
 
 
 def grouped_bars(ax: Any, groups: list[tuple[str, str, str]], tf: dict[str, Any], peers: dict[str, Any], unit: str) -> None:
@@ -109,26 +111,29 @@ def plot_targets(tf: dict[str, Any], out: Path) -> None:
     targets = [t for t in tf.get("targets", []) if t.get("value") is not None]
     if not targets:
         return
-    fig, ax = plt.subplots(figsize=(9, 0.55 * len(targets) + 1.2))
+    import textwrap
+
+    fig, ax = plt.subplots(figsize=(11, 0.62 * len(targets) + 1.4))
     labels, ratios, colors = [], [], []
     for t in targets:
         # normalized so that 1.0 is the target and bigger is always better
         r = t["value"] / t["threshold"] if t["better"] == "higher" else t["threshold"] / t["value"]
-        labels.append(t["target"])
+        labels.append(textwrap.fill(t["target"], 48))
         ratios.append(r)
         colors.append("#3aa06b" if t["pass"] else ("#d9534f" if t["pass"] is False else "#999999"))
     ys = range(len(targets))
     ax.barh(list(ys), ratios, color=colors)
     ax.axvline(1.0, color="black", linewidth=1)
     for y, r, t in zip(ys, ratios, targets):
-        ax.annotate(t["shown"], (r, y), fontsize=7, va="center", xytext=(4, 0), textcoords="offset points")
+        short = t["shown"].split(" (")[0].split(";")[0].split(" —")[0]
+        ax.annotate(short, (r, y), fontsize=7, va="center", xytext=(4, 0), textcoords="offset points")
     ax.set_yticks(list(ys))
     ax.set_yticklabels(labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("measured relative to target (≥ 1 meets it; log)")
     ax.set_title("tenantflow against the issue's targets")
-    right = max(ratios + [1.0]) * 30
+    right = max(ratios + [1.0]) * 12
     ax.set_xlim(min(ratios + [1.0]) / 2, right)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
