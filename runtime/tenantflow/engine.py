@@ -328,6 +328,7 @@ class TenantBinding:
         now = self.engine.now()
         new: list[jn.NewInstance] = []
         seen: set[str] = set()
+        digests: dict[tuple[str, Optional[str]], str] = {}
         for item in items:
             unknown = set(item) - {"workflow", "params", "id", "digest", "metadata"}
             if unknown:
@@ -339,7 +340,10 @@ class TenantBinding:
             workflow = item.get("workflow")
             if not isinstance(workflow, str):
                 raise InvalidInput("each instance needs a workflow name")
-            digest = await self._digest_for(workflow, item.get("digest"))
+            key = (workflow, item.get("digest"))
+            if key not in digests:  # one lookup per workflow in a batch, not per instance
+                digests[key] = await self._digest_for(workflow, item.get("digest"))
+            digest = digests[key]
             params = encode_json(item.get("params"), self.engine.limits.max_params_bytes, "params")
             metadata = encode_json(item["metadata"], self.engine.limits.max_params_bytes, "metadata") if item.get("metadata") is not None else None
             new.append(jn.NewInstance(self.name, instance_id, workflow, digest, params, metadata, now))
