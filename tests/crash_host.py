@@ -23,8 +23,12 @@ def log_line(path: Path, text: str) -> None:
 
 
 def instrument(trace: Path) -> None:
+    """A step result is queued when its attempt ends and durable once the invocation's
+    next durable call (or its end) has waited for it: `commit` is logged then."""
     original_execute = executor.Invocation.execute
     original_succeeded = executor.Invocation.attempt_succeeded
+    original_await = executor.Invocation.await_durable
+    queued: dict[int, int] = {}  # id(invocation) -> seq of the step result in flight
 
     def execute(self: executor.Invocation, run: executor._StepRun) -> object:
         log_line(trace, f"exec {os.getpid()} {self.row.id} {run.seq}")
@@ -32,11 +36,18 @@ def instrument(trace: Path) -> None:
 
     def attempt_succeeded(self: executor.Invocation, run: executor._StepRun, result: str) -> object:
         answer = original_succeeded(self, run, result)
-        log_line(trace, f"commit {os.getpid()} {self.row.id} {run.seq}")
+        queued[id(self)] = run.seq
         return answer
+
+    def await_durable(self: executor.Invocation) -> None:
+        original_await(self)
+        seq = queued.pop(id(self), None)
+        if seq is not None:
+            log_line(trace, f"commit {os.getpid()} {self.row.id} {seq}")
 
     executor.Invocation.execute = execute  # type: ignore[method-assign]
     executor.Invocation.attempt_succeeded = attempt_succeeded  # type: ignore[method-assign]
+    executor.Invocation.await_durable = await_durable  # type: ignore[method-assign]
 
 
 async def main(db: Path, component: Path, artifacts: Path, trace: Path, count: int, steps: int) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from enginekit import open_engine
 
+from tenantflow import executor
 from tenantflow.clock import ManualClock
 from tenantflow.errors import (
     InstanceAlreadyExists,
@@ -280,6 +281,44 @@ async def test_non_determinism_stops_the_instance_naming_position_and_calls(tmp_
         assert status.status == "errored" and status.error is not None
         assert status.error.name == "NonDeterminismError"
         assert "position 0" in status.error.message and "the journal has step 'roll-" in status.error.message
+
+
+async def test_recorded_steps_are_replayed_in_the_guest_without_a_host_call_each(
+    tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []  # the steps the guest asked the host about
+    begin_step = executor.Invocation.begin_step
+
+    def counting(inv: executor.Invocation, name: str, config: object) -> object:
+        asked.append(name)
+        return begin_step(inv, name, config)
+
+    monkeypatch.setattr(executor.Invocation, "begin_step", counting)
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("ReplayMix", {"n": 20})
+        await engine.scheduler.quiesce()
+        assert asked == [f"s{i}" for i in range(20)] + ["broken"]
+        asked.clear()
+        clock.advance(60)
+        status = await t.wait(iid)
+        assert status.output == {"total": 190, "caught": "ZeroDivisionError", "after": 191}
+        assert asked == ["after"]  # the 21 recorded steps (one failed) were answered by the guest
+        await engine.scheduler.quiesce()
+        await asyncio.sleep(0.1)  # log lines are written after the invocation
+        assert [line.message.strip() for line in await t.logs(iid)] == ["total 190"]  # not again on replay
+
+
+async def test_a_drift_inside_the_recorded_steps_is_caught_at_its_position(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("ReplayMix", {"n": 10, "drift_at": 6})
+        await engine.scheduler.quiesce()
+        clock.advance(60)
+        status = await t.wait(iid)
+        assert status.status == "errored" and status.error is not None
+        assert status.error.name == "NonDeterminismError"
+        assert "position 6" in status.error.message and "the journal has step 's6-" in status.error.message
 
 
 async def test_step_result_limits_and_serializability(tmp_path: Path, clock: ManualClock) -> None:

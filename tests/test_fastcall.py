@@ -157,6 +157,10 @@ def call(fn, a):
         return durable.wait_for_event(a[0], a[1], a[2])
     if fn == "log":
         return durable.log(types.LogLevel[a[0].upper()], a[1])
+    if fn == "recorded-steps":
+        return durable.recorded_steps()
+    if fn == "replayed":
+        return durable.replayed(a[0])
     if fn == "echo":
         return probe.echo(a[0])
     if fn == "inc":
@@ -261,7 +265,7 @@ ADDERS: dict[str, Adder] = {
     "add_fast_func": add_fast_func,
 }
 IMPORTS = {
-    DURABLE: ["begin-step", "end-attempt", "sleep", "sleep-until", "wait-for-event", "log"],
+    DURABLE: ["begin-step", "end-attempt", "sleep", "sleep-until", "wait-for-event", "log", "recorded-steps", "replayed"],
     PROBE: ["echo", "inc", "scalars", "lists", "results", "options", "shapes", "perm", "configs", "maybe-config"],
     # Part of the world, not exercised here: defined so the guest links.
     "tenantflow:workflow/children@0.1.0": ["start", "join", "status", "send-event"],
@@ -465,6 +469,10 @@ CASES: dict[str, Case] = {
     # log(log-level, string): each enum case.
     **{f"log/{level}": Case("log", [level, f"{level} ✓"], (level, f"{level} ✓"), None, None)
        for level in ("debug", "info", "warning", "error")},
+    "recorded-steps": Case("recorded-steps", [], (), lambda: '[["s",true,{"n":1}]]', '[["s",true,{"n":1}]]'),
+    "recorded-steps/unicode": Case("recorded-steps", [], (), lambda: UNICODE, UNICODE),
+    "replayed": Case("replayed", [7], (7,), None, None),
+    "replayed/u32-max": Case("replayed", [U32_MAX], (U32_MAX,), None, None),
     # probe: shapes the tenantflow WIT does not use (yet).
     "echo/unicode": Case("echo", [UNICODE], (UNICODE,), lambda s: s + "!", UNICODE + "!"),
     "echo/empty": Case("echo", [""], ("",), lambda s: s, ""),

@@ -93,6 +93,21 @@ class MemoryHost:
     def log(self, _ctx: Any, level: str, message: str) -> None:
         self.calls.append(("log", str(level), message))
 
+    def recorded_steps(self, _ctx: Any) -> str:
+        assert self.seq == 0, "recorded-steps must come first"
+        prefix = []
+        for kind, name, answer in self.journal:
+            if kind != "step":
+                break
+            prefix.append([name, True, json.loads(answer)])
+        self.calls.append(("recorded-steps", str(len(prefix))))
+        return json.dumps(prefix)
+
+    def replayed(self, _ctx: Any, count: int) -> None:
+        assert self.seq == 0, "replayed must come before any other durable call"
+        self.calls.append(("replayed", str(count)))
+        self.seq = count
+
 
 @pytest.fixture(scope="module")
 def acme() -> tuple[wasmtime.Engine, wc.Component]:
@@ -112,7 +127,7 @@ def invoke(acme: tuple[wasmtime.Engine, wc.Component], host: MemoryHost, workflo
     linker.add_wasip2()
     with linker.root() as root:
         with root.add_instance("tenantflow:workflow/durable@0.1.0") as durable:
-            for name in ("begin-step", "end-attempt", "sleep", "sleep-until", "wait-for-event", "log"):
+            for name in ("begin-step", "end-attempt", "sleep", "sleep-until", "wait-for-event", "log", "recorded-steps", "replayed"):
                 durable.add_func(name, getattr(host, name.replace("-", "_")))
         for interface, functions in (("children", children.HOST_FUNCTIONS), ("capabilities", capabilities.HOST_FUNCTIONS)):
             with root.add_instance(f"tenantflow:workflow/{interface}@0.1.0") as unused:  # not called here
@@ -143,6 +158,7 @@ def test_steps_event_wait_and_sleep_replay_from_the_journal(acme: tuple[wasmtime
     host = MemoryHost()
     assert invoke(acme, host, "order-approval", ORDER) == "unwound: waiting for an event"
     assert host.calls == [
+        ("recorded-steps", "0"),
         ("begin-step", "validate order", 600_000),
         ("end-attempt", "validate order", "ok"),
         ("begin-step", "reserve stock", 600_000),
@@ -153,10 +169,12 @@ def test_steps_event_wait_and_sleep_replay_from_the_journal(acme: tuple[wasmtime
     host.calls.clear()
     host.events.append(("approval", json.dumps({"approved": True, "by": "kim"})))
     assert invoke(acme, host, "order-approval", ORDER) == "unwound: sleeping"
-    # The recorded steps are answered from the journal: no end-attempt, bodies not run.
+    # The recorded steps are answered by the guest from `recorded-steps`: no begin-step or
+    # end-attempt for them, bodies not run; the host learns how far it got, then the rest
+    # goes through the host (which answers the recorded event from its journal).
     assert host.calls == [
-        ("begin-step", "validate order", 600_000),
-        ("begin-step", "reserve stock", 600_000),
+        ("recorded-steps", "2"),
+        ("replayed", "2"),
         ("log", "info", "order o-7 needs approval (1400)"),
         ("wait-for-event", "manager approval", "approval", "172800000"),
         ("begin-step", "charge card", 30_000),
@@ -175,6 +193,7 @@ def test_a_failing_step_reports_its_error_and_the_workflow_fails(acme: tuple[was
     host = MemoryHost()
     outcome = invoke(acme, host, "order-approval", {"order_id": "o-8", "items": []})
     assert host.calls == [
+        ("recorded-steps", "0"),
         ("begin-step", "validate order", 600_000),
         ("end-attempt", "validate order", "NonRetryableError", "False"),
     ]

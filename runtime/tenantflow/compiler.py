@@ -362,7 +362,7 @@ def inspect_component(data: bytes, artifact_dir: Path | None = None) -> tuple[st
     from .sandbox import EpochTicker, SandboxConfig, make_engine, watch_store
 
     config = SandboxConfig()
-    engine = make_engine(config)
+    engine = make_engine(config, pool_slots=2)
     ticker = EpochTicker(engine)
     try:
         cache = IsolateCache(engine, config, artifact_dir or default_artifact_dir())

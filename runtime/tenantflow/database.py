@@ -212,6 +212,12 @@ class GroupCommitWriter:
         self._lead()
         return future.result()
 
+    def wait(self, future: Future[T]) -> T:
+        """Wait for a `defer`red op, leading the commit if no one is committing."""
+        if not future.done():
+            self._lead()
+        return future.result()
+
     async def arun(self, op: WriteOp[T]) -> T:
         return await asyncio.wrap_future(self.submit(op))
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -27,7 +28,7 @@ from .isolates import IsolateCache
 from .limits import EVENT_TYPE, Limits, format_bytes
 from .loader import LoaderError
 from .policy import DEFAULT_POLICY, TenantPolicy
-from .sandbox import INTERRUPTED, new_store
+from .sandbox import INTERRUPTED, POOL_EXHAUSTED, new_store
 from .warm import Binding, WarmPool
 
 WIT_PACKAGE = "tenantflow:workflow"
@@ -35,6 +36,7 @@ WIT_VERSION = "0.1.0"
 DURABLE = f"{WIT_PACKAGE}/durable@{WIT_VERSION}"
 CHILDREN = f"{WIT_PACKAGE}/children@{WIT_VERSION}"
 CAPABILITIES = f"{WIT_PACKAGE}/capabilities@{WIT_VERSION}"
+POOL_WAIT_SECONDS = 2.0
 
 
 class Unwind(Exception):
@@ -180,6 +182,8 @@ class Invocation:
         self.log_bytes = 0
         self.log_dropped = 0
         self.out_of_memory = False  # the guest reported running out of memory on stderr
+        self.in_flight: Optional[Future[Any]] = None  # a step result queued to commit
+        self.prefix_len = -1  # steps handed to the guest by recorded-steps (-1: not asked)
 
     # ---- helpers ---------------------------------------------------------------------
     def now(self) -> int:
@@ -187,9 +191,29 @@ class Invocation:
 
     def commit(self, op: Callable[[Any], Any]) -> Any:
         try:
-            return self.x.writer.run(op)
+            result = self.x.writer.run(op)  # commits a deferred step result with it
         except jn.Fenced:
             raise Unwind("cancelled") from None
+        self.await_durable()
+        return result
+
+    def commit_at_next_call(self, op: Callable[[Any], Any]) -> None:
+        """Queue a step's result to commit with the instance's next durable call (or its
+        completion): the guest runs on without waiting for an fsync of its own, and the
+        last step of a workflow shares one commit with its outcome. Safe because the guest
+        can do nothing outside the instance before that call: every effect (a step body,
+        a child, a capability, the outcome) is behind one, and each waits for it."""
+        self.await_durable()
+        self.in_flight = self.x.writer.defer(op)
+
+    def await_durable(self) -> None:
+        """Make the queued step result durable (leading the commit if nobody is)."""
+        pending, self.in_flight = self.in_flight, None
+        if pending is not None:
+            try:
+                self.x.writer.wait(pending)
+            except jn.Fenced:
+                raise Unwind("cancelled") from None
 
     def fatal(self, name: str, message: str) -> Unwind:
         return Unwind("errored", (name, message))
@@ -203,6 +227,7 @@ class Invocation:
 
     def next_call(self, kind: str, name: str) -> Optional[jn.JournalEntry]:
         """Take the next sequence number; the recorded entry there, checked for determinism."""
+        self.await_durable()
         self.check_control()
         if self.step is not None:
             raise self.fatal(
@@ -253,6 +278,30 @@ class Invocation:
     def suspend(self, entry: jn.JournalEntry, wake_at: Optional[int], waiting_for: Optional[str]) -> Unwind:
         status = self.commit(jn.record_entry(self.row.pk, self.generation, entry, suspend=(wake_at, waiting_for), now=self.now()))
         return Unwind("waiting", status=status or "waiting", wake_at=wake_at, waiting_for=waiting_for)
+
+    # ---- replay in the guest ------------------------------------------------------------
+    def recorded_steps(self) -> str:
+        """The journal's leading run of finished steps, for the guest to answer itself
+        (see WIT `recorded-steps`). Result texts are spliced in as they are: valid JSON."""
+        if self.seq != 0 or self.prefix_len >= 0:
+            raise self.fatal("InvalidDurableCall", "recorded-steps must be the first durable call of an invocation")
+        parts: list[str] = []
+        for entry in self.journal:
+            if entry.kind != "step" or entry.status not in ("done", "failed"):
+                break
+            if entry.status == "done":
+                parts.append(f"[{json.dumps(entry.name)},true,{entry.result or 'null'}]")
+            else:
+                parts.append(f"[{json.dumps(entry.name)},false,{json.dumps([entry.error_name or 'Error', entry.error_message or ''])}]")
+        self.prefix_len = len(parts)
+        return "[" + ",".join(parts) + "]"
+
+    def replayed(self, count: int) -> None:
+        """The guest answered `count` recorded steps itself: continue from there."""
+        if self.seq != 0 or self.prefix_len < 0 or count > self.prefix_len:
+            raise self.fatal("InvalidDurableCall", f"replayed({count}) does not follow recorded-steps ({max(self.prefix_len, 0)} recorded) as the first durable call")
+        self.seq = count
+        self.prefix_len = 0  # once only
 
     # ---- steps -----------------------------------------------------------------------
     def begin_step(self, name: str, config: Any) -> wc.Variant:
@@ -305,7 +354,7 @@ class Invocation:
     def attempt_succeeded(self, run: _StepRun, result: str) -> wc.Variant:
         entry = self._entry(run)
         entry.status, entry.result, entry.attempts, entry.ended_at, entry.wake_at = "done", result, run.attempt, self.now(), None
-        self.commit(jn.record_entry(self.row.pk, self.generation, entry, now=entry.ended_at))
+        self.commit_at_next_call(jn.record_entry(self.row.pk, self.generation, entry, now=entry.ended_at))
         return _done(result)
 
     def attempt_failed(self, run: _StepRun, error_name: str, message: str, retryable: bool) -> wc.Variant:
@@ -493,6 +542,14 @@ def _host_log(_: Any, level: str, message: str) -> None:
         inv.log(str(level), message)
 
 
+def _host_recorded_steps(_: Any) -> str:
+    return _invocation().recorded_steps()
+
+
+def _host_replayed(_: Any, count: int) -> None:
+    _invocation().replayed(count)
+
+
 def current_invocation() -> Invocation:
     """The invocation running on this thread (for host imports defined in other modules)."""
     return _invocation()
@@ -505,6 +562,8 @@ HOST_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "sleep-until": _host_sleep_until,
     "wait-for-event": _host_wait_for_event,
     "log": _host_log,
+    "recorded-steps": _host_recorded_steps,
+    "replayed": _host_replayed,
 }
 
 
@@ -595,6 +654,10 @@ class Executor:
     # Thread-safe: make an instance runnable (a child's event, a parent's join).
     wake: Callable[[int, str], None] = field(default=lambda pk, tenant: None)
     warm: Optional[WarmPool] = None
+    _closer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenantflow-closer"))
+
+    def close(self) -> None:
+        self._closer.shutdown(wait=True)
 
     def instantiate(
         self, digest: str, inv: Optional[Invocation], memory_bytes: int, owner: tuple[str, str] = ("", "")
@@ -625,20 +688,49 @@ class Executor:
             on_stderr=inv.output("stderr") if inv else None,
         )
         started = time.perf_counter()
-        instance = self.linker.instantiate(store, component)
+        try:
+            instance = self._instantiate_in_slot(store, component)
+        except BaseException:
+            store.close()
+            raise
         self.cache.stats.instantiations += 1
         self.cache.stats.instantiate_seconds += time.perf_counter() - started
         return store, instance
 
+    def _instantiate_in_slot(self, store: wasmtime.Store, component: wc.Component) -> wc.Instance:
+        """Instantiate in a pool slot; when every slot is taken (stores still being
+        closed), wait briefly for one, then give up with a LoaderError (retried later)."""
+        deadline = time.monotonic() + POOL_WAIT_SECONDS
+        while True:
+            try:
+                return self.linker.instantiate(store, component)
+            except wasmtime.WasmtimeError as exc:
+                exhausted = POOL_EXHAUSTED in str(exc)
+                if exhausted and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                    continue
+                if exhausted:
+                    raise LoaderError(f"no free instance slot on this host ({str(exc).splitlines()[0]})") from None
+                raise
+
+    def release(self, store: Optional[wasmtime.Store]) -> None:
+        """Free an instance's store and its pool slot now rather than at garbage
+        collection, off the caller's path (resetting the slot's memory takes a while)."""
+        if store is not None:
+            self._closer.submit(store.close)
+
     def workflows(self, digest: str) -> list[str]:
         """The workflow names a component exports."""
         store, instance = self.instantiate(digest, None, self.limits.memory_bytes)
-        func = instance.get_func(store, "workflows")
-        if func is None:
-            raise RuntimeError("component does not export `workflows`; was it built with `tenantflow compile`?")
-        names = func(store)
-        func.post_return(store)
-        return list(names)
+        try:
+            func = instance.get_func(store, "workflows")
+            if func is None:
+                raise RuntimeError("component does not export `workflows`; was it built with `tenantflow compile`?")
+            names = func(store)
+            func.post_return(store)
+            return list(names)
+        finally:
+            self.release(store)
 
     def invoke(self, pk: int, control: Control) -> InvocationResult:
         """Run the instance from the top until it completes, fails or has to wait."""
@@ -657,6 +749,7 @@ class Executor:
         inv.deadline_ms = inv.now_wall() + self.limits.invocation_timeout_ms
         _current.invocation = inv
         self.cache.stats.live_instances += 1
+        store: Optional[wasmtime.Store] = None
         try:
             try:
                 store, instance = self.instantiate(row.digest, inv, inv.memory_limit, (row.tenant, row.workflow))
@@ -700,6 +793,7 @@ class Executor:
                 inv.warm_binding.inv = None
                 inv.warm_binding = None
             self.cache.stats.live_instances -= 1
+            self.release(store)
             inv.flush_output()
             if inv.logs or inv.log_dropped:
                 self.writer.submit(jn.append_logs(pk, inv.logs, self.limits.max_log_bytes_per_instance, inv.log_dropped))
@@ -717,6 +811,7 @@ class Executor:
         inv.replay_len = len(inv.journal)
         inv.deadline_ms = inv.now_wall() + self.limits.invocation_timeout_ms
         _current.invocation = inv
+        store: Optional[wasmtime.Store] = None
         try:
             store, instance = self.instantiate(digest, inv, inv.memory_limit, (row.tenant, row.workflow))
             try:
@@ -737,6 +832,10 @@ class Executor:
             return None
         finally:
             _current.invocation = None
+            if inv.warm_binding is not None:
+                inv.warm_binding.inv = None
+                inv.warm_binding = None
+            self.release(store)
 
     def loader_failed(self, inv: Invocation, message: str) -> InvocationResult:
         """Retry loading later (backoff doubling from 1 s to 5 min); the error is visible."""
@@ -755,12 +854,13 @@ class Executor:
         parent = (inv.row.parent_pk, inv.row.tenant) if inv.row.parent_pk is not None else None
         try:
             if unwind is None:
-                self.writer.run(jn.finish(pk, gen, "complete", output, None, now))
+                inv.commit(jn.finish(pk, gen, "complete", output, None, now))
                 return InvocationResult("complete", parent=parent)
             if unwind.reason == "errored":
-                self.writer.run(jn.finish(pk, gen, "errored", None, unwind.error, now))
+                inv.commit(jn.finish(pk, gen, "errored", None, unwind.error, now))
                 return InvocationResult("errored", error=unwind.error, parent=parent)
-        except jn.Fenced:
+            inv.await_durable()  # e.g. cancelled: what the guest completed before is kept
+        except (jn.Fenced, Unwind):
             pass
         if unwind is not None and unwind.reason in ("waiting", "paused") and unwind.status:
             return InvocationResult(unwind.status, unwind.wake_at, unwind.waiting_for)

@@ -122,8 +122,8 @@ class Query(Generic[R]):
         return self.mapper(conn.execute(self.sql, self.params).fetchall())
 
     async def arun(self, conn: aiosqlite.Connection) -> R:
-        async with conn.execute(self.sql, self.params) as cursor:
-            return self.mapper(list(await cursor.fetchall()))
+        # One trip to aiosqlite's thread (execute + fetchall + close would be three).
+        return self.mapper(list(await conn.execute_fetchall(self.sql, self.params)))
 
 
 def _first_instance(rows: list[Any]) -> Optional[InstanceRow]:

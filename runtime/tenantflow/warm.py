@@ -89,6 +89,7 @@ class WarmPool:
         self._warmer.submit(self._warm, key, component)
 
     def _warm(self, key: Key, component: wc.Component) -> None:
+        store: Optional[wasmtime.Store] = None
         try:
             binding = Binding()
             store = new_store(self._engine, memory_bytes=key[1], check=binding.check, on_stdout=binding.stream("stdout"), on_stderr=binding.stream("stderr"))
@@ -97,25 +98,35 @@ class WarmPool:
             self._on_instantiate(time.perf_counter() - started)
             names = instance.get_func(store, "workflows")
             if names is None:
+                store.close()
                 return
             names(store)  # starts the guest's runtime; pure, touches no workflow
             names.post_return(store)
         except Exception as exc:  # noqa: BLE001 - warming is an optimisation: the invocation instantiates itself
             log.debug("warming %s failed: %s", key[0][:12], exc)
+            if store is not None:
+                store.close()
             return
         finally:
             with self._lock:
                 self._warming.discard(key)
+        dropped: list[Warm] = []
         with self._lock:
             if self._closed:
-                return
-            self._ready[key] = (store, instance, binding)
-            self._ready.move_to_end(key)
-            while len(self._ready) > self.max_total:
-                self._ready.popitem(last=False)
+                dropped.append((store, instance, binding))
+            else:
+                self._ready[key] = (store, instance, binding)
+                self._ready.move_to_end(key)
+                while len(self._ready) > self.max_total:
+                    dropped.append(self._ready.popitem(last=False)[1])
+        for old_store, _, _ in dropped:  # free their pool slots now, not at garbage collection
+            old_store.close()
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            dropped = list(self._ready.values())
             self._ready.clear()
         self._warmer.shutdown(wait=True, cancel_futures=True)
+        for store, _, _ in dropped:
+            store.close()

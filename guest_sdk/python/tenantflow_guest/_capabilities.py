@@ -118,8 +118,17 @@ class _Backend(Protocol):
     def secret(self, name: str) -> str: ...
 
 
+def _no_replay() -> None:
+    pass
+
+
 class _WitBackend:
+    # Set by the runtime to the host's `sync`: a capability call may be a durable call,
+    # so a replay answered in the guest must end before it (see WitHost.sync).
+    before_call = staticmethod(_no_replay)
+
     def fetch(self, method: str, url: str, headers: list[tuple[str, str]], body: Optional[bytes], timeout_ms: Optional[int]) -> Response:
+        self.before_call()
         try:
             r = _wit.fetch(_wit.HttpRequest(method, url, headers, body, timeout_ms))
         except _Err as exc:
@@ -127,6 +136,7 @@ class _WitBackend:
         return Response(r.status, Headers(r.headers), bytes(r.body), r.url)
 
     def secret(self, name: str) -> str:
+        self.before_call()
         try:
             return str(_wit.secret(name))
         except _Err as exc:

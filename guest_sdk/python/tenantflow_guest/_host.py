@@ -24,6 +24,15 @@ class Done:
     result_json: str
 
 
+class Replayed:
+    """A step result the guest answered from the recorded prefix: already parsed."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 @dataclass(frozen=True)
 class Failed:
     name: str
@@ -36,7 +45,7 @@ class Execute:
     idempotency_key: str
 
 
-StepState = Union[Done, Failed, Execute]
+StepState = Union[Done, Replayed, Failed, Execute]
 
 
 @dataclass(frozen=True)
@@ -121,12 +130,49 @@ class WitHost:
         }
         self._configs: dict[StepOptions, Any] = {}
         self._configs_by_id: dict[int, tuple[StepOptions, Any]] = {}
+        self._prefix: Optional[list[Any]] = None
+        self._position = 0
         self._levels = {
             "debug": types.LogLevel.DEBUG,
             "info": types.LogLevel.INFO,
             "warning": types.LogLevel.WARNING,
             "error": types.LogLevel.ERROR,
         }
+
+    # ---- local replay ------------------------------------------------------------------
+    # A replay asks the host once for the recorded step results (`recorded-steps`) and
+    # answers those steps itself while their names match, then tells the host how far it
+    # got (`replayed`) before anything else reaches the host: the host's sequence numbers
+    # stay exact, and a diverging call is still checked (non-determinism) by the host.
+    def start_run(self) -> None:
+        """Called as `run` begins: fetch what the journal records for this instance."""
+        import json
+
+        self._prefix = json.loads(self._durable.recorded_steps()) or None
+        self._position = 0
+
+    def sync(self) -> None:
+        """End local replay: the host learns how many steps the guest answered itself."""
+        if self._prefix is not None:
+            self._prefix = None
+            if self._position:
+                self._durable.replayed(self._position)
+
+    def _replay(self, name: str) -> Optional[StepState]:
+        prefix = self._prefix
+        if prefix is None:
+            return None
+        position = self._position
+        record = prefix[position]
+        if record[0] != name:  # diverged: the host checks (and reports) this call
+            self.sync()
+            return None
+        self._position = position + 1
+        if self._position == len(prefix):  # new code runs next: the host must know
+            self.sync()
+        if record[1]:
+            return Replayed(record[2])
+        return Failed(record[2][0], record[2][1])
 
     def _state(self, state: object) -> StepState:
         t = self._types
@@ -141,6 +187,9 @@ class WitHost:
         raise AssertionError(f"unknown step state {state!r}")
 
     def begin_step(self, name: str, options: StepOptions) -> StepState:
+        replayed = self._replay(name)
+        if replayed is not None:
+            return replayed
         cached = self._configs_by_id.get(id(options))
         if cached is not None and cached[0] is options:  # steps in loops reuse one options object
             return self._state(self._durable.begin_step(name, cached[1]))
@@ -163,12 +212,15 @@ class WitHost:
         return self._state(self._durable.end_attempt(name, outcome))
 
     def sleep(self, name: str, duration_ms: int) -> None:
+        self.sync()
         self._durable.sleep(name, duration_ms)
 
     def sleep_until(self, name: str, until_ms: int) -> None:
+        self.sync()
         self._durable.sleep_until(name, until_ms)
 
     def wait_for_event(self, name: str, event_type: str, timeout_ms: Optional[int]) -> Optional[ReceivedEvent]:
+        self.sync()
         result = self._durable.wait_for_event(name, event_type, timeout_ms)
         if isinstance(result, self._types.WaitResult_Received):
             ev = result.value
@@ -176,9 +228,12 @@ class WitHost:
         return None
 
     def log(self, level: str, message: str) -> None:
+        if self._prefix is not None:
+            return  # replaying recorded steps: this line was logged when the code first ran
         self._durable.log(self._levels[level], message)
 
     def _call(self, fn: Any, *args: Any) -> Any:
+        self.sync()
         try:
             return fn(*args)
         except self._Err as exc:

@@ -80,6 +80,10 @@ def build_world(module: ModuleType) -> type:
     install()  # long prints must reach the host whole
 
     host = WitHost()  # built now, so every instance starts from it in the snapshot
+    from . import _capabilities
+
+    if isinstance(_capabilities._backend, _capabilities._WitBackend):
+        _capabilities._WitBackend.before_call = staticmethod(host.sync)
 
     class WitWorld:
         def workflows(self) -> list[str]:
@@ -90,7 +94,9 @@ def build_world(module: ModuleType) -> type:
             if cls is None:
                 known = ", ".join(sorted(workflows))
                 return types.Outcome_Failed(types.ErrorInfo("UnknownWorkflow", f"this component defines no workflow {workflow!r} (it defines: {known})"))
+            host.start_run()
             ok, value = run_workflow(cls, lambda: host, event.payload, event.instance_id, workflow, event.created_at)
+            host.sync()  # the host learns how much was replayed (upgrade checks count it)
             if ok:
                 return types.Outcome_Complete(value)
             return types.Outcome_Failed(types.ErrorInfo(*value))

@@ -196,3 +196,23 @@ class StepsThenSleep(WorkflowEntrypoint):
             step.do("s", lambda i=i: i)
         step.sleep("rest", "1 second")
         return event.payload["n"]
+
+
+class ReplayMix(WorkflowEntrypoint):
+    """Steps (one failing for good, caught), a log line, a sleep, one more step. With
+    `drift_at`, the step at that position gets a new name on every run."""
+
+    def run(self, event, step):
+        n, drift_at = event.payload["n"], event.payload.get("drift_at")
+        total = 0
+        for i in range(n):
+            name = f"s{i}-{random.random()}" if i == drift_at else f"s{i}"
+            total += step.do(name, lambda i=i: i)
+        try:
+            step.do("broken", lambda: 1 / 0, retries={"limit": 0, "delay": 0, "backoff": "constant"})
+            caught = None
+        except StepFailedError as exc:
+            caught = exc.error_name
+        print(f"total {total}")
+        step.sleep("nap", "1 minute")
+        return {"total": total, "caught": caught, "after": step.do("after", lambda: total + 1)}
