@@ -206,3 +206,22 @@ def test_workflow_discovery_names_and_duplicates() -> None:
     module.C = C  # type: ignore[attr-defined]
     with pytest.raises(WorkflowDefinitionError, match="two workflow classes"):
         find_workflows(module)
+
+
+def test_the_build_time_rehearsal_runs_the_sdk_and_leaves_no_workflow_behind() -> None:
+    import types
+
+    from tenantflow_guest import _runtime
+
+    module = types.ModuleType("tenant")
+
+    class Only(WorkflowEntrypoint):
+        def run(self, event: Any, step: Any) -> Any:
+            return step.do("one", lambda: 1)
+
+    module.Only = Only  # type: ignore[attr-defined]
+    _runtime.rehearse(rounds=3)  # what build_world does before the snapshot
+    assert list(find_workflows(module)) == ["Only"]
+    host = ScriptedHost()
+    assert run_workflow(Only, lambda: host, "{}", "i-1", "Only", 0) == (True, "1")
+    assert [c[:2] for c in host.calls] == [("begin", "one"), ("ok", "one")]

@@ -257,6 +257,11 @@ class GroupCommitWriter:
 
     def _commit(self, conn: sqlite3.Connection, batch: list[tuple[WriteOp[Any], Future[Any]]]) -> None:
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+        # A savepoint lets one op fail without taking the others down; alone, an op that
+        # fails rolls back the whole transaction instead (two statements fewer per step).
+        if len(batch) == 1:
+            self._commit_one(conn, *batch[0])
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, future in batch:
@@ -284,6 +289,21 @@ class GroupCommitWriter:
                 future.set_result(result)
             else:
                 future.set_exception(error)
+
+
+    def _commit_one(self, conn: sqlite3.Connection, op: WriteOp[Any], future: Future[Any]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            result = op(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 - handed to the submitter
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            future.set_exception(exc)
+            return
+        self.commits += 1
+        self.operations += 1
+        future.set_result(result)
 
 
 class Readers:

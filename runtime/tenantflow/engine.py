@@ -382,9 +382,10 @@ class TenantBinding:
 
     async def status(self, instance_id: str) -> InstanceStatus:
         await self._allow(Action.READ, instance_id)
-        row = await self._row(instance_id)
-        steps = await self.engine.read(jn.journal_query(row.pk))
-        return instance_status(row, steps)
+        return await self._status_of(await self._row(instance_id))
+
+    async def _status_of(self, row: jn.InstanceRow) -> InstanceStatus:
+        return instance_status(row, await self.engine.read(jn.journal_query(row.pk)))
 
     def get(self, instance_id: str) -> "Instance":
         return Instance(self, check_instance_id(instance_id))
@@ -490,7 +491,8 @@ class TenantBinding:
             seen = self.engine.scheduler.finished_seq if self.engine.run_scheduler else None
             row = await self._row(instance_id)  # the envelope only: cheap to poll
             if row.status in statuses:
-                return await self.status(instance_id)
+                await self._allow(Action.READ, instance_id)
+                return await self._status_of(row)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"instance {instance_id!r} is still {row.status} after {timeout} s")
