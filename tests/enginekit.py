@@ -6,7 +6,7 @@ import contextlib
 from pathlib import Path
 from typing import AsyncIterator
 
-from tenantflow.clock import ManualClock
+from tenantflow.clock import Clock, ManualClock
 from tenantflow.engine import Engine, TenantBinding
 from tenantflow.limits import Limits
 
@@ -26,13 +26,14 @@ def component(name: str) -> Path:
 async def open_engine(
     db: Path,
     *,
-    clock: ManualClock | None = None,
+    clock: Clock | None = None,
     limits: Limits | None = None,
     workers: int = 4,
     per_tenant: int | None = None,
     deploy: dict[str, str] | None = None,
 ) -> AsyncIterator[Engine]:
-    """An open engine; `deploy` maps tenant -> test workflow folder to deploy for it."""
+    """An open engine (on a ManualClock unless told otherwise); `deploy` maps tenant ->
+    test workflow folder to deploy for it."""
     engine = Engine(
         db,
         clock=clock or ManualClock(),

@@ -9,7 +9,7 @@ import pytest
 from enginekit import open_engine
 
 from tenantflow import executor
-from tenantflow.clock import ManualClock
+from tenantflow.clock import ManualClock, SystemClock
 from tenantflow.errors import (
     InstanceAlreadyExists,
     InstanceNotFound,
@@ -113,6 +113,52 @@ async def test_a_spinning_step_is_stopped_by_its_timeout(tmp_path: Path, clock: 
         assert status.output["caught"] == "StepTimeoutError"
         assert "exceeded its 300 ms timeout" in status.output["message"]
         assert status.steps[0].attempts == 2
+
+
+async def test_short_sleeps_are_served_in_place_within_one_invocation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    invocations: list[int] = []
+    invoke = executor.Executor.invoke
+
+    def counting(x: executor.Executor, pk: int, control: executor.Control) -> executor.InvocationResult:
+        invocations.append(pk)
+        return invoke(x, pk, control)
+
+    monkeypatch.setattr(executor.Executor, "invoke", counting)
+    async with open_engine(tmp_path / "flows.db", clock=SystemClock(), deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        short = await t.wait(await t.create("Sleeper", {"duration": "150 ms"}), timeout=30)
+        assert short.output == ["before", "after"] and len(invocations) == 1  # no unwind and replay
+        nap = short.steps[1]
+        assert nap.name == "nap" and nap.status == "done"
+        assert nap.ended_at is not None and nap.started_at is not None
+        assert (nap.ended_at - nap.started_at).total_seconds() >= 0.15
+        invocations.clear()
+        limit = engine.limits.sleep_in_place_ms
+        long = await t.wait(await t.create("Sleeper", {"duration": f"{limit + 100} ms"}), timeout=30)
+        assert long.output == ["before", "after"] and len(invocations) == 2  # unwound, then woken
+
+
+async def test_pause_and_terminate_reach_a_sleep_served_in_place(tmp_path: Path) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=SystemClock(), limits=Limits(sleep_in_place_ms=5000), deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+
+        async def napping(duration: str) -> str:
+            iid = await t.create("Sleeper", {"duration": duration})
+            while not any(s.name == "nap" for s in (await t.status(iid)).steps):
+                await asyncio.sleep(0.01)
+            return iid
+
+        paused = await napping("2 seconds")
+        assert await t.pause(paused) in ("paused", "waitingForPause")
+        assert (await t.wait(paused, timeout=10)).status == "paused"
+        await t.resume(paused)
+        assert (await t.wait(paused, timeout=30)).output == ["before", "after"]
+
+        stopped = await napping("4 seconds")
+        await t.terminate(stopped)
+        await engine.scheduler.quiesce(timeout=10)  # the worker let go well before the sleep's end
+        status = await t.status(stopped)
+        assert status.status == "terminated" and [s.name for s in status.steps] == ["before", "nap"]
 
 
 async def test_sleep_and_sleep_until_wait_for_the_clock(tmp_path: Path, clock: ManualClock) -> None:

@@ -8,6 +8,9 @@ from typing import Protocol
 
 
 class Clock(Protocol):
+    # Whether time passes by itself (a worker may wait for it: sleeps served in place).
+    real_time: bool
+
     def now_ms(self) -> int:
         """Milliseconds since the Unix epoch."""
 
@@ -16,6 +19,8 @@ class Clock(Protocol):
 
 
 class SystemClock:
+    real_time = True
+
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
 
@@ -32,6 +37,8 @@ class SystemClock:
 class ManualClock:
     """A clock that moves only when told to (tests), or jumps to the next timer when the
     scheduler is idle (`fast_forward`, used by `tenantflow run --fast-forward`)."""
+
+    real_time = False
 
     def __init__(self, start_ms: int | None = None, *, fast_forward: bool = False) -> None:
         self._now = time.time_ns() // 1_000_000 if start_ms is None else start_ms
@@ -66,6 +73,7 @@ class FastForwardClock(SystemClock):
     idle (`tenantflow run --fast-forward`): step durations stay real, sleeps take no time."""
 
     fast_forward = True
+    real_time = False  # skips ahead when idle: nothing may wait for it on a worker
 
     def __init__(self) -> None:
         self._offset = 0

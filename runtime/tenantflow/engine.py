@@ -159,6 +159,7 @@ class Engine:
         if self.run_scheduler and self.warm_instances > 0:
             self.executor.warm = WarmPool(self.wasm_engine, self.executor.linker, max_total=self.warm_instances, on_instantiate=self._count_instantiation)
         self.scheduler = Scheduler(self.executor, self.clock, workers=self.workers, per_tenant=self.per_tenant_concurrency)
+        self.executor.backlog = lambda: self.scheduler.queued_count > 0
         self._opened = True
         await self._load_manifests()
         if self.run_scheduler:
@@ -314,19 +315,18 @@ class TenantBinding:
             assert self.principal is not None
             await self.authorizer.authorize(self.principal, action, self.name, instance_id)
 
-    async def _digest_for(self, workflow: str, digest: Optional[str]) -> str:
+    async def _digest_for(self, workflow: str, digest: Optional[str]) -> Optional[str]:
+        """A pinned digest, checked; None for the deployed version (resolved as the row is
+        inserted, in the same transaction: no read of its own on the way to a commit)."""
         check_workflow_name(workflow)
-        if digest is not None:
-            info = await self.engine.read(jn.component_query(digest))
-            if info is None:
-                raise UnknownWorkflow(f"component {digest[:12]} is not registered")
-            if workflow not in info[2]:
-                raise UnknownWorkflow(f"component {digest[:12]} defines no workflow {workflow!r} (it defines: {', '.join(info[2])})")
-            return digest
-        current = await self.engine.read(jn.current_digest_query(self.name, workflow))
-        if current is None:
-            raise UnknownWorkflow(f"tenant {self.name!r} has no deployed workflow {workflow!r}")
-        return current
+        if digest is None:
+            return None
+        info = await self.engine.read(jn.component_query(digest))
+        if info is None:
+            raise UnknownWorkflow(f"component {digest[:12]} is not registered")
+        if workflow not in info[2]:
+            raise UnknownWorkflow(f"component {digest[:12]} defines no workflow {workflow!r} (it defines: {', '.join(info[2])})")
+        return digest
 
     async def create(
         self,
@@ -348,7 +348,7 @@ class TenantBinding:
         now = self.engine.now()
         new: list[jn.NewInstance] = []
         seen: set[str] = set()
-        digests: dict[tuple[str, Optional[str]], str] = {}
+        digests: dict[tuple[str, Optional[str]], Optional[str]] = {}
         for item in items:
             unknown = set(item) - {"workflow", "params", "id", "digest", "metadata"}
             if unknown:

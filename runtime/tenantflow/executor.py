@@ -37,6 +37,7 @@ DURABLE = f"{WIT_PACKAGE}/durable@{WIT_VERSION}"
 CHILDREN = f"{WIT_PACKAGE}/children@{WIT_VERSION}"
 CAPABILITIES = f"{WIT_PACKAGE}/capabilities@{WIT_VERSION}"
 POOL_WAIT_SECONDS = 2.0
+SLEEP_POLL_MS = 10  # how often a sleep served in place checks for pause and terminate
 
 
 class Unwind(Exception):
@@ -399,14 +400,37 @@ class Invocation:
             entry = jn.JournalEntry(seq=self.seq - 1, kind=kind, name=name, status="waiting", wake_at=wake, started_at=now)
             self.journal.append(entry)
             if wake > now:
-                raise self.suspend(entry, wake, None)
+                if not self.can_sleep_in_place(wake - now):
+                    raise self.suspend(entry, wake, None)
+                self.commit(jn.record_entry(self.row.pk, self.generation, entry, now=now))  # a crash resumes it
+                self.sleep_in_place(entry)
         if entry.status == "done":
             return
         assert entry.wake_at is not None
-        if entry.wake_at > now:
-            raise self.suspend(entry, entry.wake_at, None)
+        if entry.wake_at > self.now():
+            if not self.can_sleep_in_place(entry.wake_at - self.now()):
+                raise self.suspend(entry, entry.wake_at, None)
+            self.sleep_in_place(entry)
+        now = self.now()
         entry.status, entry.ended_at = "done", now
         self.x.writer.submit(jn.record_entry(self.row.pk, self.generation, entry, now=now))  # bookkeeping only
+
+    def can_sleep_in_place(self, ms: int) -> bool:
+        x = self.x
+        return ms <= x.limits.sleep_in_place_ms and x.clock.real_time and not self.verifying and not x.backlog()
+
+    def sleep_in_place(self, entry: jn.JournalEntry) -> None:
+        """Wait for a short sleep on this worker, checking for pause and terminate; the
+        time slept does not count against the invocation's budget."""
+        assert entry.wake_at is not None
+        started = self.now_wall()
+        while (remaining := entry.wake_at - self.now()) > 0:
+            if self.control.cancelled:
+                raise Unwind("cancelled")
+            if self.control.pause_requested:
+                raise self.suspend(entry, entry.wake_at, None)  # recorded as paused
+            time.sleep(min(remaining, SLEEP_POLL_MS) / 1000)
+        self.deadline_ms += self.now_wall() - started
 
     def wait_for_event(self, name: str, event_type: str, timeout: Optional[int]) -> Any:
         entry = self.next_call("event", name)
@@ -654,6 +678,8 @@ class Executor:
     # Thread-safe: make an instance runnable (a child's event, a parent's join).
     wake: Callable[[int, str], None] = field(default=lambda pk, tenant: None)
     warm: Optional[WarmPool] = None
+    # Thread-safe: whether instances are queued for a worker (then sleeps are not served in place).
+    backlog: Callable[[], bool] = field(default=lambda: False)
     _closer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenantflow-closer"))
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Generic, Iterable, Optional, TypeVar
 
 import aiosqlite
 
-from .errors import InstanceAlreadyExists
+from .errors import InstanceAlreadyExists, UnknownWorkflow
 
 ACTIVE = ("queued", "running", "waiting", "waitingForPause")
 FINISHED = ("complete", "errored", "terminated")
@@ -89,7 +89,7 @@ class NewInstance:
     tenant: str
     id: str
     workflow: str
-    digest: str
+    digest: Optional[str]  # None: the version deployed when the row is inserted
     params: str
     metadata: Optional[str]
     created_at: int
@@ -200,12 +200,22 @@ def insert_instances(new: list[NewInstance]) -> Callable[[sqlite3.Connection], l
 
     def op(conn: sqlite3.Connection) -> list[int]:
         pks = []
+        current: dict[tuple[str, str], str] = {}
         for inst in new:
+            digest = inst.digest
+            if digest is None:  # the deployed version, read in the same transaction
+                key = (inst.tenant, inst.workflow)
+                if key not in current:
+                    found = current_digest_query(*key).run(conn)
+                    if found is None:
+                        raise UnknownWorkflow(f"tenant {inst.tenant!r} has no deployed workflow {inst.workflow!r}")
+                    current[key] = found
+                digest = current[key]
             try:
                 cur = conn.execute(
                     "INSERT INTO instances (tenant, id, workflow, digest, params, metadata, status, created_at, updated_at, parent_pk) "
                     "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-                    (inst.tenant, inst.id, inst.workflow, inst.digest, inst.params, inst.metadata, inst.created_at, inst.created_at, inst.parent_pk),
+                    (inst.tenant, inst.id, inst.workflow, digest, inst.params, inst.metadata, inst.created_at, inst.created_at, inst.parent_pk),
                 )
             except sqlite3.IntegrityError:
                 raise InstanceAlreadyExists(inst.id) from None
