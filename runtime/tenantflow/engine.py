@@ -13,8 +13,10 @@ import gc
 import json
 import logging
 import os
+import sqlite3
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Callable, List, Optional, Sequence, TypeVar
 
@@ -138,6 +140,7 @@ class Engine:
         await asyncio.to_thread(migrate, self.path)
         self.writer = GroupCommitWriter(self.path)
         self.readers = Readers(self.path)
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenantflow-reader")
         self.wasm_engine: wasmtime.Engine = make_engine(self.sandbox_config, self.pool_slots)
         self._ticker = EpochTicker(self.wasm_engine)
         max_count, max_bytes, idle = self._cache_args
@@ -175,6 +178,7 @@ class Engine:
             self.executor.warm.close()
         self.executor.close()
         self.writer.close()
+        self._reader.shutdown(wait=True)
         await self.readers.aclose()
         self._ticker.stop()
         if self._lock_file is not None:
@@ -236,6 +240,11 @@ class Engine:
     # ---- plumbing shared by bindings -------------------------------------------------
     async def read(self, query: jn.Query[T]) -> T:
         return await query.arun(await self.readers.aconn())
+
+    async def read_with(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run several reads in one trip to a reader thread (its own connection)."""
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._reader, lambda: fn(self.readers.sync()))
 
     async def write(self, op: Callable[[Any], T]) -> T:
         return await self.writer.arun(op)
@@ -382,10 +391,18 @@ class TenantBinding:
 
     async def status(self, instance_id: str) -> InstanceStatus:
         await self._allow(Action.READ, instance_id)
-        return await self._status_of(await self._row(instance_id))
+        status = await self._snapshot(instance_id)
+        assert status is not None
+        return status
 
-    async def _status_of(self, row: jn.InstanceRow) -> InstanceStatus:
-        return instance_status(row, await self.engine.read(jn.journal_query(row.pk)))
+    async def _snapshot(self, instance_id: str, settled: Optional[frozenset[str]] = None) -> Optional[InstanceStatus]:
+        """The instance's status (row and journal in one read); None when `settled` is
+        given and the instance is not in one of those statuses yet."""
+        snapshot = await self.engine.read_with(jn.status_snapshot(self.name, check_instance_id(instance_id), settled))
+        if snapshot is None:
+            raise InstanceNotFound(instance_id)
+        row, steps = snapshot
+        return None if steps is None else instance_status(row, steps)
 
     def get(self, instance_id: str) -> "Instance":
         return Instance(self, check_instance_id(instance_id))
@@ -489,12 +506,13 @@ class TenantBinding:
         deadline = time.monotonic() + timeout
         while True:
             seen = self.engine.scheduler.finished_seq if self.engine.run_scheduler else None
-            row = await self._row(instance_id)  # the envelope only: cheap to poll
-            if row.status in statuses:
+            status = await self._snapshot(instance_id, statuses)  # the journal only once settled
+            if status is not None:
                 await self._allow(Action.READ, instance_id)
-                return await self._status_of(row)
+                return status
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                row = await self._row(instance_id)
                 raise TimeoutError(f"instance {instance_id!r} is still {row.status} after {timeout} s")
             await self.engine.scheduler.changed(min(remaining, 0.25), since=seen)
 

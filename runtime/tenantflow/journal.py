@@ -142,6 +142,27 @@ def journal_query(pk: int) -> Query[list[JournalEntry]]:
     return Query(f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE instance_pk=? ORDER BY seq", (pk,), lambda rows: [_entry(r) for r in rows])
 
 
+def status_snapshot(
+    tenant: str, instance_id: str, settled: Optional[frozenset[str]] = None
+) -> Callable[[sqlite3.Connection], Optional[tuple[InstanceRow, Optional[list[JournalEntry]]]]]:
+    """An instance's row and its journal, read together (one read transaction); with
+    `settled`, the journal only when the status is one of those (`wait` polling)."""
+
+    def read(conn: sqlite3.Connection) -> Optional[tuple[InstanceRow, Optional[list[JournalEntry]]]]:
+        conn.execute("BEGIN")
+        try:
+            row = instance_query(tenant, instance_id).run(conn)
+            if row is None:
+                return None
+            if settled is not None and row.status not in settled:
+                return row, None
+            return row, journal_query(row.pk).run(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    return read
+
+
 def pending_events_query(pk: int) -> Query[list[PendingEvent]]:
     return Query(
         "SELECT pk, event_type, payload, created_at FROM events WHERE instance_pk=? AND consumed_seq IS NULL ORDER BY pk",

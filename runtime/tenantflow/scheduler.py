@@ -39,7 +39,7 @@ class Scheduler:
         self._timers: list[tuple[int, int]] = []
         self._timer_at: dict[int, int] = {}
         self._wake = asyncio.Event()
-        self._changed = asyncio.Condition()
+        self._listeners: list[asyncio.Future[None]] = []  # `changed` callers, woken by `_finished`
         self._task: Optional[asyncio.Task[None]] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._closing = False
@@ -69,11 +69,7 @@ class Scheduler:
         # Running invocations finish (their writes are durable) or are abandoned to replay.
         deadline = asyncio.get_running_loop().time() + grace_seconds
         while self._running and asyncio.get_running_loop().time() < deadline:
-            async with self._changed:
-                try:
-                    await asyncio.wait_for(self._changed.wait(), timeout=0.1)
-                except asyncio.TimeoutError:
-                    pass
+            await self.changed(0.1)
         # Abandon what still runs: flagged guests trap within an epoch slice. Nothing they
         # did after their last commit is lost: they replay on the next start.
         for control in self._running.values():
@@ -192,7 +188,10 @@ class Scheduler:
             callback(pk, result)
         self._pump()
         self._wake.set()
-        asyncio.ensure_future(self._notify())
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:  # resolved here, in this callback: no task, no lock
+            if not listener.done():
+                listener.set_result(None)
 
     def _route(self, pk: int, tenant: str, result: InvocationResult, dirty: bool) -> None:
         if result.parent is not None:  # a finished child wakes its parent (a join re-checks)
@@ -205,20 +204,20 @@ class Scheduler:
             elif result.wake_at is not None:
                 self.add_timer(pk, tenant, result.wake_at)
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
     async def changed(self, timeout: float, since: Optional[int] = None) -> None:
         """Wait until some invocation finishes (or `timeout` seconds pass). With `since` (a
         `finished_seq` read earlier), return at once if one finished meanwhile: no lost wake-up."""
-        async with self._changed:
-            if since is not None and since != self.finished_seq:
-                return
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+        if since is not None and since != self.finished_seq:
+            return
+        listener: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._listeners.append(listener)
+        try:
+            await asyncio.wait_for(listener, timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
 
     def _timer_due(self) -> bool:
         now = self._clock.now_ms()
