@@ -90,9 +90,11 @@ class Engine:
         artifact_dir: Optional[Path] = None,
         sandbox: Optional[SandboxConfig] = None,
         run_scheduler: bool = True,
-        cache_max_count: int = 64,
-        cache_max_bytes: int = 4 * 1024**3,
-        cache_idle_seconds: float = 600.0,
+        # Isolate cache bounds (isolates.py): bytes are the components' resident pages
+        # (~19 MiB for a componentize-py guest); idle components are evicted after 30 s.
+        cache_max_count: int = 32,
+        cache_max_bytes: int = 128 * 1024**2,
+        cache_idle_seconds: float = 30.0,
         loader: Optional[Loader] = None,
         warm_instances: int = 2,
         pool_slots: Optional[int] = None,

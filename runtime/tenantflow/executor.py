@@ -24,6 +24,7 @@ from wasmtime import component as wc
 from . import journal as jn
 from .clock import Clock
 from .database import GroupCommitWriter, Readers
+from .exports import ExportCalls
 from .isolates import IsolateCache
 from .limits import EVENT_TYPE, Limits, format_bytes
 from .loader import LoaderError
@@ -644,16 +645,17 @@ def _trap_message(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def call_run(inv: Invocation, store: wasmtime.Store, instance: wc.Instance) -> Any:
-    """Call the guest's `run` export for the invocation's instance. A host import's
-    exception comes out as itself (see `_carried`), a trap as WasmtimeError."""
+def call_run(inv: Invocation, store: wasmtime.Store, instance: wc.Instance, digest: str) -> Any:
+    """Call the guest's `run` export for the invocation's instance (component `digest`). A
+    host import's exception comes out as itself (see `_carried`), a trap as WasmtimeError."""
     row = inv.row
-    run = instance.get_func(store, "run")
-    if run is None:
-        raise Unwind("errored", ("ComponentError", "component does not export `run`"))
+    try:
+        run = inv.x.exports.get(digest, store, instance, "run")
+    except LookupError:
+        raise Unwind("errored", ("ComponentError", "component does not export `run`")) from None
     event = _record(payload=row.params, instance_id=row.id, workflow=row.workflow, created_at=row.created_at)
     try:
-        return run(store, row.workflow, event)
+        return run(store, instance, row.workflow, event)
     except wasmtime.WasmtimeError:
         if inv.raised is not None:
             raise inv.raised from None
@@ -680,6 +682,7 @@ class Executor:
     warm: Optional[WarmPool] = None
     # Thread-safe: whether instances are queued for a worker (then sleeps are not served in place).
     backlog: Callable[[], bool] = field(default=lambda: False)
+    exports: ExportCalls = field(default_factory=ExportCalls)
     _closer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenantflow-closer"))
 
     def close(self) -> None:
@@ -787,7 +790,7 @@ class Executor:
                     error = ("MemoryLimitExceeded", f"memory limit {format_bytes(inv.memory_limit)} is below what the component needs to start ({exc})")
                 return self.settle(inv, Unwind("errored", error))
             try:
-                outcome = call_run(inv, store, instance)
+                outcome = call_run(inv, store, instance, row.digest)
             except Unwind as unwind:
                 return self.settle(inv, unwind)
             except wasmtime.WasmtimeError as trap:
@@ -841,7 +844,7 @@ class Executor:
         try:
             store, instance = self.instantiate(digest, inv, inv.memory_limit, (row.tenant, row.workflow))
             try:
-                outcome = call_run(inv, store, instance)
+                outcome = call_run(inv, store, instance, digest)
             except Unwind as unwind:
                 if unwind.reason == "verified":
                     return None

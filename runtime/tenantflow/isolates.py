@@ -19,10 +19,12 @@ still holds it.
 Idle components are evicted after `idle_seconds`: on the next lookup, and by the reaper
 thread when no lookup comes (a host whose instances all wait makes none). A waiting
 instance needs no component; its wake-up reloads the artifact (a few ms). After the reaper
-evicts, it returns the freed heap to the OS (glibc `malloc_trim`), so an idle host shrinks
-back instead of keeping the high-water mark of its last burst. `on_evict` listeners hear
-every evicted digest (to drop anything else that pins the component, e.g. warm instances).
-`clock` is injectable for tests; `close()` stops the reaper.
+evicts, it collects reference cycles and returns the freed heap to the OS (glibc
+`malloc_trim`; when the cache empties, else at most every `RELEASE_INTERVAL_SECONDS`), so
+an idle host shrinks back instead of keeping the high-water mark of its last burst.
+`on_evict` listeners hear every evicted digest (to drop anything else that pins the
+component, e.g. warm instances). `clock` is injectable for tests; `close()` stops the
+reaper.
 
 Loaded artifacts are memory-mapped: they are only ever replaced (write, then rename) or
 unlinked, never rewritten in place; anything else writing into the artifact directory
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import re
@@ -61,6 +64,11 @@ DEFAULT_IDLE_SECONDS = 30.0
 # Resident pages are counted this long after a load (its first instantiation touches
 # most of what it will), batching the loads of a burst into one read of smaps.
 MEASURE_DELAY_SECONDS = 1.0
+# After idle evictions the reaper collects reference cycles (a finished invocation's
+# traceback can still reach its store, and so the component) and trims the heap: at once
+# when the cache has emptied, else at most this often (a full collection pauses every
+# Python thread for a few milliseconds).
+RELEASE_INTERVAL_SECONDS = 10.0
 _REAPER_MAX_WAIT_SECONDS = 60.0
 
 
@@ -121,6 +129,8 @@ class IsolateCache:
         self._reaper: Optional[threading.Thread] = None
         self._wake = threading.Event()
         self._measure_at: Optional[float] = None  # time.monotonic() of the next measurement
+        self._release_owed = False  # idle evictions since the last collect + trim
+        self._release_after = 0.0  # time.monotonic() before which no collect + trim runs
         self._closed = False
 
     def artifact_path(self, digest: str) -> Optional[Path]:
@@ -318,17 +328,28 @@ class IsolateCache:
             idle = [] if self._closed else self._pop_idle()
         self._evicted(idle)
         if idle:
-            del idle  # drop the components (and their mappings) before trimming the heap
+            self._release_owed = True
+        del idle  # drop the components (and their mappings) before trimming the heap
+        with self._lock:
+            emptied = not self._entries
+        if self._release_owed and (emptied or time.monotonic() >= self._release_after):
+            self._release_owed = False
+            self._release_after = time.monotonic() + RELEASE_INTERVAL_SECONDS
+            gc.collect()
             if _malloc_trim():
                 self.stats.trims += 1
         with self._lock:
-            if self._closed or not self._entries:
+            if self._closed or (not self._entries and not self._release_owed):
                 self._reaper = None
                 return None
-            wait = min(e.last_used for e in self._entries.values()) + self.idle_seconds - self._clock()
+            waits = [_REAPER_MAX_WAIT_SECONDS]
+            if self._entries:
+                waits.append(min(e.last_used for e in self._entries.values()) + self.idle_seconds - self._clock())
             if self._measure_at is not None:
-                wait = min(wait, self._measure_at - time.monotonic())
-            return min(max(wait, 0.01), _REAPER_MAX_WAIT_SECONDS)
+                waits.append(self._measure_at - time.monotonic())
+            if self._release_owed:
+                waits.append(self._release_after - time.monotonic())
+            return max(min(waits), 0.01)
 
 
 def _reap(ref: "weakref.ReferenceType[IsolateCache]", wake: threading.Event) -> None:

@@ -1,0 +1,125 @@
+"""The isolate cache's memory bounds with real (componentize-py) components: entries count
+the pages of their artifact that are resident, idle components are evicted by the reaper
+thread without any lookup, and freshly compiled components are served from their artifact."""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import wasmtime
+from enginekit import ARTIFACTS, component
+
+from tenantflow.clock import ManualClock
+from tenantflow.engine import Engine
+from tenantflow.isolates import IsolateCache
+from tenantflow.registry import digest_of
+from tenantflow.sandbox import SandboxConfig, make_engine
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="resident pages are read from /proc/self/smaps")
+
+
+def key(n: int) -> str:
+    return f"{n:064x}"
+
+
+def never() -> bytes:
+    raise AssertionError("the loader ran: the seeded artifact should have been used")
+
+
+def seeded(tmp_path: Path, copies: int, **kwargs: object) -> IsolateCache:
+    """A cache whose artifact directory holds `copies` versions of the basics component
+    (its precompiled artifact under distinct digests: loads are real deserializations)."""
+    config = SandboxConfig()
+    wasm = component("basics").read_bytes()
+    source = IsolateCache(make_engine(config, pool_slots=2), config, ARTIFACTS, reaper=False)
+    source.get(digest_of(wasm), lambda: wasm)  # compiles only if the shared test cache lacks it
+    artifact = source.artifact_path(digest_of(wasm))
+    assert artifact is not None and artifact.is_file()
+    cache = IsolateCache(make_engine(config, pool_slots=2), config, tmp_path, **kwargs)  # type: ignore[arg-type]
+    for n in range(1, copies + 1):
+        target = cache.artifact_path(key(n))
+        assert target is not None
+        shutil.copyfile(artifact, target)
+    return cache
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_entries_count_their_resident_pages_and_are_evicted_by_them(tmp_path: Path) -> None:
+    c = seeded(tmp_path, 3, reaper=False)
+    evicted: list[str] = []
+    c.on_evict.append(evicted.append)
+    c.get(key(1), never)
+    c.get(key(2), never)
+    path = c.artifact_path(key(1))
+    assert path is not None
+    artifact_bytes = path.stat().st_size
+    assert c.resident_bytes == 2 * artifact_bytes  # unmeasured: counted at their file size
+    c.measure()
+    one = c.resident_bytes // 2
+    # Only touched pages count (a deserialized, never instantiated component maps little).
+    assert 0 < one < artifact_bytes // 2 and c.resident_count == 2
+    c.max_bytes = int(2.5 * one)
+    c.get(key(3), never)  # a new entry is estimated from what the others measured
+    c.measure()
+    assert c.resident_count == 2 and key(1) not in c and evicted == [key(1)]
+    assert c.resident_bytes <= c.max_bytes and c.stats.evictions == 1
+
+
+def test_the_reaper_evicts_idle_components_without_lookups(tmp_path: Path) -> None:
+    c = seeded(tmp_path, 2, idle_seconds=0.3)
+    evicted: list[str] = []
+    c.on_evict.append(evicted.append)
+    c.get(key(1), never)
+    c.get(key(2), never)
+    assert wait_for(lambda: c.resident_count == 0)  # no get() after the loads
+    assert sorted(evicted) == [key(1), key(2)] and c.stats.evictions == 2
+    assert wait_for(lambda: c._reaper is None)  # nothing cached: the thread is gone
+    if platform.libc_ver()[0] == "glibc":
+        assert c.stats.trims >= 1  # and the heap was handed back
+    c.get(key(1), never)  # the next load starts it again
+    assert c._reaper is not None and c.stats.disk_hits == 3
+    c.close()
+    assert wait_for(lambda: c._reaper is None or not c._reaper.is_alive())
+
+
+def test_a_compiled_component_is_served_from_its_artifact(tmp_path: Path) -> None:
+    config = SandboxConfig()
+    c = IsolateCache(make_engine(config, pool_slots=2), config, tmp_path, reaper=False)
+    wasm = bytes(wasmtime.wat2wasm('(component (core module (func (export "f"))))'))
+    c.get(key(9), lambda: wasm)
+    path = c.artifact_path(key(9))
+    assert c.stats.compiles == 1 and path is not None
+    assert str(path.resolve()) in Path("/proc/self/maps").read_text()  # mapped, not private memory
+
+
+async def test_an_idle_engine_lets_go_of_components_and_reloads_them(tmp_path: Path) -> None:
+    engine = Engine(tmp_path / "flows.db", clock=ManualClock(), artifact_dir=ARTIFACTS, cache_idle_seconds=0.5)
+    async with engine:
+        await engine.deploy("t", component("basics").read_bytes())
+        t = engine.tenant("t")
+        first = await t.wait(await t.create("Steps", {"n": 2}))
+        assert first.status == "complete"
+        for _ in range(200):  # no lookups now: only the reaper can evict
+            if engine.isolates.resident_count == 0:
+                break
+            await asyncio.sleep(0.05)
+        stats = engine.stats().isolates
+        assert (stats.resident_components, stats.resident_bytes) == (0, 0) and stats.evictions >= 1
+        second = await t.wait(await t.create("Steps", {"n": 2}))  # reloaded from the disk artifact
+        assert second.status == "complete" and second.output == first.output
+        assert engine.stats().isolates.disk_hits >= 2
