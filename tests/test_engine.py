@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from enginekit import open_engine
@@ -365,6 +366,36 @@ async def test_a_drift_inside_the_recorded_steps_is_caught_at_its_position(tmp_p
         assert status.status == "errored" and status.error is not None
         assert status.error.name == "NonDeterminismError"
         assert "position 6" in status.error.message and "the journal has step 's6-" in status.error.message
+
+
+async def test_a_failed_step_write_is_never_followed_by_the_outcome(
+    tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step result commits with the next durable call; if its write fails (here: a disk
+    error, once), the outcome must not commit without it: the step runs again instead."""
+    import sqlite3
+
+    queue = executor.Invocation.commit_at_next_call
+    failures = [sqlite3.OperationalError("disk I/O error")]
+    queued = []
+
+    def failing_once(inv: executor.Invocation, op: Any) -> None:
+        queued.append(op)
+
+        def broken(conn: Any) -> Any:
+            if len(queued) == 2 and failures:  # the last step's result, queued with the outcome
+                raise failures.pop()
+            return op(conn)
+
+        queue(inv, broken)
+
+    monkeypatch.setattr(executor.Invocation, "commit_at_next_call", failing_once)
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        status = await t.wait(await t.create("Steps", {"n": 2}), timeout=30)
+        assert not failures
+        assert status.status == "complete" and status.output == {"total": 1}
+        assert [(s.name, s.status) for s in status.steps] == [("add", "done"), ("add", "done")]
 
 
 async def test_step_result_limits_and_serializability(tmp_path: Path, clock: ManualClock) -> None:

@@ -185,6 +185,7 @@ class Invocation:
         self.log_dropped = 0
         self.out_of_memory = False  # the guest reported running out of memory on stderr
         self.in_flight: Optional[Future[Any]] = None  # a step result queued to commit
+        self.write_error: Optional[BaseException] = None  # how a queued step result failed
         self.prefix_len = -1  # steps handed to the guest by recorded-steps (-1: not asked)
 
     # ---- helpers ---------------------------------------------------------------------
@@ -192,8 +193,19 @@ class Invocation:
         return self.x.clock.now_ms()
 
     def commit(self, op: Callable[[Any], Any]) -> Any:
+        pending = self.in_flight
+
+        def after_pending(conn: Any) -> Any:
+            # Writes apply in queue order: if the step result queued before this op failed
+            # (its op, or its batch's commit), this op must not apply without it.
+            if pending is not None and pending.done() and pending.exception() is not None:
+                raise pending.exception()  # type: ignore[misc]
+            if self.write_error is not None:
+                raise self.write_error
+            return op(conn)
+
         try:
-            result = self.x.writer.run(op)  # commits a deferred step result with it
+            result = self.x.writer.run(after_pending)  # commits a queued step result with it
         except jn.Fenced:
             raise Unwind("cancelled") from None
         self.await_durable()
@@ -206,7 +218,15 @@ class Invocation:
         can do nothing outside the instance before that call: every effect (a step body,
         a child, a capability, the outcome) is behind one, and each waits for it."""
         self.await_durable()
-        self.in_flight = self.x.writer.defer(op)
+
+        def noting_failure(conn: Any) -> Any:
+            try:
+                return op(conn)
+            except BaseException as exc:
+                self.write_error = exc
+                raise
+
+        self.in_flight = self.x.writer.defer(noting_failure)
 
     def await_durable(self) -> None:
         """Make the queued step result durable (leading the commit if nobody is)."""
