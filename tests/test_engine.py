@@ -392,7 +392,10 @@ async def test_a_failed_step_write_is_never_followed_by_the_outcome(
     monkeypatch.setattr(executor.Invocation, "commit_at_next_call", failing_once)
     async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
         t = engine.tenant("t")
-        status = await t.wait(await t.create("Steps", {"n": 2}), timeout=30)
+        iid = await t.create("Steps", {"n": 2})
+        await engine.scheduler.quiesce()
+        clock.advance(1)  # an invocation that failed in the host is retried a second later
+        status = await t.wait(iid, timeout=30)
         assert not failures
         assert status.status == "complete" and status.output == {"total": 1}
         assert [(s.name, s.status) for s in status.steps] == [("add", "done"), ("add", "done")]

@@ -73,8 +73,18 @@ def test_missing_exports_and_wrong_arity_are_precise_errors(fresh: tuple[str, Fr
         ExportCall(*make(), "nope")
     with pytest.raises(TypeError, match="takes 2 parameters, 1 given"):
         ExportCall(*make(), "run")(*make(), "Steps")
+
+
+
+def test_export_calls_are_cached_per_component_object(fresh: tuple[str, Fresh]) -> None:
+    digest, make = fresh
     calls = ExportCalls(max_entries=1)
-    one = calls.get(digest, *make(), "workflows")
-    assert calls.get(digest, *make(), "workflows") is one  # cached per (digest, export)
-    calls.get(digest, *make(), "run")
-    assert calls.get(digest, *make(), "workflows") is not one  # bounded: the oldest went
+    component = object()  # stands for the Component the instances were made from
+    one = calls.get(digest, component, *make(), "workflows")  # type: ignore[arg-type]
+    assert calls.get(digest, component, *make(), "workflows") is one
+    reloaded = object()  # the same digest loaded again after an eviction: new index and types
+    assert calls.get(digest, reloaded, *make(), "workflows") is not one  # type: ignore[arg-type]
+    calls.forget(digest)
+    assert calls.get(digest, reloaded, *make(), "workflows") is not one  # type: ignore[arg-type]
+    calls.get("other", component, *make(), "workflows")  # type: ignore[arg-type]
+    assert len(calls._entries) == 1  # bounded

@@ -665,12 +665,13 @@ def _trap_message(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def call_run(inv: Invocation, store: wasmtime.Store, instance: wc.Instance, digest: str) -> Any:
-    """Call the guest's `run` export for the invocation's instance (component `digest`). A
-    host import's exception comes out as itself (see `_carried`), a trap as WasmtimeError."""
+def call_run(inv: Invocation, store: wasmtime.Store, instance: wc.Instance, digest: str, component: wc.Component) -> Any:
+    """Call the guest's `run` export for the invocation's instance (of `component`, code
+    `digest`). A host import's exception comes out as itself (see `_carried`), a trap as
+    WasmtimeError."""
     row = inv.row
     try:
-        run = inv.x.exports.get(digest, store, instance, "run")
+        run = inv.x.exports.get(digest, component, store, instance, "run")
     except LookupError:
         raise Unwind("errored", ("ComponentError", "component does not export `run`")) from None
     event = _record(payload=row.params, instance_id=row.id, workflow=row.workflow, created_at=row.created_at)
@@ -710,17 +711,19 @@ class Executor:
 
     def instantiate(
         self, digest: str, inv: Optional[Invocation], memory_bytes: int, owner: tuple[str, str] = ("", "")
-    ) -> tuple[wasmtime.Store, wc.Instance]:
+    ) -> tuple[wasmtime.Store, wc.Instance, wc.Component]:
+        """A fresh instance of `digest` in its own store, and the component it is of (a
+        warm instance may be of an object that the isolate cache has since replaced)."""
         component = self.cache.get(digest, lambda: self.load_component_bytes(owner[0], owner[1], digest))
         if inv is not None and self.warm is not None:
             key = (digest, memory_bytes)
             warm = self.warm.take(key)
             self.warm.refill(key, component)  # for the next invocation of this code
             if warm is not None:
-                store, instance, binding = warm
+                store, instance, binding, made_from = warm
                 binding.inv = inv
                 inv.warm_binding = binding
-                return store, instance
+                return store, instance, made_from
         if inv is not None:
             check = inv.check_deadlines
         else:  # inspecting a component: its exports get a fixed budget
@@ -744,7 +747,7 @@ class Executor:
             raise
         self.cache.stats.instantiations += 1
         self.cache.stats.instantiate_seconds += time.perf_counter() - started
-        return store, instance
+        return store, instance, component
 
     def _instantiate_in_slot(self, store: wasmtime.Store, component: wc.Component) -> wc.Instance:
         """Instantiate in a pool slot; when every slot is taken (stores still being
@@ -770,7 +773,7 @@ class Executor:
 
     def workflows(self, digest: str) -> list[str]:
         """The workflow names a component exports."""
-        store, instance = self.instantiate(digest, None, self.limits.memory_bytes)
+        store, instance, _ = self.instantiate(digest, None, self.limits.memory_bytes)
         try:
             func = instance.get_func(store, "workflows")
             if func is None:
@@ -801,7 +804,7 @@ class Executor:
         store: Optional[wasmtime.Store] = None
         try:
             try:
-                store, instance = self.instantiate(row.digest, inv, inv.memory_limit, (row.tenant, row.workflow))
+                store, instance, component = self.instantiate(row.digest, inv, inv.memory_limit, (row.tenant, row.workflow))
             except LoaderError as exc:  # the code may come back: wait and retry, do not fail
                 return self.loader_failed(inv, str(exc))
             except Exception as exc:  # noqa: BLE001 - a component that cannot load errs its instance
@@ -810,7 +813,7 @@ class Executor:
                     error = ("MemoryLimitExceeded", f"memory limit {format_bytes(inv.memory_limit)} is below what the component needs to start ({exc})")
                 return self.settle(inv, Unwind("errored", error))
             try:
-                outcome = call_run(inv, store, instance, row.digest)
+                outcome = call_run(inv, store, instance, row.digest, component)
             except Unwind as unwind:
                 return self.settle(inv, unwind)
             except wasmtime.WasmtimeError as trap:
@@ -862,9 +865,9 @@ class Executor:
         _current.invocation = inv
         store: Optional[wasmtime.Store] = None
         try:
-            store, instance = self.instantiate(digest, inv, inv.memory_limit, (row.tenant, row.workflow))
+            store, instance, component = self.instantiate(digest, inv, inv.memory_limit, (row.tenant, row.workflow))
             try:
-                outcome = call_run(inv, store, instance, digest)
+                outcome = call_run(inv, store, instance, digest, component)
             except Unwind as unwind:
                 if unwind.reason == "verified":
                     return None

@@ -68,23 +68,38 @@ class ExportCall:
 
 
 class ExportCalls:
-    """`ExportCall`s by (component digest, export name), bounded, shared by threads."""
+    """`ExportCall`s by component digest and export name, bounded, shared by threads.
+
+    An export's index and types belong to one `Component` object: after an eviction the
+    same digest is loaded again as a new object, whose instances need their own. So each
+    entry keeps the component it was read from (alive, and so its types) and is replaced
+    when an instance of another object for that digest comes along; `forget` drops it
+    when the isolate cache evicts the digest."""
 
     def __init__(self, max_entries: int = 256) -> None:
-        self._calls: OrderedDict[tuple[str, str], ExportCall] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[wc.Component, dict[str, ExportCall]]] = OrderedDict()
         self._lock = threading.Lock()
         self._max = max_entries
 
-    def get(self, digest: str, store: wasmtime.Store, instance: wc.Instance, name: str) -> ExportCall:
-        key = (digest, name)
+    def get(self, digest: str, component: wc.Component, store: wasmtime.Store, instance: wc.Instance, name: str) -> ExportCall:
         with self._lock:
-            call: Optional[ExportCall] = self._calls.get(key)
-            if call is not None:
-                self._calls.move_to_end(key)
-                return call
+            entry = self._entries.get(digest)
+            if entry is not None and entry[0] is component:
+                self._entries.move_to_end(digest)
+                call: Optional[ExportCall] = entry[1].get(name)
+                if call is not None:
+                    return call
         call = ExportCall(store, instance, name)
         with self._lock:
-            self._calls[key] = call
-            while len(self._calls) > self._max:
-                self._calls.popitem(last=False)
+            entry = self._entries.get(digest)
+            if entry is None or entry[0] is not component:
+                entry = self._entries[digest] = (component, {})
+            entry[1][name] = call
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
         return call
+
+    def forget(self, digest: str) -> None:
+        with self._lock:
+            self._entries.pop(digest, None)

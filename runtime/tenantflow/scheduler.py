@@ -20,6 +20,7 @@ from .clock import Clock, FastForwardClock, ManualClock
 from .executor import Control, Executor, InvocationResult
 
 log = logging.getLogger("tenantflow.scheduler")
+HOST_FAILURE_RETRY_MS = 1000
 
 
 class Scheduler:
@@ -178,8 +179,10 @@ class Scheduler:
             result = InvocationResult("abandoned")
         elif future.exception() is not None:
             exc = future.exception()
-            log.error("invocation of instance %s failed in the host: %r", pk, exc, exc_info=exc)
-            result = InvocationResult("queued")
+            log.error("invocation of instance %s failed in the host: %r; retrying in %d ms", pk, exc, HOST_FAILURE_RETRY_MS, exc_info=exc)
+            # Replayed later, not at once: a host fault that persists (a full disk, a bug)
+            # must not spin a worker on the same instance.
+            result = InvocationResult("waiting", wake_at=self._clock.now_ms() + HOST_FAILURE_RETRY_MS)
         else:
             result = future.result()
         if not self._closing:

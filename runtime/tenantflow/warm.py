@@ -50,7 +50,7 @@ class Binding:
         return write
 
 
-Warm = tuple[wasmtime.Store, wc.Instance, Binding]
+Warm = tuple[wasmtime.Store, wc.Instance, Binding, wc.Component]  # ..., the component it is of
 
 
 class WarmPool:
@@ -113,13 +113,13 @@ class WarmPool:
         dropped: list[Warm] = []
         with self._lock:
             if self._closed:
-                dropped.append((store, instance, binding))
+                dropped.append((store, instance, binding, component))
             else:
-                self._ready[key] = (store, instance, binding)
+                self._ready[key] = (store, instance, binding, component)
                 self._ready.move_to_end(key)
                 while len(self._ready) > self.max_total:
                     dropped.append(self._ready.popitem(last=False)[1])
-        for old_store, _, _ in dropped:  # free their pool slots now, not at garbage collection
+        for old_store, *_ in dropped:  # free their pool slots now, not at garbage collection
             old_store.close()
 
     def close(self) -> None:
@@ -128,5 +128,5 @@ class WarmPool:
             dropped = list(self._ready.values())
             self._ready.clear()
         self._warmer.shutdown(wait=True, cancel_futures=True)
-        for store, _, _ in dropped:
+        for store, *_ in dropped:
             store.close()
