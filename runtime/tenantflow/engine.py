@@ -163,6 +163,7 @@ class Engine:
         )
         if self.run_scheduler and self.warm_instances > 0:
             self.executor.warm = WarmPool(self.wasm_engine, self.executor.linker, max_total=self.warm_instances, on_instantiate=self._count_instantiation)
+            self.isolates.on_evict.append(self.executor.warm.discard)  # an idle host lets go of all
         self.scheduler = Scheduler(self.executor, self.clock, workers=self.workers, per_tenant=self.per_tenant_concurrency)
         self.executor.backlog = lambda: self.scheduler.queued_count > 0
         self.isolates.on_evict.append(self.executor.exports.forget)  # let evicted components go
@@ -180,6 +181,7 @@ class Engine:
         if self.executor.warm is not None:
             self.executor.warm.close()
         self.executor.close()
+        self.isolates.close()
         self.writer.close()
         self._reader.shutdown(wait=True)
         await self.readers.aclose()

@@ -70,7 +70,7 @@ _MAX_INSTANCE_STATE = 4 * MiB
 # about 16 MiB for its first pass to take no faults (8 MiB: ~180 faults, 4 MiB: ~390).
 KEEP_RESIDENT_BYTES = 16 * MiB
 # What all slots together may keep resident: large pools keep less per slot.
-POOL_RESIDENT_BUDGET = 192 * MiB
+POOL_RESIDENT_BUDGET = 288 * MiB
 DEFAULT_POOL_SLOTS = 8
 POOL_EXHAUSTED = "concurrent"  # wasmtime: "maximum concurrent ... limit of N reached"
 
@@ -89,7 +89,8 @@ def make_engine(config: SandboxConfig, pool_slots: int = DEFAULT_POOL_SLOTS) -> 
 
 def keep_resident_bytes(slots: int) -> int:
     page = 64 * 1024
-    return max(page, min(KEEP_RESIDENT_BYTES, POOL_RESIDENT_BUDGET // max(1, slots)) // page * page)
+    memories = 2 * max(1, slots)  # memory slots: two per instance slot (see _use_pooling)
+    return max(page, min(KEEP_RESIDENT_BYTES, POOL_RESIDENT_BUDGET // memories) // page * page)
 
 
 def _use_pooling(cfg: wasmtime.Config, slots: int) -> None:
@@ -115,7 +116,9 @@ def _use_pooling(cfg: wasmtime.Config, slots: int) -> None:
         ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(pool, keep_resident_bytes(slots))
         # Tables are reset by decommit: kept resident they would each pin their whole slot.
         ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, 0)
-        ffi.wasmtime_pooling_allocation_config_max_unused_warm_slots_set(pool, slots)
+        # Idle slots beyond these are handed out again without their old component's
+        # pages: what stays resident between bursts is bounded by these, not by `slots`.
+        ffi.wasmtime_pooling_allocation_config_max_unused_warm_slots_set(pool, max(1, slots // 2))
         ffi.wasmtime_pooling_allocation_strategy_set(cfg.ptr(), pool)
     finally:
         ffi.wasmtime_pooling_allocation_config_delete(pool)

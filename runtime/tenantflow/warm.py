@@ -122,6 +122,15 @@ class WarmPool:
         for old_store, *_ in dropped:  # free their pool slots now, not at garbage collection
             old_store.close()
 
+    def discard(self, digest: str) -> None:
+        """Drop the ready instances of `digest` (its component was evicted: they would keep
+        it, and their pool slots' memory, alive)."""
+        with self._lock:
+            keys = [key for key in self._ready if key[0] == digest]
+            dropped = [self._ready.pop(key) for key in keys]
+        for store, *_ in dropped:
+            store.close()
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
