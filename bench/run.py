@@ -1513,119 +1513,98 @@ def evaluate_targets(tf: Json, peers: Json) -> list[Json]:
 
 
 ANALYSIS = """
-Profiles taken on this machine while building the suite (`perf record -g` attached to a bench
-child after warm-up, for the native split between host Python, the guest's CPython-in-Wasm, the
-kernel and SQLite; `py-spy record --gil` for the host Python; `--profile` reruns any workload
-under py-spy into `bench/results/profiles/`). Figures quoted "in this run" come from the tables
-above; the others are from those profiling sessions (2 cores shared with other jobs, so ±30%).
-Each item names the engine change that would move the number; none of them is applied here
-(the suite measures the engine as it is).
+Profiles taken on this machine (`perf record -g` of a bench child for the native split between
+host Python, the guest's CPython-in-Wasm, the kernel and SQLite; `py-spy` for the host Python;
+`--profile` reruns any workload under py-spy into `bench/results/profiles/`). Figures quoted
+"in this run" come from the tables above; the others are from those profiling sessions, on 2
+cores shared with other jobs (±30%).
 
-**1. Every invocation leaked its Wasm store (found by this suite; fixed in `10c636f`).**
-Until that commit each finished invocation kept its `wasmtime.Store` (~8-9 MiB RSS) alive for
-the life of the process: wasmtime-py keeps a store's WASI stdout/stderr callbacks in a
-module-global table (`wasmtime._wasi.CUSTOM_OUTPUTS`), and tenantflow its epoch-deadline check
-in `tenantflow.sandbox._checks`, both released only by the store's own finalizer; those
-callbacks reached the `Invocation`, which held `inv.store`. 1,000 parked instances took 9 GB;
-a 10,000-instance footprint run would have needed ~90 GB (the suite's memory cap stopped it and
-reported the slope). The fix drops `Invocation.store` and unlinks the warm pool's `Binding` in
-`Executor.invoke`'s `finally:`; on a scratch copy, closing the store there had the same effect
-(100 one-step invocations: 1.2 GB → 100 MB RSS). The footprint rows above are measured with
-the fix (see the engine column of the conditions table below).
+### What this round changed in the engine (each measured before it was kept)
 
-**2. Sequential steps are bounded by one fsync per step plus the per-step CPU.** A step's
-result is committed before the next body runs, so one workflow can never beat the raw commit
-rate; it reaches it only if the CPU per step is small next to an fsync (~0.2 ms here when the
-disk is quiet). In this run the process spent {seq_cpu} µs of CPU per sequential step.
-`perf` of a sequential run: host Python 32%, kernel 26% (the virtio notify of the fsync and
-thread switches), guest CPython-in-Wasm 23%, SQLite 6%, libc 4%, wasmtime 4%. The host part is
-the fastcall lift/lower of two host calls per executed step (`begin-step`, `end-attempt`),
-`Invocation.idempotency_key` (a sha256 per step; 7% of the host's GIL time — hash once per
-invocation and append the seq), the journal upsert and the leader/follower commit. A prototype
-that returns the step result to the guest before the commit and waits for it before the next
-step body (`Invocation.attempt_succeeded` submits, `Invocation.execute` waits) did not move
-sequential throughput (the guest does almost nothing between two steps), so the remaining lever
-is CPU per step (3.).
+- **Pool slots that stay warm — measured, then made opt-in** (`SandboxConfig(pooling=True)`).
+  A componentize-py instance starts from a copy-on-write image of a snapshotted interpreter;
+  its first pass wrote ~410 pages, each a page fault plus a TLB-shootdown IPI on this VM
+  (`ptep_clear_flush` → `native_write_msr`, 14% of all CPU in a latency profile): ~3 ms of a
+  4.4 ms first pass. wasmtime's pooling allocator with `linear_memory_keep_resident` (16 MiB
+  per memory slot, found with PAGEMAP_SCAN and reset with memcpy) starts the next instance of
+  a hot component with its pages already private: 0 faults, first pass 1.2 ms. A full run with
+  it on by default ([`bench/results/tenantflow-pooling.json`](bench/results/tenantflow-pooling.json),
+  same machine, an hour earlier) gave one-step p50 5.54 ms and event wake-up 5.23 ms — but
+  tenant churn p50 ~35 ms (100 versions taking turns in 13 slots: every switch remaps a slot
+  and resets 16 MiB), cold start from a disk artifact 14.9 ms, and 423 MB right after 10,000
+  instances parked. Most tenantflow hosts serve a long tail of versions, so it is off by
+  default and documented as the setting for hosts with a few hot versions.
+- **Stores closed explicitly** (`Executor.release`, on a closer thread): an instance's memory
+  (or pool slot) is freed when the invocation ends, not when the garbage collector gets to it.
+- **Step results commit with the next durable call** (`Invocation.commit_at_next_call`):
+  the last step of a workflow and its outcome share one fsync (one-step path: 3 → 2 commits);
+  a durable call never applies after a queued result that failed
+  (`test_a_failed_step_write_is_never_followed_by_the_outcome`).
+- **Replay in the guest** (WIT `recorded-steps` / `replayed`): the guest gets the journal's
+  leading finished steps in one host call and answers them itself, checking names; the host
+  checks everything after (`test_a_drift_inside_the_recorded_steps_is_caught_at_its_position`).
+- **A warm snapshot** (`tenantflow_guest._runtime.rehearse`): before componentize-py takes its
+  snapshot, the SDK runs its own step path 40 times (its own class, a host in guest memory,
+  never tenant code), so every instance starts with that bytecode specialised.
+- **Export calls with their types read once per component** (`exports.py`): wasmtime-py's
+  `get_func` + `Func.__call__` walked the export's types through the C API on every call.
+- **Fewer thread trips for `create` and `wait`**: the deployed digest is read inside the
+  insert transaction; `wait()` reads row and journal in one trip to a reader thread and is
+  woken directly by the scheduler (it was 9 aiosqlite round trips after the instance ended).
+- **Short sleeps served in place** (`Limits.sleep_in_place_ms`, 250 ms): journaled first,
+  then the worker waits (pause and terminate reach it within 10 ms) when nothing is queued.
+  The 100 ms sleep rows above are served this way; longer sleeps unwind, as before.
+- **A frozen startup heap** (`gc.freeze()` once per process): full collections walked the
+  imports' objects again and again (10% of host CPU in a latency profile).
+- **Footprint**: the isolate cache counts resident bytes (from smaps), evicts idle components
+  from a reaper thread even when no lookups come, then collects and trims the heap; warm
+  instances of an evicted component go with it.
 
-**3. Aggregate throughput is CPU-bound, 4-5× under 10,000 steps/s.** 64 × 100 steps cost
-{agg_cpu} µs of process CPU per step in this run (best worker count: {agg_workers}; every count
-is in the table), and this process gets about one of the two cores while other jobs run
-(measured utilisation 0.6-1.1 cores). 10,000 steps/s on 2 free cores needs ≤ 200 µs per step in
-total. `perf` of the aggregate run: kernel 35% (mostly `finish_task_switch`: every step parks
-its worker thread on its commit future and wakes it again, and 64 threads hand the GIL around),
-guest CPython-in-Wasm 27% (~110 µs of SDK Python per executed step: `Step._run_step`, a frozen
-`StepContext` per attempt, `inspect.isawaitable`, `json.dumps`/`loads` of the result), host
-Python 22%, libc 6%, wasmtime 5%. What would move it, largest first: (a) one host call per
-executed step instead of two — once the host has told the guest that the journal is exhausted,
-the guest can run new steps without `begin-step` (the idempotency key is a per-invocation
-prefix plus the seq) and only report `end-attempt` (WIT change); (b) a leaner SDK path for
-executing steps (plain tuple instead of the frozen dataclass, no `inspect` on the hot path);
-(c) in `GroupCommitWriter`, a per-thread reusable lock instead of a `concurrent.futures.Future`
-(+ `Condition`) per write, and SAVEPOINTs only when a batch has to be retried after a failing
-op (today two extra statements per op); (d) fewer, busier workers once (a)-(c) shrink the time
-a worker waits. Also `TenantBinding.create_batch` (runtime/tenantflow/engine.py) reads the
-workflow's current digest once per item (64 SQLite reads for a 64-item batch, 15% of the
-host's GIL samples while a batch is created): resolve each distinct (workflow, digest) once.
+### What bounds the remaining gaps
 
-**4. One-step latency: three fsyncs and a fresh instance on the critical path.** In this run:
-{latency_breakdown}. The path holds three durable commits (the instance row; the step result;
-the completion) and, before the first step, the dispatch plus the guest's start-up in a fresh
-instance. Per invocation `perf` shows wasmtime's lazy funcref initialisation
-(`CompiledFunctionsTable::func_loc`, ~10% of an invocation's CPU), TLB-shootdown IPIs from
-unmapping each instance's memory (`smp_call_function_many_cond` + `native_write_msr`, ~15%) and
-~200 page faults. The warm pool (`tenantflow/warm.py`) takes instantiation off the path (119 of
-120 invocations hit it in a profiling session, instantiate 0.03 ms), yet from entering the
-guest's `run` export to its first `begin-step` still takes ~1.8 ms: the first pass of a fresh
-instance through the SDK's run path (copy-on-write faults on the memory image, lazy funcrefs,
-CPython specialising cold code); a warm-up export that walks the SDK's own run path (payload
-parsing, `WorkflowEvent`, `Step`, step options, result encoding — never tenant code), called by
-the warm pool after `workflows`, would move part of that off the path (not tried). Changes: (a) the lost wake-up (5.), which alone sets
-the p99; (b) commit the last step's result together with the completion — the prototype of 2.
-(the completion is queued behind the step's write, so both land in one commit when the guest
-returns right away) cut the p50 by ~1.5 ms (alternating runs: 6.9-8.8 ms → 5.5-6.7 ms); a
-correct version also makes `journal.finish` check, in its transaction, that the journal has as
-many entries as the invocation recorded; (c) the wasmtime pooling allocator
-(`wasmtime_pooling_allocation_strategy_set` via `wasmtime._ffi`, `linear_memory_keep_resident`
-8-64 MiB) removed the page faults but the reset `memset` cost as much (no measurable gain).
-3 ms on this disk needs at most two fsyncs and ~1 ms of CPU on the path.
+**Sequential steps: one fsync plus the CPU of a step, in series.** A step's result is durable
+before the next body runs, so a single workflow cannot beat the raw commit rate; this run
+spent {seq_cpu} µs of CPU per sequential step (host Python ~40%, kernel ~30% — the virtio
+notify of the fsync and thread switches —, guest ~15%, SQLite ~5%). Returning the result to
+the guest before the commit and waiting for it at the next call (a prototype this round) did
+not move it: the guest does almost nothing between two steps, so there is nothing to overlap.
+What would: a cheaper host call per step (the fastcall lift/lower, `Invocation.next_call`, the
+journal upsert) — the remaining host work is ~150 µs per step in pure Python.
 
-**5. Lost wake-up in `TenantBinding.wait` (sets the one-step p99).** About 1 run in 100 takes
-250+ ms: `wait()` reads the row (still running), the instance completes and
-`Scheduler._notify` runs before `wait()` has started `scheduler.changed()`, so the
-notification is lost and the 0.25 s poll timeout ends the wait. Fix: a counter
-`Scheduler.finished_seq` incremented in `Scheduler._finished`; `wait()` reads it before
-`_row()` and `changed(timeout, since=seen)` returns at once when it moved (or a per-instance
-future resolved by `_finished`).
+**Aggregate throughput is CPU-bound, not fsync-bound.** 64 × 100 steps cost {agg_cpu} µs of
+process CPU per step (best worker count: {agg_workers}). 10,000 steps/s on 2 cores needs
+≤ 200 µs per step in total, and the host part runs under one GIL: the worker threads park on
+their commit futures and hand the GIL around (kernel `finish_task_switch` ~35% of the
+profile). The bound is one interpreter; the way past it is several engine processes sharding
+the instances (one SQLite writer each, or a shared Postgres) — an architecture change not
+made in this round.
 
-**6. Memory with 100 tenant versions is the isolate cache, not the waiting instances.** Each
-resident component costs ~6-7 MiB (file-backed pages of its mmapped artifact touched by
-instantiation, plus wasmtime's per-component data), so the default 64-entry cache holds
-~400-650 MiB once every version has run; with the cache emptied the same host holds 10,000
-waiting instances in ~215 MiB, and with one shared version in ~110-250 MiB. For many versions in a
-small host: a smaller `cache_max_count`, or make `cache_max_bytes` count resident rather than
-file bytes.
+**One-step latency.** In this run: {latency_breakdown}. Two commits remain on the path (the
+instance row; the step result with the completion), plus a thread hop each for `create`,
+dispatch, and `wait`, and the guest's first pass in a fresh instance: ~4 ms with its ~410
+copy-on-write faults (the default), ~1.2 ms without them (pooling, above). Reaching 3 ms
+needs both the pooled first pass and one commit fewer (e.g. the instance row riding with the
+first step's commit when the caller does not need `create` to be durable on return).
 
-**7. Replay ({replay_us} µs per journaled step in this run, target 20).** `perf` of a
-1,000-step replay: host Python 35% + ctypes/libffi 5% (one fastcall round trip per replayed
-call: lift the arguments, `Invocation.next_call`, lower the `done` variant), guest 31%, kernel
-16% (instance set-up and teardown), wasmtime 7%, Python's cyclic GC 3.5% (profiled before the
-fix of 1., when it also scanned the leaked objects). Lever: answer recorded calls without a host round trip per call — one
-import that hands the guest the recorded prefix (kind, name, status, result) in a single call,
-with the determinism check done in the guest against it (a WIT change); the guest's own share
-is ~8-10 µs per step.
+**Replay ({replay_us} µs per journaled step in this run).** With the recorded steps answered
+in the guest, what is left per step is the guest's own Python (`step.do`, the name check, the
+JSON value): the host does one call per invocation for the whole prefix.
 
-**8. Wake-ups and sleeps against DBOS and Restate.** A sleep or an event resumes in a new
-invocation: commit, new instance, guest start-up, replay of the steps before, then the next
-step, so the overshoot carries the fixed per-invocation cost of 4. (DBOS and Restate resume an
-in-memory coroutine). DESIGN.md allows serving short waits in place: keeping the instance for
-sleeps under ~1 s (or for a `send_event` to an instance that is still hot) would take the
-replay and start-up out. DBOS's event wake-up is poll-bound (its 1 s SQLite notification
-poll), Temporal's timers fire no earlier than 1 s (its `timerProcessorMaxTimeShift`).
+**Memory right after a burst vs. steady state.** Right after the last instance parks, the
+components the burst used are still cached (and the warm instances made for them); the
+isolate cache lets idle components go after `cache_idle_seconds` (30 s), with their warm
+instances, and trims the heap: the steady state of a host whose instances all wait.
 
-**9. Cold start with nothing cached** is Cranelift compiling the ~18 MB CPython component
-({compile_s} s in this run): inherent to componentize-py guests, paid once per (digest, engine
-configuration) thanks to the artifact cache; the disk-artifact path is a ~2-3 ms deserialize
-(mmap) plus the instantiation.
+**Cold start from a disk artifact** is the artifact's mmap (deserialize, ~2-4 ms) plus the
+instantiation (a copy-on-write mapping of the memory image) and the first pass with its page
+faults (see the first item above). **With nothing cached** it is Cranelift compiling the
+~18 MB CPython component ({compile_s} s in this run): inherent to componentize-py guests,
+paid once per (digest, engine configuration) thanks to the artifact cache.
+
+**Wake-ups.** An event (or a sleep longer than `sleep_in_place_ms`) resumes in a new
+invocation: commit, new instance, guest start-up, replay of the steps before (in the guest),
+then the next step. DBOS's event wake-up is poll-bound (its 1 s SQLite notification poll),
+Temporal's timers fire no earlier than 1 s (its `timerProcessorMaxTimeShift`).
 """
 
 
@@ -1767,7 +1746,7 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
     if lat:
         add(f"One-step latency, where the time goes (medians, ms from the start of `create`): `create` returned (instance row committed) "
             f"{lat['create_returned']} → the guest asked for its first step {lat.get('first_step_began', '?')} (dispatch, instantiate, guest start-up) "
-            f"→ step body done {lat.get('step_body_ended', '?')} → completion committed {lat['completion_committed']} (step result and completion: two commits) "
+            f"→ step body done {lat.get('step_body_ended', '?')} → completion committed {lat['completion_committed']} (step result and completion: one commit) "
             f"→ `wait()` returned {lat['wait_returned']}.")
         add("")
     churn_raw = first_raw(w.get("tenant_churn", {})).get("churn", {})

@@ -5,7 +5,7 @@ arguments, no sockets. stdout/stderr go to a callback (the instance's log). CPU 
 by epoch deadlines (a ticker thread advances the epoch every `TICK_MS`), memory by store
 limits.
 
-Instances live in wasmtime's pooling allocator. A componentize-py instance starts from a
+With `SandboxConfig(pooling=True)` instances live in wasmtime's pooling allocator. A componentize-py instance starts from a
 copy-on-write image of a snapshotted interpreter, and the first write to each page of it
 is a page fault plus a TLB shootdown across the host's cores: about 400 of them per
 invocation, 3 ms of a 4 ms first pass on a 2-core VM. Pool slots keep the pages a guest
@@ -41,9 +41,12 @@ class SandboxConfig:
     epoch_interruption: bool = True
     max_wasm_stack: int = 1024 * 1024
     cranelift_opt_level: str = "speed"
-    # The pooling allocator changes the compiled code's tunables: artifacts built without
-    # it do not load into an engine with it (and the other way round).
-    pooling: bool = True
+    # wasmtime's pooling allocator (see the module's docstring): worth it for a few hot
+    # component versions (a one-step workflow ~2 ms sooner, no page faults), costly when
+    # many versions take turns in the slots (each switch remaps and resets a slot: tenant
+    # churn 3-4x slower, cold start 2x) and in memory (up to 16 MiB per used slot). So off
+    # by default. Part of the fingerprint: artifacts are kept apart per setting.
+    pooling: bool = False
 
     def fingerprint(self) -> str:
         text = f"wasmtime={wasmtime_version()};{self!r}"
