@@ -290,7 +290,6 @@ class GroupCommitWriter:
             else:
                 future.set_exception(error)
 
-
     def _commit_one(self, conn: sqlite3.Connection, op: WriteOp[Any], future: Future[Any]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")

@@ -22,6 +22,7 @@ from typing import IO, Any, Callable, List, Optional, Sequence, TypeVar
 
 import wasmtime
 
+from . import isolates
 from . import journal as jn
 from .auth import Action, Authorizer, Principal
 from .clock import Clock, SystemClock
@@ -90,11 +91,10 @@ class Engine:
         artifact_dir: Optional[Path] = None,
         sandbox: Optional[SandboxConfig] = None,
         run_scheduler: bool = True,
-        # Isolate cache bounds (isolates.py): bytes are the components' resident pages
-        # (~19 MiB for a componentize-py guest); idle components are evicted after 30 s.
-        cache_max_count: int = 32,
-        cache_max_bytes: int = 128 * 1024**2,
-        cache_idle_seconds: float = 30.0,
+        # Isolate cache bounds (isolates.py): bytes are the components' resident pages.
+        cache_max_count: int = isolates.DEFAULT_MAX_COUNT,
+        cache_max_bytes: int = isolates.DEFAULT_MAX_BYTES,
+        cache_idle_seconds: float = isolates.DEFAULT_IDLE_SECONDS,
         loader: Optional[Loader] = None,
         warm_instances: int = 2,
         pool_slots: Optional[int] = None,

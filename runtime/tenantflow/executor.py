@@ -237,6 +237,12 @@ class Invocation:
             except jn.Fenced:
                 raise Unwind("cancelled") from None
 
+    def detach_warm(self) -> None:
+        """Unlink the warm instance's binding from this invocation (see `Executor.invoke`)."""
+        if self.warm_binding is not None:
+            self.warm_binding.inv = None
+            self.warm_binding = None
+
     def fatal(self, name: str, message: str) -> Unwind:
         return Unwind("errored", (name, message))
 
@@ -424,7 +430,6 @@ class Invocation:
                 if not self.can_sleep_in_place(wake - now):
                     raise self.suspend(entry, wake, None)
                 self.commit(jn.record_entry(self.row.pk, self.generation, entry, now=now))  # a crash resumes it
-                self.sleep_in_place(entry)
         if entry.status == "done":
             return
         assert entry.wake_at is not None
@@ -841,9 +846,7 @@ class Executor:
             # so a traceback on `inv` or a pooled binding pointing at it would keep the
             # store (~8 MB) alive forever.
             inv.raised = None
-            if inv.warm_binding is not None:
-                inv.warm_binding.inv = None
-                inv.warm_binding = None
+            inv.detach_warm()
             self.cache.stats.live_instances -= 1
             self.release(store)
             inv.flush_output()
@@ -884,9 +887,7 @@ class Executor:
             return None
         finally:
             _current.invocation = None
-            if inv.warm_binding is not None:
-                inv.warm_binding.inv = None
-                inv.warm_binding = None
+            inv.detach_warm()
             self.release(store)
 
     def loader_failed(self, inv: Invocation, message: str) -> InvocationResult:

@@ -55,7 +55,7 @@ from .sandbox import SandboxConfig
 
 log = logging.getLogger("tenantflow.isolates")
 MiB = 1024 * 1024
-# Defaults for a small host (the engine's constructor repeats them): a componentize-py
+# Defaults for a small host (the engine's constructor uses them): a componentize-py
 # component keeps ~19 MiB of its 35 MiB artifact resident, so 128 MiB holds about six of
 # them; tenants idle for 30 s give their memory back (reloading costs them a few ms).
 DEFAULT_MAX_COUNT = 32

@@ -119,8 +119,7 @@ class WarmPool:
                 self._ready.move_to_end(key)
                 while len(self._ready) > self.max_total:
                     dropped.append(self._ready.popitem(last=False)[1])
-        for old_store, *_ in dropped:  # free their pool slots now, not at garbage collection
-            old_store.close()
+        _close_all(dropped)  # free their memory now, not at garbage collection
 
     def discard(self, digest: str) -> None:
         """Drop the ready instances of `digest` (its component was evicted: they would keep
@@ -128,8 +127,7 @@ class WarmPool:
         with self._lock:
             keys = [key for key in self._ready if key[0] == digest]
             dropped = [self._ready.pop(key) for key in keys]
-        for store, *_ in dropped:
-            store.close()
+        _close_all(dropped)
 
     def close(self) -> None:
         with self._lock:
@@ -137,5 +135,9 @@ class WarmPool:
             dropped = list(self._ready.values())
             self._ready.clear()
         self._warmer.shutdown(wait=True, cancel_futures=True)
-        for store, *_ in dropped:
-            store.close()
+        _close_all(dropped)
+
+
+def _close_all(warm: list[Warm]) -> None:
+    for store, *_ in warm:
+        store.close()

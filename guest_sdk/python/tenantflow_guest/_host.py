@@ -7,6 +7,7 @@ Keeping the SDK on this narrow protocol lets it be exercised without Wasm too.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Union
 
@@ -146,8 +147,6 @@ class WitHost:
     # stay exact, and a diverging call is still checked (non-determinism) by the host.
     def start_run(self) -> None:
         """Called as `run` begins: fetch what the journal records for this instance."""
-        import json
-
         self._prefix = json.loads(self._durable.recorded_steps()) or None
         self._position = 0
 
