@@ -127,3 +127,33 @@ async def test_an_idle_engine_lets_go_of_components_and_reloads_them(tmp_path: P
             again = await t.wait(await t.create("Steps", {"n": 2}), timeout=30)
             assert again.status == "complete" and again.output == first.output
         assert engine.stats().isolates.disk_hits >= 2
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_trim_soon_trims_once_unless_work_came_back(tmp_path: Path) -> None:
+    config = SandboxConfig()
+    c = IsolateCache(make_engine(config, pool_slots=2), config, tmp_path)
+    busy = True
+    c.trim_soon(lambda: busy, delay=0.05)
+    c.trim_soon(lambda: busy, delay=0.05)  # merged with the pending one
+    time.sleep(0.5)
+    assert c.stats.trims == 0  # work came back before the delay ran out
+    busy = False
+    c.trim_soon(lambda: busy, delay=0.05)
+    assert wait_for(lambda: c.stats.trims == 1)
+    time.sleep(0.3)
+    assert c.stats.trims == 1
+    c.close()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+async def test_an_engine_trims_its_heap_once_its_work_runs_out(tmp_path: Path) -> None:
+    async with Engine(tmp_path / "flows.db", clock=ManualClock(), artifact_dir=ARTIFACTS) as engine:
+        await engine.deploy("t", component("basics").read_bytes())
+        t = engine.tenant("t")
+        before = engine.isolates.stats.trims
+        ids = await t.create_batch([{"workflow": "Steps", "params": {"n": 2}} for _ in range(6)])
+        for iid in ids:
+            assert (await t.wait(iid, timeout=60)).status == "complete"
+        assert await asyncio.to_thread(wait_for, lambda: engine.isolates.stats.trims > before, 5.0)
+        assert engine.isolates.resident_count == 1  # trimmed, the component still cached

@@ -21,7 +21,8 @@ thread when no lookup comes (a host whose instances all wait makes none). A wait
 instance needs no component; its wake-up reloads the artifact (a few ms). After the reaper
 evicts, it collects reference cycles and returns the freed heap to the OS (glibc
 `malloc_trim`; when the cache empties, else at most every `RELEASE_INTERVAL_SECONDS`), so
-an idle host shrinks back instead of keeping the high-water mark of its last burst.
+an idle host shrinks back instead of keeping the high-water mark of its last burst. The
+engine also asks for a trim alone when its scheduler runs out of work (`trim_soon`).
 `on_evict` listeners hear every evicted digest (to drop anything else that pins the
 component, e.g. warm instances). `clock` is injectable for tests; `close()` stops the
 reaper.
@@ -69,6 +70,10 @@ MEASURE_DELAY_SECONDS = 1.0
 # when the cache has emptied, else at most this often (a full collection pauses every
 # Python thread for a few milliseconds).
 RELEASE_INTERVAL_SECONDS = 10.0
+# When the host runs out of work (`trim_soon`), the heap is trimmed this much later if no
+# new work came meanwhile: a burst's freed memory (~100 MiB after parking 10,000 instances
+# across 100 versions) goes back to the OS in a second, not when the cache next empties.
+IDLE_TRIM_DELAY_SECONDS = 1.0
 _REAPER_MAX_WAIT_SECONDS = 60.0
 
 
@@ -85,7 +90,7 @@ class CacheStats:
     instantiations: int = 0
     instantiate_seconds: float = 0.0
     live_instances: int = 0
-    trims: int = 0  # heap returned to the OS after idle evictions
+    trims: int = 0  # heap returned to the OS after idle evictions or an idle host
 
 
 @dataclass
@@ -131,6 +136,8 @@ class IsolateCache:
         self._measure_at: Optional[float] = None  # time.monotonic() of the next measurement
         self._release_owed = False  # idle evictions since the last collect + trim
         self._release_after = 0.0  # time.monotonic() before which no collect + trim runs
+        self._trim_at: Optional[float] = None  # time.monotonic() of a trim asked for by `trim_soon`
+        self._busy: Callable[[], bool] = lambda: False
         self._closed = False
 
     def artifact_path(self, digest: str) -> Optional[Path]:
@@ -302,6 +309,17 @@ class IsolateCache:
             self._entries.clear()
         self._evicted(popped)
 
+    def trim_soon(self, busy: Callable[[], bool], delay: float = IDLE_TRIM_DELAY_SECONDS) -> None:
+        """The host has run out of work: return the free heap to the OS after `delay`
+        seconds unless `busy()` says work came back by then (trimming locks the allocator's
+        arenas for a moment). Thread-safe; calls made while one is pending are merged."""
+        with self._lock:
+            if self._closed or self._trim_at is not None:
+                return
+            self._busy = busy
+            self._trim_at = time.monotonic() + delay
+            self._start_reaper()
+
     def close(self) -> None:
         """Stop the reaper thread (entries stay; the cache still works without it)."""
         with self._lock:
@@ -338,8 +356,12 @@ class IsolateCache:
             gc.collect()
             if _malloc_trim():
                 self.stats.trims += 1
+        if self._trim_at is not None and time.monotonic() >= self._trim_at:
+            self._trim_at = None
+            if not self._busy() and _malloc_trim():
+                self.stats.trims += 1
         with self._lock:
-            if self._closed or (not self._entries and not self._release_owed):
+            if self._closed or (not self._entries and not self._release_owed and self._trim_at is None):
                 self._reaper = None
                 return None
             waits = [_REAPER_MAX_WAIT_SECONDS]
@@ -349,6 +371,8 @@ class IsolateCache:
                 waits.append(self._measure_at - time.monotonic())
             if self._release_owed:
                 waits.append(self._release_after - time.monotonic())
+            if self._trim_at is not None:
+                waits.append(self._trim_at - time.monotonic())
             return max(min(waits), 0.01)
 
 

@@ -45,6 +45,7 @@ class Scheduler:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._closing = False
         self.on_finished: list[Callable[[int, InvocationResult], None]] = []
+        self.on_idle: list[Callable[[], None]] = []  # the last running invocation ended, none queued
         self.finished_seq = 0  # invocations finished so far (see `changed`)
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -190,6 +191,9 @@ class Scheduler:
         for callback in self.on_finished:
             callback(pk, result)
         self._pump()
+        if self.idle:
+            for idle_callback in self.on_idle:
+                idle_callback()
         self._wake.set()
         listeners, self._listeners = self._listeners, []
         for listener in listeners:  # resolved here, in this callback: no task, no lock
