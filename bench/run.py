@@ -1536,8 +1536,34 @@ host Python, the guest's CPython-in-Wasm, the kernel and SQLite; `py-spy` for th
 "in this run" come from the tables above; the others are from those profiling sessions, on 2
 cores shared with other jobs (±30%).
 
-### What this round changed in the engine (each measured before it was kept)
+### What changed in the engine (latest round first; each measured before it was kept)
 
+- **Warm instances are refilled after the invocation, two per hot version** (`warm.py`,
+  `Executor.release`). The pool used to start the next instance the moment an invocation took
+  one, so the warmer instantiated on the second core while the guest ran its first pass on
+  the first, and every copy-on-write fault of either became a TLB-shootdown IPI to the other
+  core. Now the executor asks for the refill once the invocation's store is closed, and a hot
+  version keeps two ready (within `warm_instances`), so back-to-back invocations still always
+  find one (`tests/test_warm.py`). A one-step probe (150 runs back to back, quiet machine):
+  the guest's first pass ~3.5 → ~2 ms, process CPU per workflow ~10 → ~6.5 ms. In the bench,
+  one-step p50 7.95 ms (previous round's run) → {one_step_p50} ms in this run.
+- **The heap is trimmed when the host runs out of work** (`IsolateCache.trim_soon`, from
+  `Scheduler.on_idle`): one second after the last invocation ends, unless work came back,
+  glibc's `malloc_trim` returns what the burst freed. With 10,000 instances parked across 100
+  versions, a collect + trim with the component cache kept took RSS from ~360 to ~260 MiB:
+  most of the "right after" excess was freed heap glibc had kept, not live data. The "2 s
+  after" rows measure it; the "right after" rows stay.
+- **Prefaulting — measured, not kept.** (a) Learning the pages a version's first pass writes
+  (`/proc/self/pagemap`) and making them private in ready instances with
+  `MADV_POPULATE_WRITE` before any guest code runs: first-pass faults ~320 → ~70 and event
+  wake-up p50 ~4.4 → ~3.4 ms; but finding an instance's linear memory takes a read of
+  `/proc/self/maps`, 0.5 ms of kernel CPU each in an engine process (with its mm lock held),
+  and back-to-back one-step p50 got 1.5-2 ms worse, also when populating only on a quiet host.
+  (b) The SDK rehearsing its step path inside `workflows()`, so the warmer dirties those
+  pages: faults ~320 → ~130, no latency gain, +1.3 ms of CPU per workflow. Once the warmer no
+  longer runs beside the guest, a fault costs ~1-2 µs instead of ~7 µs; neither paid its way.
+
+#### The round before
 - **Pool slots that stay warm — measured, then made opt-in** (`SandboxConfig(pooling=True)`).
   A componentize-py instance starts from a copy-on-write image of a snapshotted interpreter;
   its first pass wrote ~410 pages, each a page fault plus a TLB-shootdown IPI on this VM
@@ -1598,19 +1624,23 @@ made in this round.
 
 **One-step latency.** In this run: {latency_breakdown}. Two commits remain on the path (the
 instance row; the step result with the completion), plus a thread hop each for `create`,
-dispatch, and `wait`, and the guest's first pass in a fresh instance: ~4 ms with its ~410
-copy-on-write faults (the default), ~1.2 ms without them (pooling, above). Reaching 3 ms
-needs both the pooled first pass and one commit fewer (e.g. the instance row riding with the
-first step's commit when the caller does not need `create` to be durable on return).
+dispatch, and `wait`, and the guest's first pass in a fresh instance: ~2 ms (componentize-py's
+export glue and the SDK's run path in CPython-in-Wasm, with ~330 copy-on-write faults that no
+longer cost shootdowns), ~1.2 ms with pooling. Reaching 3 ms needs the pooled first pass and
+one commit fewer (e.g. the instance row riding with the first step's commit when the caller
+does not need `create` to be durable on return), and fewer thread hops.
 
 **Replay ({replay_us} µs per journaled step in this run).** With the recorded steps answered
 in the guest, what is left per step is the guest's own Python (`step.do`, the name check, the
 JSON value): the host does one call per invocation for the whole prefix.
 
-**Memory right after a burst vs. steady state.** Right after the last instance parks, the
-components the burst used are still cached (and the warm instances made for them); the
-isolate cache lets idle components go after `cache_idle_seconds` (30 s), with their warm
-instances, and trims the heap: the steady state of a host whose instances all wait.
+**Memory right after a burst vs. steady state.** Right after the last instance parks, ~100
+MiB of the RSS is heap the burst freed that glibc has not yet returned (the peak while
+parking is higher still); the engine trims it one second after its work runs out (the 2 s
+rows). What remains is the components the burst used, still cached within the cache's 128
+MiB of resident pages (and the warm instances made for them); the isolate cache lets idle
+components go after `cache_idle_seconds` (30 s), with their warm instances, and trims again:
+the steady state of a host whose instances all wait.
 
 **Cold start from a disk artifact** is the artifact's mmap (deserialize, ~2-4 ms) plus the
 instantiation (a copy-on-write mapping of the memory image) and the first pass with its page
@@ -1642,6 +1672,7 @@ def analysis_values(tf: Json) -> dict[str, str]:
         breakdown = "(one-step latency not measured)"
     compile_ms = _m(w.get("cold_start"), "compile_ms")
     return {
+        "one_step_p50": num("one_step_latency", "p50_ms", 2),
         "seq_cpu": num("sequential_steps", "cpu_us_per_step"),
         "agg_cpu": num("aggregate_steps", "cpu_us_per_step"),
         "agg_workers": str(w.get("aggregate_steps", {}).get("params", {}).get("workers", "—")),
