@@ -1605,6 +1605,15 @@ cores shared with other jobs (±30%).
 
 ### What bounds the remaining gaps
 
+**Spread between runs.** This machine's neighbours move the numbers: a tenantflow-only rerun
+(`make bench BENCH_ARGS='--peers reuse'`) 17 minutes after this one measured sequential
+1,760 steps/s, one-step p50 7.34 ms and aggregate 3,204 steps/s
+([`bench/results/tenantflow-rerun.json`](bench/results/tenantflow-rerun.json)); quiet A/B runs of
+`--only sequential_steps` between them (two runs of five repeats each, alternating) gave this
+round's code medians of 1,970 and 2,080 steps/s and the previous round's 2,115 and 2,096. The
+sequential figure sits at the 2,000 line, within the spread; this round's changes are not on
+its path (one invocation, no warm-pool traffic while it runs).
+
 **Sequential steps: one fsync plus the CPU of a step, in series.** A step's result is durable
 before the next body runs, so a single workflow cannot beat the raw commit rate; this run
 spent {seq_cpu} µs of CPU per sequential step (host Python ~40%, kernel ~30% — the virtio
