@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from tenantflow.clock import Clock, ManualClock
 from tenantflow.engine import Engine, TenantBinding
@@ -53,3 +54,13 @@ async def settle(binding: TenantBinding, instance_id: str, *statuses: str, timeo
     wanted = frozenset(statuses or ("complete", "errored", "terminated", "paused", "waiting"))
     status = await binding.wait(instance_id, timeout=timeout, statuses=wanted)
     return status.status
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, poll: float = 0.01) -> bool:
+    """Poll `condition` (from a thread or synchronous test) until true or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(poll)
+    return condition()

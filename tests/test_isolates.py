@@ -10,11 +10,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import wasmtime
-from enginekit import ARTIFACTS, component
+from enginekit import ARTIFACTS, component, wait_for
 
 from tenantflow.clock import ManualClock
 from tenantflow.engine import Engine
@@ -48,15 +47,6 @@ def seeded(tmp_path: Path, copies: int, **kwargs: object) -> IsolateCache:
         assert target is not None
         shutil.copyfile(artifact, target)
     return cache
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_entries_count_their_resident_pages_and_are_evicted_by_them(tmp_path: Path) -> None:

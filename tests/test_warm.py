@@ -4,24 +4,13 @@ after an invocation's instance is closed (never beside a running guest), bounded
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
-from typing import Callable
 
-from enginekit import component, open_engine
+from enginekit import component, open_engine, wait_for
 
 from tenantflow.clock import SystemClock
 from tenantflow.engine import Engine
 from tenantflow.warm import Key, WarmPool
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def pool_of(engine: Engine) -> WarmPool:
@@ -38,7 +27,7 @@ async def test_a_hot_component_keeps_two_ready_and_every_later_run_takes_one(tmp
             iid = await t.create("Steps", {"n": 3})
             status = await t.wait(iid, timeout=60)
             assert status.status == "complete" and status.output == {"total": 3}, status
-            assert await asyncio.to_thread(wait_for, lambda: warm.ready_count(key) == 2), f"run {n}: {warm.ready_count(key)} ready"
+            assert await asyncio.to_thread(wait_for, lambda: warm.ready_count(key) == 2, 30.0), f"run {n}: {warm.ready_count(key)} ready"
         assert (warm.hits, warm.misses) == (5, 1)  # only the first run had to instantiate
 
 
@@ -48,7 +37,7 @@ async def test_the_pool_refills_only_after_the_invocation_ends(tmp_path: Path) -
         t, warm = engine.tenant("t"), pool_of(engine)
         key: Key = (info.digest, engine.limits.memory_bytes)
         await t.wait(await t.create("Steps", {"n": 1}), timeout=60)
-        assert await asyncio.to_thread(wait_for, lambda: warm.ready_count(key) == 2)
+        assert await asyncio.to_thread(wait_for, lambda: warm.ready_count(key) == 2, 30.0)
 
         busy = await t.create("Busy", {"ms": 600})  # one step that computes for 0.6 s
         assert await asyncio.to_thread(wait_for, lambda: warm.hits == 1)  # it took a ready one
@@ -58,7 +47,7 @@ async def test_the_pool_refills_only_after_the_invocation_ends(tmp_path: Path) -
             await asyncio.sleep(0.02)
         assert set(during) == {(1, False)}  # nothing is prepared beside the running guest
         await t.wait(busy, timeout=60, statuses=frozenset({"waiting", "complete"}))
-        assert await asyncio.to_thread(wait_for, lambda: warm.ready_count(key) == 2)
+        assert await asyncio.to_thread(wait_for, lambda: warm.ready_count(key) == 2, 30.0)
 
 
 async def test_ready_instances_are_bounded_across_components(tmp_path: Path) -> None:

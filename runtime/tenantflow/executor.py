@@ -723,17 +723,16 @@ class Executor:
         component = self.cache.get(digest, lambda: self.load_component_bytes(owner[0], owner[1], digest))
         if inv is not None and self.warm is not None:
             key = (digest, memory_bytes)
-            warm = self.warm.take(key)
-            if warm is not None:
-                store, instance, binding, made_from = warm
-                binding.inv = inv
-                inv.warm_binding = binding
             # The pool refills when this invocation ends (`Executor._close`), not beside
             # it: a warmer running on the other core competes for the GIL and the mm lock,
             # and makes each copy-on-write fault of either a TLB shootdown between the
             # cores (measured: the guest's first pass 2x faster without it).
             inv.refill_warm = (key, component)
+            warm = self.warm.take(key)
             if warm is not None:
+                store, instance, binding, made_from = warm
+                binding.inv = inv
+                inv.warm_binding = binding
                 return store, instance, made_from
         if inv is not None:
             check = inv.check_deadlines

@@ -120,11 +120,9 @@ class WarmPool:
         again = False
         with self._lock:
             self._warming.discard(key)
-            if made is None:
-                pass
-            elif self._closed:
+            if made is not None and self._closed:
                 dropped.append(made)
-            else:
+            elif made is not None:
                 self._ready.setdefault(key, []).append(made)
                 self._ready.move_to_end(key)
                 while sum(len(r) for r in self._ready.values()) > self.max_total:
