@@ -165,8 +165,7 @@ class Engine:
             self.executor.warm = WarmPool(self.wasm_engine, self.executor.linker, max_total=self.warm_instances, on_instantiate=self._count_instantiation)
             self.isolates.on_evict.append(self.executor.warm.discard)  # an idle host lets go of all
         self.scheduler = Scheduler(self.executor, self.clock, workers=self.workers, per_tenant=self.per_tenant_concurrency)
-        scheduler = self.scheduler
-        self.scheduler.on_idle.append(lambda: self.isolates.trim_soon(busy=lambda: not scheduler.idle))
+        self.scheduler.on_idle.append(lambda: self.isolates.trim_soon(busy=lambda: not self.scheduler.idle))
         self.executor.backlog = lambda: self.scheduler.queued_count > 0
         self.isolates.on_evict.append(self.executor.exports.forget)  # let evicted components go
         self._opened = True

@@ -779,9 +779,10 @@ class Executor:
         """Free an instance's store and its pool slot now rather than at garbage
         collection, off the caller's path (resetting the slot's memory takes a while).
         After an invocation's instance is closed, the warm pool prepares the next one."""
-        refill = inv.refill_warm if inv is not None else None
+        refill = None
         if inv is not None:
             inv.detach_warm()
+            refill = inv.refill_warm
         if store is not None:
             self._closer.submit(self._close, store, refill)
 

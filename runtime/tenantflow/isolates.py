@@ -353,6 +353,7 @@ class IsolateCache:
         if self._release_owed and (emptied or time.monotonic() >= self._release_after):
             self._release_owed = False
             self._release_after = time.monotonic() + RELEASE_INTERVAL_SECONDS
+            self._trim_at = None  # the trim an idle host asked for happens here
             gc.collect()
             if _malloc_trim():
                 self.stats.trims += 1
