@@ -30,6 +30,8 @@ from wasmtime import component as cm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "runtime"))
 
+from tenantflow import capabilities, children  # noqa: E402
+from tenantflow.executor import CAPABILITIES, CHILDREN  # noqa: E402
 from tenantflow.fastcall import add_fast_func  # noqa: E402
 
 WIT = ROOT / "guest_sdk" / "wit" / "tenantflow.wit"
@@ -120,7 +122,7 @@ STEP_STATES = {
 }
 
 
-UNTIMED = ["end-attempt", "sleep", "sleep-until", "wait-for-event", "log"]
+UNTIMED = ["end-attempt", "sleep", "sleep-until", "wait-for-event", "log", "recorded-steps", "replayed"]
 
 
 def untimed(_store: Any, *_args: Any) -> None:
@@ -139,6 +141,10 @@ def make_linker(engine: wasmtime.Engine, add: Callable[..., None], state: str) -
         with root.add_instance("tenantflow:workflow/bench@0.1.0") as bench:
             add(bench, "echo", lambda _store, s: s)
             add(bench, "inc", lambda _store, x: x + 1)
+        for interface, functions in ((CHILDREN, children.HOST_FUNCTIONS), (CAPABILITIES, capabilities.HOST_FUNCTIONS)):
+            with root.add_instance(interface) as other:  # imported by the world, never called here
+                for name in functions:
+                    add(other, name, untimed)
     return linker
 
 
