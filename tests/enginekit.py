@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-from tenantflow.clock import Clock, ManualClock
+from tenantflow.clock import Clock, ManualClock, SystemClock
 from tenantflow.engine import Engine, TenantBinding
 from tenantflow.limits import Limits
 
@@ -32,16 +32,18 @@ async def open_engine(
     workers: int = 4,
     per_tenant: int | None = None,
     deploy: dict[str, str] | None = None,
+    processes: int = 0,
 ) -> AsyncIterator[Engine]:
-    """An open engine (on a ManualClock unless told otherwise); `deploy` maps tenant ->
-    test workflow folder to deploy for it."""
+    """An open engine (on a ManualClock unless told otherwise; runner processes need the
+    system clock); `deploy` maps tenant -> test workflow folder to deploy for it."""
     engine = Engine(
         db,
-        clock=clock or ManualClock(),
+        clock=clock or (SystemClock() if processes else ManualClock()),
         limits=limits,
         workers=workers,
         per_tenant_concurrency=per_tenant,
         artifact_dir=ARTIFACTS,
+        processes=processes,
     )
     async with engine:
         for tenant, folder in (deploy or {}).items():

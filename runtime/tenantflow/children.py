@@ -86,24 +86,12 @@ def _start(_: Any, name: str, specs: list[Any]) -> Any:
 
     answer = _answer(build)
     new_entry = jn.JournalEntry(seq=seq, kind="children", name=name, status="done", result=answer, started_at=now, ended_at=now)
-    record_op = jn.record_entry(inv.row.pk, inv.generation, new_entry, now=now)
-    insert_op = jn.insert_instances(created) if created and "ok" in json.loads(answer) else None
-
-    def op(c: sqlite3.Connection) -> Optional[list[int]]:
-        pks = None
-        if insert_op is not None:
-            try:
-                pks = insert_op(c)
-            except TenantflowError as exc:  # e.g. an explicit child id that already exists
-                new_entry.result = json.dumps({"err": {"name": type(exc).__name__, "message": str(exc)}})
-        record_op(c)
-        return pks
-
-    pks = inv.commit(op)  # children and the journal entry commit together
+    children = created if created and "ok" in json.loads(answer) else []
+    pks, new_entry.result = inv.commit(jn.start_children(inv.row.pk, inv.generation, new_entry, children))  # children and the entry together
     inv.journal.append(new_entry)
-    for pk in pks or []:
+    for pk in pks:
         inv.x.wake(pk, inv.row.tenant)
-    return _decode(new_entry.result or "{}", tagged=False)
+    return _decode(new_entry.result, tagged=False)
 
 
 def _child_rows(inv: Invocation, ids: list[str]) -> list[jn.InstanceRow]:

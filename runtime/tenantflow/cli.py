@@ -365,7 +365,9 @@ def _open_engine(db: Path) -> Any:
 @DB_OPTION
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--workers", default=4, show_default=True, type=int, help="Threads running guests.")
+@click.option("--workers", default=4, show_default=True, type=int, help="Invocations running at once.")
+@click.option("--processes", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Runner processes the invocations run in, one per core (0: this process's threads).")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True, help="JSON lines or key=value lines.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.option("--artifact-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -373,7 +375,7 @@ def _open_engine(db: Path) -> Any:
 @click.option("--public-metrics", is_flag=True, help="Serve /metrics without a platform-admin key.")
 @click.option("--grace-seconds", default=10.0, show_default=True, help="How long open requests may take to finish on shutdown.")
 def serve_command(
-    db: Path, host: str, port: int, workers: int, log_format: str, log_level: str, artifact_dir: Path | None,
+    db: Path, host: str, port: int, workers: int, processes: int, log_format: str, log_level: str, artifact_dir: Path | None,
     public_metrics: bool, grace_seconds: float,
 ) -> None:
     """Run the scheduler and the HTTP API on one database until SIGTERM.
@@ -383,7 +385,7 @@ def serve_command(
     """
     from .serve import serve
 
-    sys.exit(serve(db, host=host, port=port, workers=workers, log_format=log_format, log_level=log_level,  # type: ignore[arg-type]
+    sys.exit(serve(db, host=host, port=port, workers=workers, processes=processes, log_format=log_format, log_level=log_level,  # type: ignore[arg-type]
                    artifact_dir=artifact_dir, public_metrics=public_metrics, grace_seconds=grace_seconds))
 
 

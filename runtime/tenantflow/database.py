@@ -10,12 +10,14 @@ inside its own savepoint, so one failing operation does not undo the others.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, Protocol, TypeVar
 
 import aiosqlite
 
@@ -166,6 +168,19 @@ def migrate(path: Path | str) -> None:
         conn.close()
 
 
+class Writer(Protocol):
+    """What an invocation writes through: `GroupCommitWriter` in the engine's process,
+    `runner.RemoteWriter` (the same calls, over a socket to it) in a runner process."""
+
+    def run(self, op: WriteOp[T], after: Optional[Future[Any]] = None) -> T: ...
+
+    def submit(self, op: WriteOp[T], after: Optional[Future[Any]] = None) -> Future[T]: ...
+
+    def defer(self, op: WriteOp[T], after: Optional[Future[Any]] = None) -> Future[T]: ...
+
+    def wait(self, future: Future[T]) -> T: ...
+
+
 class GroupCommitWriter:
     """Runs queued write operations in shared transactions, one durable commit each.
 
@@ -175,6 +190,17 @@ class GroupCommitWriter:
     and nothing more). Otherwise it waits while the current leader commits, and the leader
     picks up what queued meanwhile. Fire-and-forget ops (`submit`) and asyncio callers are
     led by a background thread.
+
+    Runner processes (`runners.py`) send their writes to the engine's writer rather than
+    commit themselves. Another process may still write (a CLI command beside a running
+    server): each commit holds an exclusive `flock` on `<db>.write-lock` from BEGIN to
+    COMMIT, so a writer that has to wait sleeps in the kernel and wakes the moment it may
+    go on (SQLite's own busy handler would poll with sleeps of 1 ms and more).
+
+    `after`: an op may name the future of an earlier op whose failure must keep it from
+    applying (a durable call queued behind a step result that failed, see
+    `Invocation.commit`): it then fails with that op's exception instead, also when both
+    ran in the same batch.
     """
 
     max_batch = 512
@@ -182,40 +208,41 @@ class GroupCommitWriter:
     def __init__(self, path: Path | str) -> None:
         self._path = path
         self._conn = connect(path)
+        self._write_lock = os.open(f"{path}.write-lock", os.O_RDWR | os.O_CREAT, 0o644)
         self._queue: queue.SimpleQueue[tuple[WriteOp[Any], Future[Any]]] = queue.SimpleQueue()
         self._leader = threading.Lock()
         self._pending = threading.Event()
         self._closing = False
+        # Ops of the running batch that failed, until their futures are set (see `after`).
+        self._failed_in_batch: dict[Future[Any], BaseException] = {}
         self.commits = 0
         self.operations = 0
         self._thread = threading.Thread(target=self._background, name="tenantflow-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, op: WriteOp[T]) -> Future[T]:
+    def submit(self, op: WriteOp[T], after: Optional[Future[Any]] = None) -> Future[T]:
         """Queue `op`; the background leader commits it soon. Does not wait."""
-        future: Future[T] = Future()
-        self._queue.put((op, future))
+        future = self.defer(op, after)
         self._pending.set()
         return future
 
-    def defer(self, op: WriteOp[T]) -> Future[T]:
+    def defer(self, op: WriteOp[T], after: Optional[Future[Any]] = None) -> Future[T]:
         """Queue `op` to ride along with the next commit (or the background one within
         DEFER_MS): for bookkeeping that need not cost an fsync of its own."""
         future: Future[T] = Future()
-        self._queue.put((op, future))
+        self._queue.put((self._guarded(op, after), future))
         return future
 
-    def run(self, op: WriteOp[T]) -> T:
+    def run(self, op: WriteOp[T], after: Optional[Future[Any]] = None) -> T:
         """Run `op` and wait until it is durably committed (leading the commit if free)."""
-        future: Future[T] = Future()
-        self._queue.put((op, future))
-        self._lead()
+        future = self.defer(op, after)
+        self.lead()
         return future.result()
 
     def wait(self, future: Future[T]) -> T:
         """Wait for a `defer`red op, leading the commit if no one is committing."""
         if not future.done():
-            self._lead()
+            self.lead()
         return future.result()
 
     async def arun(self, op: WriteOp[T]) -> T:
@@ -226,32 +253,53 @@ class GroupCommitWriter:
             self._closing = True
             self._pending.set()
             self._thread.join()
-        self._lead()  # anything queued at the last moment
+        self.lead()  # anything queued at the last moment
         self._conn.close()
+        os.close(self._write_lock)
+
+    def _guarded(self, op: WriteOp[T], after: Optional[Future[Any]]) -> WriteOp[T]:
+        if after is None:
+            return op
+
+        def guarded(conn: sqlite3.Connection) -> T:
+            failure = self._failed_in_batch.get(after)
+            if failure is None and after.done():
+                failure = after.exception()
+            if failure is not None:
+                raise failure
+            return op(conn)
+
+        return guarded
 
     def _background(self) -> None:
         while True:
             self._pending.wait(DEFER_MS / 1000)
             self._pending.clear()
-            self._lead()
+            self.lead()
             if self._closing:
                 return
 
-    def _lead(self) -> None:
+    def lead(self) -> None:
         """Commit queued work until the queue is empty or another thread leads. A leader
         re-checks the queue after releasing, so no queued op is left without a leader."""
         while not self._queue.empty():
             if not self._leader.acquire(blocking=False):
                 return  # the current leader will see our op
             try:
-                batch: list[tuple[WriteOp[Any], Future[Any]]] = []
-                while len(batch) < self.max_batch:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                if batch:
-                    self._commit(self._conn, batch)
+                # The batch is taken once the file lock is held: what queued while another
+                # process committed rides along.
+                fcntl.flock(self._write_lock, fcntl.LOCK_EX)
+                try:
+                    batch: list[tuple[WriteOp[Any], Future[Any]]] = []
+                    while len(batch) < self.max_batch:
+                        try:
+                            batch.append(self._queue.get_nowait())
+                        except queue.Empty:
+                            break
+                    if batch:
+                        self._commit(self._conn, batch)
+                finally:
+                    fcntl.flock(self._write_lock, fcntl.LOCK_UN)
             finally:
                 self._leader.release()
 
@@ -272,6 +320,7 @@ class GroupCommitWriter:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     outcomes.append((future, None, exc))
+                    self._failed_in_batch[future] = exc
                 else:
                     conn.execute("RELEASE op")
                     outcomes.append((future, result, None))
@@ -279,9 +328,11 @@ class GroupCommitWriter:
         except BaseException as exc:  # noqa: BLE001 - e.g. disk full: nothing in the batch committed
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._failed_in_batch.clear()
             for _, future in batch:
                 future.set_exception(exc)
             return
+        self._failed_in_batch.clear()
         self.commits += 1
         self.operations += len(batch)
         for future, result, error in outcomes:

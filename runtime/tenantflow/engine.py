@@ -45,8 +45,10 @@ from .models import (
 )
 from .policy import DEFAULT_POLICY, TenantPolicy
 from .registry import ComponentStore, digest_of
+from .runner import RunnerConfig
+from .runners import RunnerPool
 from .sandbox import EpochTicker, SandboxConfig, make_engine
-from .scheduler import Scheduler
+from .scheduler import Dispatch, LocalDispatch, Scheduler
 from .stats import EngineStats, engine_stats
 from .warm import WarmPool
 
@@ -98,6 +100,7 @@ class Engine:
         loader: Optional[Loader] = None,
         warm_instances: int = 2,
         pool_slots: Optional[int] = None,
+        processes: int = 0,
     ) -> None:
         self.path = Path(path)
         self.clock: Clock = clock or SystemClock()
@@ -115,6 +118,14 @@ class Engine:
         # Instances alive at once: one per worker, the warm ones (and one warming), and room
         # for a store being closed and a deploy inspection or upgrade check (sandbox.py).
         self.pool_slots = pool_slots or workers + warm_instances + 3
+        # Runner processes (runners.py): 0 runs invocations on this process's threads; N
+        # spreads the `workers` concurrent invocations over N processes (one GIL each).
+        if processes < 0 or (processes and workers < processes):
+            raise InvalidInput(f"processes must be between 0 and workers ({workers}), got {processes}")
+        if processes and not self.clock.real_time:
+            raise InvalidInput("runner processes need the system clock (a manual or fast-forward clock lives in this process only)")
+        self.processes = processes
+        self.runners: Optional[RunnerPool] = None
         self.host_id = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._opened = False
         self._lock_file: Optional[IO[str]] = None
@@ -161,12 +172,31 @@ class Engine:
             policy_for=self.policy_for,
             wake=self._wake_threadsafe,
         )
-        if self.run_scheduler and self.warm_instances > 0:
-            self.executor.warm = WarmPool(self.wasm_engine, self.executor.linker, max_total=self.warm_instances, on_instantiate=self._count_instantiation)
-            self.isolates.on_evict.append(self.executor.warm.discard)  # an idle host lets go of all
-        self.scheduler = Scheduler(self.executor, self.clock, workers=self.workers, per_tenant=self.per_tenant_concurrency)
+        dispatch: Dispatch
+        if self.run_scheduler and self.processes:
+            assert self._lock_file is not None
+            self.runners = RunnerPool(
+                processes=self.processes,
+                lanes=self.workers,
+                writer=self.writer,
+                config=self._runner_config,
+                load=self.executor.load_component_bytes,
+                wake=self._wake_threadsafe,
+                policy_for=self.policy_for,
+                host_lock_fd=self._lock_file.fileno(),
+            )
+            await asyncio.to_thread(self.runners.open, self._loop)
+            dispatch = self.runners
+        else:
+            if self.run_scheduler and self.warm_instances > 0:
+                self.executor.warm = WarmPool(self.wasm_engine, self.executor.linker, max_total=self.warm_instances, on_instantiate=self._count_instantiation)
+                self.isolates.on_evict.append(self.executor.warm.discard)  # an idle host lets go of all
+            dispatch = LocalDispatch(self.executor, self.workers)
+        self.scheduler = Scheduler(dispatch, self.clock, workers=self.workers, per_tenant=self.per_tenant_concurrency)
         self.scheduler.on_idle.append(lambda: self.isolates.trim_soon(busy=lambda: not self.scheduler.idle))
         self.executor.backlog = lambda: self.scheduler.queued_count > 0
+        if self.runners is not None:
+            self.scheduler.on_backlog.append(self.runners.set_backlog)
         self.isolates.on_evict.append(self.executor.exports.forget)  # let evicted components go
         self._opened = True
         await self._load_manifests()
@@ -204,6 +234,26 @@ class Engine:
         handle.write(self.host_id)
         handle.flush()
         self._lock_file = handle
+
+    def _runner_config(self, index: int, lanes: int) -> RunnerConfig:
+        """A runner's settings: this engine's, pinned to a core of its own (round robin
+        over the cores this process may use), with the isolate cache split between the
+        runners (each caches mostly the components of the tenants routed to it)."""
+        max_count, max_bytes, idle = self._cache_args
+        cpus = sorted(os.sched_getaffinity(0))
+        return RunnerConfig(
+            name=f"runner-{index}",
+            db=str(self.path),
+            artifact_dir=str(self.artifact_dir) if self.artifact_dir else None,
+            sandbox=self.sandbox_config,
+            limits=self.limits,
+            warm_instances=self.warm_instances,
+            pool_slots=lanes + self.warm_instances + 3,
+            cpu=cpus[index % len(cpus)] if len(cpus) > 1 else None,
+            cache_max_count=max(4, max_count // self.processes),
+            cache_max_bytes=max(64 * isolates.MiB, max_bytes // self.processes),
+            cache_idle_seconds=idle,
+        )
 
     # ---- tenant policy ---------------------------------------------------------------
     def set_policy(self, tenant: str, policy: TenantPolicy) -> None:

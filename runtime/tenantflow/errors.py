@@ -26,6 +26,9 @@ class InstanceNotFound(TenantflowError, LookupError):
         super().__init__(f"instance {instance_id!r} not found")
         self.instance_id = instance_id
 
+    def __reduce__(self) -> tuple[type, tuple[str]]:  # pickles (runner processes) with its id, not its message
+        return type(self), (self.instance_id,)
+
 
 class InstanceAlreadyExists(TenantflowError):
     code = "already_exists"
@@ -33,6 +36,9 @@ class InstanceAlreadyExists(TenantflowError):
     def __init__(self, instance_id: str) -> None:
         super().__init__(f"instance {instance_id!r} already exists")
         self.instance_id = instance_id
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return type(self), (self.instance_id,)
 
 
 class InvalidState(TenantflowError):

@@ -23,7 +23,7 @@ from wasmtime import component as wc
 
 from . import journal as jn
 from .clock import Clock
-from .database import GroupCommitWriter, Readers
+from .database import Readers, Writer
 from .exports import ExportCalls
 from .isolates import IsolateCache
 from .limits import EVENT_TYPE, Limits, format_bytes
@@ -186,7 +186,6 @@ class Invocation:
         self.log_dropped = 0
         self.out_of_memory = False  # the guest reported running out of memory on stderr
         self.in_flight: Optional[Future[Any]] = None  # a step result queued to commit
-        self.write_error: Optional[BaseException] = None  # how a queued step result failed
         self.prefix_len = -1  # steps handed to the guest by recorded-steps (-1: not asked)
 
     # ---- helpers ---------------------------------------------------------------------
@@ -194,19 +193,10 @@ class Invocation:
         return self.x.clock.now_ms()
 
     def commit(self, op: Callable[[Any], Any]) -> Any:
-        pending = self.in_flight
-
-        def after_pending(conn: Any) -> Any:
-            # Writes apply in queue order: if the step result queued before this op failed
-            # (its op, or its batch's commit), this op must not apply without it.
-            if pending is not None and pending.done() and pending.exception() is not None:
-                raise pending.exception()  # type: ignore[misc]
-            if self.write_error is not None:
-                raise self.write_error
-            return op(conn)
-
+        # Writes apply in queue order, and this one only if the step result queued before
+        # it did not fail (its op, or its batch's commit): it commits with it.
         try:
-            result = self.x.writer.run(after_pending)  # commits a queued step result with it
+            result = self.x.writer.run(op, after=self.in_flight)
         except jn.Fenced:
             raise Unwind("cancelled") from None
         self.await_durable()
@@ -219,15 +209,7 @@ class Invocation:
         can do nothing outside the instance before that call: every effect (a step body,
         a child, a capability, the outcome) is behind one, and each waits for it."""
         self.await_durable()
-
-        def noting_failure(conn: Any) -> Any:
-            try:
-                return op(conn)
-            except BaseException as exc:
-                self.write_error = exc
-                raise
-
-        self.in_flight = self.x.writer.defer(noting_failure)
+        self.in_flight = self.x.writer.defer(op)
 
     def await_durable(self) -> None:
         """Make the queued step result durable (leading the commit if nobody is)."""
@@ -695,7 +677,7 @@ class Executor:
 
     linker: wc.Linker
     cache: IsolateCache
-    writer: GroupCommitWriter
+    writer: Writer
     readers: Readers
     clock: Clock
     limits: Limits

@@ -1,9 +1,11 @@
 """The durable record of instances: envelopes, journal entries, events and logs.
 
 Reads return plain dataclasses; writes are functions of a connection that the
-group-commit writer runs. Every write an invocation makes is fenced by the instance's
-generation: terminate and restart bump it, so a late write from an abandoned invocation
-changes nothing.
+group-commit writer runs. The writes an invocation makes are `functools.partial`s of
+module-level functions over plain data, so that they pickle: a runner process
+(`runner.py`) sends them to the engine's writer. Every write an invocation makes is
+fenced by the instance's generation: terminate and restart bump it, so a late write from
+an abandoned invocation changes nothing.
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Generic, Iterable, Optional, TypeVar
 
 import aiosqlite
 
-from .errors import InstanceAlreadyExists, UnknownWorkflow
+from .errors import InstanceAlreadyExists, TenantflowError, UnknownWorkflow
 
 ACTIVE = ("queued", "running", "waiting", "waitingForPause")
 FINISHED = ("complete", "errored", "terminated")
 R = TypeVar("R")
+WriteOp = Callable[[sqlite3.Connection], R]
 STATUSES = ("queued", "running", "paused", "waitingForPause", "waiting", "errored", "terminated", "complete")
 
 INSTANCE_COLUMNS = (
@@ -216,34 +220,34 @@ def component_query(digest: str) -> Query[Optional[tuple[str, int, list[str]]]]:
 
 # ---- writes (run by the group-commit writer) ----------------------------------------
 
-def insert_instances(new: list[NewInstance]) -> Callable[[sqlite3.Connection], list[int]]:
+def insert_instances(new: list[NewInstance]) -> WriteOp[list[int]]:
     """All or nothing: a duplicate id fails the whole batch, naming the id."""
+    return partial(_insert_instances, new)
 
-    def op(conn: sqlite3.Connection) -> list[int]:
-        pks = []
-        current: dict[tuple[str, str], str] = {}
-        for inst in new:
-            digest = inst.digest
-            if digest is None:  # the deployed version, read in the same transaction
-                key = (inst.tenant, inst.workflow)
-                if key not in current:
-                    found = current_digest_query(*key).run(conn)
-                    if found is None:
-                        raise UnknownWorkflow(f"tenant {inst.tenant!r} has no deployed workflow {inst.workflow!r}")
-                    current[key] = found
-                digest = current[key]
-            try:
-                cur = conn.execute(
-                    "INSERT INTO instances (tenant, id, workflow, digest, params, metadata, status, created_at, updated_at, parent_pk) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-                    (inst.tenant, inst.id, inst.workflow, digest, inst.params, inst.metadata, inst.created_at, inst.created_at, inst.parent_pk),
-                )
-            except sqlite3.IntegrityError:
-                raise InstanceAlreadyExists(inst.id) from None
-            pks.append(int(cur.lastrowid or 0))
-        return pks
 
-    return op
+def _insert_instances(new: list[NewInstance], conn: sqlite3.Connection) -> list[int]:
+    pks = []
+    current: dict[tuple[str, str], str] = {}
+    for inst in new:
+        digest = inst.digest
+        if digest is None:  # the deployed version, read in the same transaction
+            key = (inst.tenant, inst.workflow)
+            if key not in current:
+                found = current_digest_query(*key).run(conn)
+                if found is None:
+                    raise UnknownWorkflow(f"tenant {inst.tenant!r} has no deployed workflow {inst.workflow!r}")
+                current[key] = found
+            digest = current[key]
+        try:
+            cur = conn.execute(
+                "INSERT INTO instances (tenant, id, workflow, digest, params, metadata, status, created_at, updated_at, parent_pk) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (inst.tenant, inst.id, inst.workflow, digest, inst.params, inst.metadata, inst.created_at, inst.created_at, inst.parent_pk),
+            )
+        except sqlite3.IntegrityError:
+            raise InstanceAlreadyExists(inst.id) from None
+        pks.append(int(cur.lastrowid or 0))
+    return pks
 
 
 def _fence(conn: sqlite3.Connection, pk: int, generation: int) -> None:
@@ -252,17 +256,18 @@ def _fence(conn: sqlite3.Connection, pk: int, generation: int) -> None:
         raise Fenced()
 
 
-def start_invocation(pk: int, generation: int, owner: str, lease_until: int, now: int) -> Callable[[sqlite3.Connection], None]:
-    def op(conn: sqlite3.Connection) -> None:
-        _fence(conn, pk, generation)
-        conn.execute(
-            "UPDATE instances SET status = CASE WHEN pause_requested THEN 'waitingForPause' ELSE 'running' END, "
-            "started_at = COALESCE(started_at, ?), updated_at=?, claim_owner=?, lease_until=?, wake_at=NULL, waiting_for=NULL, "
-            "error_name=NULL, error_message=NULL WHERE pk=?",
-            (now, now, owner, lease_until, pk),
-        )
+def start_invocation(pk: int, generation: int, owner: str, lease_until: int, now: int) -> WriteOp[None]:
+    return partial(_start_invocation, pk, generation, owner, lease_until, now)
 
-    return op
+
+def _start_invocation(pk: int, generation: int, owner: str, lease_until: int, now: int, conn: sqlite3.Connection) -> None:
+    _fence(conn, pk, generation)
+    conn.execute(
+        "UPDATE instances SET status = CASE WHEN pause_requested THEN 'waitingForPause' ELSE 'running' END, "
+        "started_at = COALESCE(started_at, ?), updated_at=?, claim_owner=?, lease_until=?, wake_at=NULL, waiting_for=NULL, "
+        "error_name=NULL, error_message=NULL WHERE pk=?",
+        (now, now, owner, lease_until, pk),
+    )
 
 
 def _upsert_entry(conn: sqlite3.Connection, pk: int, e: JournalEntry) -> None:
@@ -291,93 +296,119 @@ def record_entry(
     suspend: Optional[tuple[Optional[int], Optional[str]]] = None,
     consume_event: Optional[int] = None,
     now: int,
-) -> Callable[[sqlite3.Connection], Optional[str]]:
+) -> WriteOp[Optional[str]]:
     """Record one journal entry; optionally consume an event and suspend the instance
     (wake time, awaited event type) in the same transaction. Returns the new status when
     suspending (`waiting`, or `paused` if a pause was requested)."""
-
-    def op(conn: sqlite3.Connection) -> Optional[str]:
-        _fence(conn, pk, generation)
-        _upsert_entry(conn, pk, entry)
-        if consume_event is not None:
-            cur = conn.execute("UPDATE events SET consumed_seq=? WHERE pk=? AND consumed_seq IS NULL", (entry.seq, consume_event))
-            if cur.rowcount != 1:
-                raise Fenced()
-        if suspend is not None:
-            return _suspend(conn, pk, suspend[0], suspend[1], now)
-        return None
-
-    return op
+    return partial(_record_entry, pk, generation, entry, suspend, consume_event, now)
 
 
-def mark_paused(pk: int, generation: int, now: int) -> Callable[[sqlite3.Connection], None]:
-    def op(conn: sqlite3.Connection) -> None:
-        _fence(conn, pk, generation)
-        conn.execute(
-            "UPDATE instances SET status='paused', updated_at=?, claim_owner=NULL, lease_until=NULL WHERE pk=?", (now, pk)
-        )
-
-    return op
-
-
-def finish(
-    pk: int, generation: int, status: str, output: Optional[str], error: Optional[tuple[str, str]], now: int
-) -> Callable[[sqlite3.Connection], None]:
-    def op(conn: sqlite3.Connection) -> None:
-        _fence(conn, pk, generation)
-        conn.execute(
-            "UPDATE instances SET status=?, output=?, error_name=?, error_message=?, ended_at=?, updated_at=?, "
-            "wake_at=NULL, waiting_for=NULL, pause_requested=0, claim_owner=NULL, lease_until=NULL WHERE pk=?",
-            (status, output, error[0] if error else None, error[1] if error else None, now, now, pk),
-        )
-
-    return op
+def _record_entry(
+    pk: int,
+    generation: int,
+    entry: JournalEntry,
+    suspend: Optional[tuple[Optional[int], Optional[str]]],
+    consume_event: Optional[int],
+    now: int,
+    conn: sqlite3.Connection,
+) -> Optional[str]:
+    _fence(conn, pk, generation)
+    _upsert_entry(conn, pk, entry)
+    if consume_event is not None:
+        cur = conn.execute("UPDATE events SET consumed_seq=? WHERE pk=? AND consumed_seq IS NULL", (entry.seq, consume_event))
+        if cur.rowcount != 1:
+            raise Fenced()
+    if suspend is not None:
+        return _suspend(conn, pk, suspend[0], suspend[1], now)
+    return None
 
 
-def loader_failed(pk: int, generation: int, wake_at: int, message: str, now: int) -> Callable[[sqlite3.Connection], None]:
+def start_children(pk: int, generation: int, entry: JournalEntry, children: list[NewInstance]) -> WriteOp[tuple[list[int], str]]:
+    """Insert a parent's children and its journal entry (the `start` answer) together;
+    returns the children's pks and the answer recorded. An insert that fails (an explicit
+    child id that exists) becomes the recorded answer."""
+    return partial(_start_children, pk, generation, entry, children)
+
+
+def _start_children(pk: int, generation: int, entry: JournalEntry, children: list[NewInstance], conn: sqlite3.Connection) -> tuple[list[int], str]:
+    pks: list[int] = []
+    if children:
+        try:
+            pks = _insert_instances(children, conn)
+        except TenantflowError as exc:
+            entry.result = json.dumps({"err": {"name": type(exc).__name__, "message": str(exc)}})
+    _record_entry(pk, generation, entry, None, None, entry.ended_at or 0, conn)
+    return pks, entry.result or "{}"
+
+
+def mark_paused(pk: int, generation: int, now: int) -> WriteOp[None]:
+    return partial(_mark_paused, pk, generation, now)
+
+
+def _mark_paused(pk: int, generation: int, now: int, conn: sqlite3.Connection) -> None:
+    _fence(conn, pk, generation)
+    conn.execute("UPDATE instances SET status='paused', updated_at=?, claim_owner=NULL, lease_until=NULL WHERE pk=?", (now, pk))
+
+
+def finish(pk: int, generation: int, status: str, output: Optional[str], error: Optional[tuple[str, str]], now: int) -> WriteOp[None]:
+    return partial(_finish, pk, generation, status, output, error, now)
+
+
+def _finish(
+    pk: int, generation: int, status: str, output: Optional[str], error: Optional[tuple[str, str]], now: int, conn: sqlite3.Connection
+) -> None:
+    _fence(conn, pk, generation)
+    conn.execute(
+        "UPDATE instances SET status=?, output=?, error_name=?, error_message=?, ended_at=?, updated_at=?, "
+        "wake_at=NULL, waiting_for=NULL, pause_requested=0, claim_owner=NULL, lease_until=NULL WHERE pk=?",
+        (status, output, error[0] if error else None, error[1] if error else None, now, now, pk),
+    )
+
+
+def loader_failed(pk: int, generation: int, wake_at: int, message: str, now: int) -> WriteOp[None]:
     """The instance's code could not be loaded: it waits (error shown) and retries."""
-
-    def op(conn: sqlite3.Connection) -> None:
-        _fence(conn, pk, generation)
-        conn.execute(
-            "UPDATE instances SET status='waiting', wake_at=?, error_name='LoaderError', error_message=?, updated_at=?, "
-            "claim_owner=NULL, lease_until=NULL WHERE pk=?",
-            (wake_at, message, now, pk),
-        )
-
-    return op
+    return partial(_loader_failed, pk, generation, wake_at, message, now)
 
 
-def requeue(pk: int, generation: int, now: int) -> Callable[[sqlite3.Connection], None]:
+def _loader_failed(pk: int, generation: int, wake_at: int, message: str, now: int, conn: sqlite3.Connection) -> None:
+    _fence(conn, pk, generation)
+    conn.execute(
+        "UPDATE instances SET status='waiting', wake_at=?, error_name='LoaderError', error_message=?, updated_at=?, "
+        "claim_owner=NULL, lease_until=NULL WHERE pk=?",
+        (wake_at, message, now, pk),
+    )
+
+
+def requeue(pk: int, generation: int, now: int) -> WriteOp[None]:
     """Hand an instance back to the queue (e.g. its code could not be loaded yet)."""
-
-    def op(conn: sqlite3.Connection) -> None:
-        _fence(conn, pk, generation)
-        conn.execute("UPDATE instances SET status='queued', updated_at=?, claim_owner=NULL, lease_until=NULL WHERE pk=?", (now, pk))
-
-    return op
+    return partial(_requeue, pk, generation, now)
 
 
-def append_logs(pk: int, lines: list[tuple[int, str, str]], limit_bytes: int, dropped_before: int = 0) -> Callable[[sqlite3.Connection], None]:
+def _requeue(pk: int, generation: int, now: int, conn: sqlite3.Connection) -> None:
+    _fence(conn, pk, generation)
+    conn.execute("UPDATE instances SET status='queued', updated_at=?, claim_owner=NULL, lease_until=NULL WHERE pk=?", (now, pk))
+
+
+def append_logs(pk: int, lines: list[tuple[int, str, str]], limit_bytes: int, dropped_before: int = 0) -> WriteOp[None]:
     """Store log lines up to the instance's byte budget; count the rest (and the
     `dropped_before` bytes the invocation already discarded) as dropped."""
+    return partial(_append_logs, pk, lines, limit_bytes, dropped_before)
 
-    def op(conn: sqlite3.Connection) -> None:
-        row = conn.execute("SELECT log_bytes FROM instances WHERE pk=?", (pk,)).fetchone()
-        if row is None:
-            return
-        used, kept, dropped = row[0], [], dropped_before
-        for at, stream, message in lines:
-            size = len(message.encode())
-            if used + size > limit_bytes:
-                dropped += size
-                continue
-            used += size
-            kept.append((pk, at, stream, message))
-        conn.executemany("INSERT INTO logs (instance_pk, at, stream, message) VALUES (?, ?, ?, ?)", kept)
-        conn.execute("UPDATE instances SET log_bytes=?, log_dropped=log_dropped+? WHERE pk=?", (used, dropped, pk))
 
-    return op
+def _append_logs(pk: int, lines: list[tuple[int, str, str]], limit_bytes: int, dropped_before: int, conn: sqlite3.Connection) -> None:
+    row = conn.execute("SELECT log_bytes FROM instances WHERE pk=?", (pk,)).fetchone()
+    if row is None:
+        return
+    used, kept, dropped = row[0], [], dropped_before
+    for at, stream, message in lines:
+        size = len(message.encode())
+        if used + size > limit_bytes:
+            dropped += size
+            continue
+        used += size
+        kept.append((pk, at, stream, message))
+    conn.executemany("INSERT INTO logs (instance_pk, at, stream, message) VALUES (?, ?, ?, ?)", kept)
+    conn.execute("UPDATE instances SET log_bytes=?, log_dropped=log_dropped+? WHERE pk=?", (used, dropped, pk))
 
 
 # ---- control operations (the API) -------------------------------------------------
@@ -479,18 +510,18 @@ class EventSent:
     waiting_for: Optional[str]
 
 
-def send_event(tenant: str, instance_id: str, event_type: str, payload: str, now: int) -> Callable[[sqlite3.Connection], EventSent]:
+def send_event(tenant: str, instance_id: str, event_type: str, payload: str, now: int) -> WriteOp[EventSent]:
     """Store the event durably; it is delivered to the first wait for its type (FIFO)."""
+    return partial(_send_event, tenant, instance_id, event_type, payload, now)
 
-    def op(conn: sqlite3.Connection) -> EventSent:
-        pk, status, _, _ = _require(conn, tenant, instance_id)
-        if status in FINISHED:
-            raise _invalid(instance_id, status, "send an event to")
-        conn.execute("INSERT INTO events (instance_pk, event_type, payload, created_at) VALUES (?, ?, ?, ?)", (pk, event_type, payload, now))
-        waiting_for = conn.execute("SELECT waiting_for FROM instances WHERE pk=?", (pk,)).fetchone()[0]
-        return EventSent(pk, tenant, status, waiting_for)
 
-    return op
+def _send_event(tenant: str, instance_id: str, event_type: str, payload: str, now: int, conn: sqlite3.Connection) -> EventSent:
+    pk, status, _, _ = _require(conn, tenant, instance_id)
+    if status in FINISHED:
+        raise _invalid(instance_id, status, "send an event to")
+    conn.execute("INSERT INTO events (instance_pk, event_type, payload, created_at) VALUES (?, ?, ?, ?)", (pk, event_type, payload, now))
+    waiting_for = conn.execute("SELECT waiting_for FROM instances WHERE pk=?", (pk,)).fetchone()[0]
+    return EventSent(pk, tenant, status, waiting_for)
 
 
 def record_component(digest: str, size: int, workflows: list[str], now: int) -> Callable[[sqlite3.Connection], None]:

@@ -4,7 +4,8 @@
   concurrency cap, so one tenant's thousand instances cannot starve another's one.
 - Timers (sleeps, retry backoffs, wait timeouts) live in an in-memory heap fed from the
   database (rebuilt on start); no polling of the instances table.
-- Guests run on a bounded thread pool; the asyncio loop only routes.
+- Guests run on a bounded thread pool of this process (`LocalDispatch`) or in runner
+  processes (`runners.RunnerPool`); the asyncio loop only routes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import heapq
 import logging
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 from .clock import Clock, FastForwardClock, ManualClock
 from .executor import Control, Executor, InvocationResult
@@ -23,13 +24,36 @@ log = logging.getLogger("tenantflow.scheduler")
 HOST_FAILURE_RETRY_MS = 1000
 
 
-class Scheduler:
-    def __init__(self, executor: Executor, clock: Clock, *, workers: int, per_tenant: int) -> None:
+class Dispatch(Protocol):
+    """Where invocations run: `start` begins one and returns the signals it obeys and its
+    result (resolved on the event loop); `close` stops what still runs after `Scheduler.close`."""
+
+    def start(self, pk: int, tenant: str) -> tuple[Control, "asyncio.Future[InvocationResult]"]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalDispatch:
+    """Invocations on a thread pool of this process (wasmtime releases the GIL in guest code)."""
+
+    def __init__(self, executor: Executor, workers: int) -> None:
         self._executor = executor
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenantflow-worker")
+
+    def start(self, pk: int, tenant: str) -> tuple[Control, "asyncio.Future[InvocationResult]"]:
+        control = Control()
+        return control, asyncio.get_running_loop().run_in_executor(self._pool, self._executor.invoke, pk, control)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Scheduler:
+    def __init__(self, dispatch: Dispatch, clock: Clock, *, workers: int, per_tenant: int) -> None:
+        self._dispatch = dispatch
         self._clock = clock
         self.workers = workers
         self.per_tenant = max(1, per_tenant)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenantflow-worker")
         self._ready: dict[str, deque[int]] = {}
         self._ring: deque[str] = deque()
         self._queued: set[int] = set()
@@ -46,6 +70,8 @@ class Scheduler:
         self._closing = False
         self.on_finished: list[Callable[[int, InvocationResult], None]] = []
         self.on_idle: list[Callable[[], None]] = []  # the last running invocation ended, none queued
+        self.on_backlog: list[Callable[[bool], None]] = []  # whether instances wait for a worker, on each change
+        self._backlog = False
         self.finished_seq = 0  # invocations finished so far (see `changed`)
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -76,7 +102,7 @@ class Scheduler:
         # did after their last commit is lost: they replay on the next start.
         for control in self._running.values():
             control.cancelled = True
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._dispatch.close()
 
     # ---- queueing --------------------------------------------------------------------
     def make_ready(self, pk: int, tenant: str) -> None:
@@ -113,6 +139,14 @@ class Scheduler:
                     self._ready[tenant].remove(pk)
                 except ValueError:
                     pass
+            self._note_backlog()
+
+    def _note_backlog(self) -> None:
+        backlog = bool(self._queued)
+        if backlog != self._backlog:
+            self._backlog = backlog
+            for listener in self.on_backlog:
+                listener(backlog)
 
     def control(self, pk: int) -> Optional[Control]:
         return self._running.get(pk)
@@ -159,15 +193,14 @@ class Scheduler:
                 self._start(pk, tenant)
                 break
             else:
-                return  # every tenant with work is at its cap
+                break  # every tenant with work is at its cap
+        self._note_backlog()
 
     def _start(self, pk: int, tenant: str) -> None:
-        assert self._loop is not None
         self._queued.discard(pk)
-        control = Control()
+        control, future = self._dispatch.start(pk, tenant)
         self._running[pk] = control
         self._running_by_tenant[tenant] += 1
-        future = self._loop.run_in_executor(self._pool, self._executor.invoke, pk, control)
         future.add_done_callback(lambda f: self._finished(pk, tenant, f))
 
     def _finished(self, pk: int, tenant: str, future: "asyncio.Future[InvocationResult]") -> None:

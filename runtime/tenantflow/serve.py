@@ -76,6 +76,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     workers: int = 4,
+    processes: int = 0,
     log_format: LogFormat = "json",
     log_level: str = "info",
     artifact_dir: Optional[Path] = None,
@@ -89,7 +90,7 @@ def serve(
 
     configure_logging(log_format, log_level)
     log = logging.getLogger("tenantflow.serve")
-    app = create_standalone_app(db, workers=workers, artifact_dir=artifact_dir, public_metrics=public_metrics)
+    app = create_standalone_app(db, workers=workers, processes=processes, artifact_dir=artifact_dir, public_metrics=public_metrics)
     config = uvicorn.Config(
         app,
         host=host,
@@ -105,7 +106,7 @@ def serve(
     # handlers that were there before it: these make a graceful stop exit with status 0.
     received: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in (signal.SIGTERM, signal.SIGINT)}
-    log.info("starting", extra={"db": str(db), "host": host, "port": port, "workers": workers, "pid": os.getpid()})
+    log.info("starting", extra={"db": str(db), "host": host, "port": port, "workers": workers, "processes": processes, "pid": os.getpid()})
     try:
         server.run()
     finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from pydantic import BaseModel
 
@@ -36,10 +36,19 @@ class SchedulerStats(BaseModel):
     queued: int
 
 
+class RunnerStats(BaseModel):
+    """Runner processes (`Engine(processes=N)`); their isolate caches are their own."""
+
+    processes: int
+    pids: list[int]
+    restarts: int
+
+
 class EngineStats(BaseModel):
     isolates: IsolateStats
     writer: WriterStats
     scheduler: SchedulerStats
+    runners: Optional[RunnerStats] = None
 
 
 def engine_stats(engine: "Engine") -> EngineStats:
@@ -63,4 +72,5 @@ def engine_stats(engine: "Engine") -> EngineStats:
         ),
         writer=WriterStats(commits=engine.writer.commits, operations=engine.writer.operations),
         scheduler=SchedulerStats(running=scheduler.running_count, queued=scheduler.queued_count),
+        runners=RunnerStats(processes=engine.runners.processes, pids=engine.runners.pids, restarts=engine.runners.restarts) if engine.runners else None,
     )
