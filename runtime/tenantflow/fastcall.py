@@ -18,8 +18,9 @@ one); enums and strings are `str`, `list<u8>` is `bytes`, other lists `list`, tu
 through wasmtime-py's own `convert_from_c` / `convert_to_c`.
 
 Errors: exceptions from the host function, or from converting its result (same types
-and messages as wasmtime-py's), go through wasmtime-py's `catch_exceptions`, so the
-guest traps and the export call re-raises the very same exception object.
+and messages as wasmtime-py's), are handled as wasmtime-py's `catch_exceptions` does
+(inlined in `_trampoline`), so the guest traps and the export call re-raises the very
+same exception object.
 
 Memory: the C API owns an import's argument values and drops them after the callback, so
 lifting only reads them. Results are built with the C API's allocators in its result
@@ -73,8 +74,9 @@ from wasmtime.component import (
     ValType,
     Variant,
     VariantType,
+    _enter,
 )
-from wasmtime.component._enter import catch_exceptions, enter_wasm
+from wasmtime.component._enter import enter_wasm
 
 __all__ = ["add_fast_func", "fast_call"]
 
@@ -915,7 +917,11 @@ _FUNCS: Slab[_FastFunc] = Slab()
 
 def _trampoline(data: Optional[int], context: Any, ty: int, args: Optional[int], nargs: int,
                 results: Optional[int], nresults: int) -> Any:
-    def run(store: StoreContext) -> None:
+    # wasmtime-py's `catch_exceptions`, inlined (no closure per call): a Python exception
+    # becomes a trap here and is re-raised, as the same object, by the `enter_wasm` of the
+    # export call.
+    store = StoreContext(context)
+    try:
         entry = _FUNCS.get(data or 0)
         plan = _find_plan(entry.plans, ty, nargs, nresults)
         result = entry.func(store, *plan.lift_args(args or 0))
@@ -923,10 +929,15 @@ def _trampoline(data: Optional[int], context: Any, ty: int, args: Optional[int],
             assert result is None  # as wasmtime-py's func_impl
         else:
             plan.result.lower(store, result, results or 0)
-
-    # wasmtime-py's own machinery: a Python exception becomes a trap here and is
-    # re-raised, as the same object, by the `enter_wasm` of the export call.
-    return catch_exceptions(context, run)
+        return 0
+    except WasmtimeError as exc:
+        error = exc
+    except Exception as exc:
+        _enter.LAST_EXCEPTION = exc
+        error = WasmtimeError("python exception")
+    finally:
+        store._invalidate()
+    return ctypes.cast(error._consume(), c_void_p).value
 
 
 def _finalize(data: Optional[int]) -> None:
