@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from enum import IntEnum
 from typing import Any, Optional
 
 import pytest
@@ -22,7 +23,7 @@ from tenantflow_guest import (  # noqa: E402
 from tenantflow_guest._durations import to_epoch_ms, to_ms  # noqa: E402
 from tenantflow_guest._host import Done, Execute, Failed, ReceivedEvent, StepOptions, StepState  # noqa: E402
 from tenantflow_guest._runtime import find_workflows, run_workflow  # noqa: E402
-from tenantflow_guest._step import step_options  # noqa: E402
+from tenantflow_guest._step import _encode, step_options  # noqa: E402
 
 
 class ScriptedHost:
@@ -254,3 +255,15 @@ def test_step_results_are_what_their_recorded_json_gives_back() -> None:
         expected = json.loads(recorded[name]) if name != "answered" else 6
         assert (type(value), value) == (type(expected), expected), name
     assert str(kept["neg-zero"]) == "-0.0" and kept["tuple"] == [1, 2] and kept["dict"] == {"1": "a"}
+
+
+@pytest.mark.parametrize("value", [0, -7, 2**70, True, False, None, "é\n", 0.1, [1, (2,)], {"a": None}, IntEnum("E", "A").A],
+                         ids=repr)
+def test_step_results_are_encoded_as_json_dumps_would(value: Any) -> None:
+    assert _encode(value) == json.dumps(value, allow_nan=False)
+
+
+def test_unencodable_step_results_fail_as_with_json_dumps() -> None:
+    for value in (10**5000, float("nan"), object()):
+        with pytest.raises((TypeError, ValueError)):
+            _encode(value)

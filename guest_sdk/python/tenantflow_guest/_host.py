@@ -127,8 +127,8 @@ class WitHost:
         self._children = children
         self._types = types
         self._Err = Err
-        # The step-state classes, looked up once (`_state` runs twice per step).
-        self._done, self._execute = types.StepState_Done, types.StepState_Execute
+        # Classes each step uses, looked up once.
+        self._done, self._execute, self._ok = types.StepState_Done, types.StepState_Execute, types.AttemptResult_Ok
         self._backoff = {
             "constant": types.Backoff.CONSTANT,
             "linear": types.Backoff.LINEAR,
@@ -210,7 +210,7 @@ class WitHost:
         return self._state(self._durable.begin_step(name, config))
 
     def end_attempt_ok(self, name: str, result_json: str) -> StepState:
-        return self._state(self._durable.end_attempt(name, self._types.AttemptResult_Ok(result_json)))
+        return self._state(self._durable.end_attempt(name, self._ok(result_json)))
 
     def end_attempt_err(self, name: str, error_name: str, message: str, retryable: bool) -> StepState:
         t = self._types

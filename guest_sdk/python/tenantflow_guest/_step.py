@@ -214,7 +214,7 @@ class Step:
             name_of = exc.error_name if isinstance(exc, StepFailedError) else type(exc).__name__
             return self._host.end_attempt_err(name, name_of, str(exc), True)
         try:
-            encoded = _ENCODER.encode(value)
+            encoded = _encode(value)
         except (TypeError, ValueError) as exc:
             # Retrying cannot make a value serializable: fail the step for good.
             return self._host.end_attempt_err(name, "TypeError", f"step {name!r} returned a value that is not JSON-serializable: {exc}", False)
@@ -307,3 +307,15 @@ class _AsyncStepFunction:
 _DEFAULT_OPTIONS = _step_options(None, None, None)
 # json.dumps(..., allow_nan=False) builds a new encoder per call: one is enough (hot path).
 _ENCODER = json.JSONEncoder(allow_nan=False)
+_CONSTANTS = {None: "null", True: "true", False: "false"}
+
+
+def _encode(value: Any) -> str:
+    """A step result's JSON text. `JSONEncoder.encode` sets up an iterator per call, which
+    costs more than the step itself for an int or a constant: those are written here, as
+    the encoder writes them."""
+    if type(value) is int:
+        return int.__repr__(value)
+    if value is None or type(value) is bool:
+        return _CONSTANTS[value]
+    return _ENCODER.encode(value)
