@@ -172,6 +172,8 @@ class Step:
         Also a decorator: `@step.do("name")` turns a function into a step you call
         (`result = my_step()`); `@step.do` alone names the step after the function.
         """
+        if fn is not None and type(name) is str and retries is None and timeout is None and config is None:
+            return self._run_step(name, fn, _DEFAULT_OPTIONS)  # the common form, checked first
         if callable(name) and fn is None:  # bare @step.do
             return self._decorate(name.__name__, name, retries, timeout, config)
         if fn is None:
