@@ -291,7 +291,8 @@ class Invocation:
         return None
 
     def idempotency_key(self, seq: int) -> str:
-        """sha256 of "tenant\0id\0generation\0seq", hex, first 32: the same on every host."""
+        """The first 32 hex digits of sha256(tenant, id, generation, seq joined by NULs): the
+        same on every host and across retries and replays."""
         h = self.key_prefix.copy()
         h.update(b"%d" % seq)
         return h.hexdigest()[:32]
