@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,9 @@ async def test_idempotency_key_is_stable_across_retries_and_replays(tmp_path: Pa
         first, second = (await t.wait(one)).output, (await t.wait(two)).output
         assert first["attempt"] == 2 and second["attempt"] == 1
         assert len(first["key"]) == 32 and first["key"] != second["key"]
+        # The derivation is part of the contract: a retry on another host (or after an
+        # upgrade of this one) must get the same key.
+        assert first["key"] == hashlib.sha256(f"t\0{one}\x000\x000".encode()).hexdigest()[:32]
 
 
 async def test_exhausted_retries_raise_in_the_guest_where_they_can_be_caught(tmp_path: Path, clock: ManualClock) -> None:

@@ -714,3 +714,61 @@ def test_plan_built_once_per_function(engine: wasmtime.Engine, component: cm.Com
     for _ in range(2):  # plans belong to the registered function, not to an instance
         assert len(run_calls_on(engine, component, linker, calls)) == 60
     assert len(built) == 3
+
+
+def _import_types(engine: wasmtime.Engine, component: cm.Component) -> dict[str, cm.FuncType]:
+    imports = component.type.imports(engine)
+    funcs = {}
+    for interface, names in IMPORTS.items():
+        instance_type = imports[interface].ty
+        assert isinstance(instance_type, cm.ComponentInstanceType)
+        exports = instance_type.exports(engine)
+        for name in names:
+            fty = exports[name].ty
+            assert isinstance(fty, cm.FuncType)
+            funcs[name] = fty
+    return funcs
+
+
+def _addr(fty: cm.FuncType) -> int:
+    return ctypes.cast(fty.ptr(), ctypes.c_void_p).value or 0
+
+
+def _count_full_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the compound types compared past the probe (`_same_boxed` calls)."""
+    counted: list[int] = []
+    same_boxed = fastcall._same_boxed
+
+    def counting(got: int, kind: int, ref: int) -> bool:
+        counted.append(kind)
+        return same_boxed(got, kind, ref)
+
+    monkeypatch.setattr(fastcall, "_same_boxed", counting)
+    return counted
+
+
+def test_probe_recognises_the_same_type(engine: wasmtime.Engine, component: cm.Component,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same function type, read again, is recognised by its parameter name's address."""
+    first, again = _import_types(engine, component), _import_types(engine, component)
+    plans = {name: fastcall._find_plan([], _addr(fty), len(fty.params), int(fty.result is not None))
+             for name, fty in first.items()}
+    assert [name for name, plan in plans.items() if plan.signature.probe is None] == ["recorded-steps", "perm"]
+    full = _count_full_checks(monkeypatch)
+    for name, plan in plans.items():
+        fty = again[name]
+        assert plan.signature.matches(_addr(fty), len(fty.params), int(fty.result is not None)), name
+    assert len(full) == 2  # only perm's flags (in and out) were compared in full
+
+
+def test_probe_misses_fall_back_to_the_full_check(engine: wasmtime.Engine, component: cm.Component,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another component (its own ComponentTypes) with the same signatures: the probe misses,
+    the full check still finds the plan; a different signature still is none."""
+    other = cm.Component.deserialize(engine, component.serialize())
+    mine, theirs = _import_types(engine, component), _import_types(engine, other)
+    plan = fastcall._find_plan([], _addr(mine["begin-step"]), 2, 1)
+    full = _count_full_checks(monkeypatch)
+    assert plan.signature.matches(_addr(theirs["begin-step"]), 2, 1)
+    assert len(full) == 2  # step-config, step-state
+    assert not plan.signature.matches(_addr(theirs["end-attempt"]), 2, 1)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
+from enum import IntEnum
 from typing import Any, Optional
 
 import pytest
@@ -21,7 +23,7 @@ from tenantflow_guest import (  # noqa: E402
 from tenantflow_guest._durations import to_epoch_ms, to_ms  # noqa: E402
 from tenantflow_guest._host import Done, Execute, Failed, ReceivedEvent, StepOptions, StepState  # noqa: E402
 from tenantflow_guest._runtime import find_workflows, run_workflow  # noqa: E402
-from tenantflow_guest._step import step_options  # noqa: E402
+from tenantflow_guest._step import _encode, step_options  # noqa: E402
 
 
 class ScriptedHost:
@@ -225,3 +227,43 @@ def test_the_build_time_rehearsal_runs_the_sdk_and_leaves_no_workflow_behind() -
     host = ScriptedHost()
     assert run_workflow(Only, lambda: host, "{}", "i-1", "Only", 0) == (True, "1")
     assert [c[:2] for c in host.calls] == [("begin", "one"), ("ok", "one")]
+
+
+def test_step_results_are_what_their_recorded_json_gives_back() -> None:
+    """A scalar comes back as the body returned it (equal to its JSON round trip); anything
+    else, or an answer other than the JSON sent, is parsed from what the host recorded."""
+    kept: dict[str, Any] = {}
+
+    class Flow(WorkflowEntrypoint):
+        def run(self, event, step):  # type: ignore[no-untyped-def]
+            bodies = {"int": 3, "big": 2**70, "float": 0.1, "neg-zero": -0.0, "str": "é\ud800\n", "bool": True,
+                      "none": None, "tuple": (1, 2), "dict": {1: "a"}, "list": [1]}
+            for name, value in bodies.items():
+                kept[name] = step.do(name, lambda value=value: value)
+            kept["answered"] = step.do("answered", lambda: 5)
+            return None
+
+    class Rewriting(ScriptedHost):
+        def end_attempt_ok(self, name: str, result_json: str) -> StepState:
+            super().end_attempt_ok(name, result_json)
+            return Done("6" if name == "answered" else result_json)
+
+    host = Rewriting()
+    assert run(Flow, host) == (True, "null")
+    recorded = {c[1]: c[2] for c in host.calls if c[0] == "ok"}
+    for name, value in kept.items():
+        expected = json.loads(recorded[name]) if name != "answered" else 6
+        assert (type(value), value) == (type(expected), expected), name
+    assert str(kept["neg-zero"]) == "-0.0" and kept["tuple"] == [1, 2] and kept["dict"] == {"1": "a"}
+
+
+@pytest.mark.parametrize("value", [0, -7, 2**70, True, False, None, "é\n", 0.1, [1, (2,)], {"a": None}, IntEnum("E", "A").A],
+                         ids=repr)
+def test_step_results_are_encoded_as_json_dumps_would(value: Any) -> None:
+    assert _encode(value) == json.dumps(value, allow_nan=False)
+
+
+def test_unencodable_step_results_fail_as_with_json_dumps() -> None:
+    for value in (10**5000, float("nan"), object()):
+        with pytest.raises((TypeError, ValueError)):
+            _encode(value)

@@ -152,7 +152,9 @@ def _failed(name: str, message: str) -> wc.Variant:
 
 
 def _execute(attempt: int, key: str) -> wc.Variant:
-    return wc.Variant("execute", _record(attempt=attempt, idempotency_key=key))
+    attempt_record = wc.Record()
+    attempt_record.__dict__.update({"attempt": attempt, "idempotency-key": key})  # as _record would set them
+    return wc.Variant("execute", attempt_record)
 
 
 _current = threading.local()
@@ -187,6 +189,9 @@ class Invocation:
         self.out_of_memory = False  # the guest reported running out of memory on stderr
         self.in_flight: Optional[Future[Any]] = None  # a step result queued to commit
         self.prefix_len = -1  # steps handed to the guest by recorded-steps (-1: not asked)
+        self.limits = executor.limits
+        # sha256 of "tenant\0id\0generation\0" so far: each key hashes only its seq on top.
+        self.key_prefix = hashlib.sha256(f"{row.tenant}\0{row.id}\0{row.generation}\0".encode())
 
     # ---- helpers ---------------------------------------------------------------------
     def now(self) -> int:
@@ -245,8 +250,9 @@ class Invocation:
                 "InvalidDurableCall",
                 f"{kind} {name!r} was called inside the body of step {self.step.name!r}; durable calls cannot be nested in a step",
             )
-        if len(name) > self.x.limits.max_step_name_chars:
-            raise self.fatal("InvalidStepName", f"{kind} name is {len(name)} characters; at most {self.x.limits.max_step_name_chars} are allowed")
+        limits = self.limits
+        if len(name) > limits.max_step_name_chars:
+            raise self.fatal("InvalidStepName", f"{kind} name is {len(name)} characters; at most {limits.max_step_name_chars} are allowed")
         seq = self.seq
         self.seq += 1
         if seq < len(self.journal):
@@ -262,13 +268,16 @@ class Invocation:
             return entry
         if self.verifying:
             raise Unwind("verified")  # every recorded call matched; new work is not run
-        if seq >= self.x.limits.max_steps_per_instance:
-            raise self.fatal("StepLimitExceeded", f"the instance reached its limit of {self.x.limits.max_steps_per_instance} durable calls")
+        if seq >= limits.max_steps_per_instance:
+            raise self.fatal("StepLimitExceeded", f"the instance reached its limit of {limits.max_steps_per_instance} durable calls")
         return None
 
     def idempotency_key(self, seq: int) -> str:
-        raw = f"{self.row.tenant}\0{self.row.id}\0{self.generation}\0{seq}"
-        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+        """The first 32 hex digits of sha256(tenant, id, generation, seq joined by NULs): the
+        same on every host and across retries and replays."""
+        h = self.key_prefix.copy()
+        h.update(b"%d" % seq)
+        return h.hexdigest()[:32]
 
     def check_deadlines(self) -> Optional[str]:
         """Called every epoch slice while guest code runs: why it must stop now, if it must."""
@@ -322,10 +331,10 @@ class Invocation:
                 return _done(entry.result or "null")
             if entry.status == "failed":
                 return _failed(entry.error_name or "Error", entry.error_message or "")
-        retries = _get(config, "retries")
+        retries = config.retries
         run = _StepRun(
-            seq=self.seq - 1, name=name, limit=_get(retries, "limit"), delay_ms=_get(retries, "delay"),
-            backoff=_get(retries, "backoff"), timeout_ms=min(_get(config, "timeout"), self.policy.max_step_timeout_ms or 2**63), attempt=1, started_at=0, entry=entry,
+            seq=self.seq - 1, name=name, limit=retries.limit, delay_ms=retries.delay, backoff=retries.backoff,
+            timeout_ms=min(config.timeout, self.policy.max_step_timeout_ms or 2**63), attempt=1, started_at=0, entry=entry,
         )
         if entry is not None:
             if entry.wake_at is not None and entry.wake_at > self.now():  # woken before the retry is due
@@ -347,11 +356,10 @@ class Invocation:
         if isinstance(outcome, wc.Variant):  # tolerate either representation
             outcome = outcome.payload
         if isinstance(outcome, str):
-            if len(outcome.encode()) > self.x.limits.max_step_result_bytes:
-                message = (
-                    f"step {name!r} returned {format_bytes(len(outcome.encode()))}; "
-                    f"the limit is {format_bytes(self.x.limits.max_step_result_bytes)}"
-                )
+            limit = self.limits.max_step_result_bytes
+            # A character is at most 4 UTF-8 bytes: short results need no encoding to check.
+            if len(outcome) * 4 > limit and len(outcome.encode()) > limit:
+                message = f"step {name!r} returned {format_bytes(len(outcome.encode()))}; the limit is {format_bytes(limit)}"
                 return self.attempt_failed(run, "StepResultTooLarge", message, retryable=False)
             return self.attempt_succeeded(run, outcome)
         return self.attempt_failed(run, *self.limit_error(_get(outcome, "name"), _get(outcome, "message")), _get(outcome, "retryable"))
@@ -363,9 +371,14 @@ class Invocation:
         return run.entry
 
     def attempt_succeeded(self, run: _StepRun, result: str) -> wc.Variant:
-        entry = self._entry(run)
-        entry.status, entry.result, entry.attempts, entry.ended_at, entry.wake_at = "done", result, run.attempt, self.now(), None
-        self.commit_at_next_call(jn.record_entry(self.row.pk, self.generation, entry, now=entry.ended_at))
+        now = self.now()
+        entry = run.entry
+        if entry is None:  # the common case: made whole at once rather than by _entry and five updates
+            entry = run.entry = jn.JournalEntry(run.seq, "step", run.name, "done", run.attempt, result, started_at=run.started_at, ended_at=now)
+            self.journal.append(entry)
+        else:
+            entry.status, entry.result, entry.attempts, entry.ended_at, entry.wake_at = "done", result, run.attempt, now, None
+        self.commit_at_next_call(jn.record_entry(self.row.pk, self.generation, entry, now=now))
         return _done(result)
 
     def attempt_failed(self, run: _StepRun, error_name: str, message: str, retryable: bool) -> wc.Variant:

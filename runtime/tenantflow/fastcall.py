@@ -5,9 +5,9 @@
 `wasmtime_component_val_t` tree through ctypes objects. `add_fast_func` has the same
 contract, but the first call with a given signature builds a *plan*: closures specialised
 per WIT type, with field names, case tables and tagged-ness resolved once. Later calls
-check that the signature is the same one (one C call per primitive type, three per
-compound one) and run the plan, which reads and writes the C values as raw memory with
-`struct` and copies record skeletons and variant cases from prebuilt templates.
+check that the signature is the same one (usually one C call, see `_Signature`) and run
+the plan, which reads and writes the C values as raw memory with `struct` and copies
+record skeletons and variant cases from prebuilt templates.
 
 Python values follow wasmtime-py's converters (`wasmtime/component/_types.py`) exactly:
 records are `Record`s with attributes named by the (hyphenated) WIT field names, read
@@ -18,8 +18,9 @@ one); enums and strings are `str`, `list<u8>` is `bytes`, other lists `list`, tu
 through wasmtime-py's own `convert_from_c` / `convert_to_c`.
 
 Errors: exceptions from the host function, or from converting its result (same types
-and messages as wasmtime-py's), go through wasmtime-py's `catch_exceptions`, so the
-guest traps and the export call re-raises the very same exception object.
+and messages as wasmtime-py's), are handled as wasmtime-py's `catch_exceptions` does
+(inlined in `_trampoline`), so the guest traps and the export call re-raises the very
+same exception object.
 
 Memory: the C API owns an import's argument values and drops them after the callback, so
 lifting only reads them. Results are built with the C API's allocators in its result
@@ -73,8 +74,9 @@ from wasmtime.component import (
     ValType,
     Variant,
     VariantType,
+    _enter,
 )
-from wasmtime.component._enter import catch_exceptions, enter_wasm
+from wasmtime.component._enter import enter_wasm
 
 __all__ = ["add_fast_func", "fast_call"]
 
@@ -113,6 +115,7 @@ _VARIANT = struct.Struct("=B7xQQQ")  # kind, discriminant size, discriminant dat
 _OPTION = struct.Struct("=B7xQ")  # kind, box (0 = none)
 _RESULT = struct.Struct("=B7x?7xQ")  # kind, is_ok, box
 _PTR = struct.Struct("=Q")
+_NAME = struct.Struct("=QQ")  # a name's (pointer, length), as `param_nth` writes them
 
 _K_BOOL = ffi.WASMTIME_COMPONENT_BOOL.value
 _K_CHAR = ffi.WASMTIME_COMPONENT_CHAR.value
@@ -176,6 +179,8 @@ _param_nth = _cfunc(
 _func_type_result = _cfunc("wasmtime_component_func_type_result", c_bool, c_void_p, c_void_p)
 _valtype_equal = _cfunc("wasmtime_component_valtype_equal", c_bool, c_void_p, c_void_p)
 _valtype_delete = _cfunc("wasmtime_component_valtype_delete", None, c_void_p)
+_func_type_clone = _cfunc("wasmtime_component_func_type_clone", c_void_p, c_void_p)
+_func_type_delete = _cfunc("wasmtime_component_func_type_delete", None, c_void_p)
 
 # Calls that run wasm or may block keep wasmtime-py's GIL-releasing convention.
 _func_call = ffi.dll["wasmtime_component_func_call"]
@@ -737,20 +742,35 @@ class _Signature:
     the linker, possibly with different types (wasmtime type-checks the values of a
     dynamic host function, not its signature), so a plan is only reused for an equal
     signature. Checking costs one C call per primitive type and three per compound one.
+
+    Most calls are answered by one C call instead (`probe`): wasmtime keeps a function
+    type's parameter names in the `TypeFunc` entry of its component's `ComponentTypes`,
+    each name in its own heap buffer, and `param_nth` hands out a pointer into it. While
+    the clone of the type held here keeps that `ComponentTypes` alive, no other buffer
+    can have that address: the same name address is the same `TypeFunc`, so the same
+    signature. Only for structural signatures (`structural`): resource types also
+    depend on the instance they are seen from, which the `TypeFunc` does not say.
     """
 
-    def __init__(self, ty: int, nparams: int) -> None:
+    def __init__(self, ty: int, nparams: int, structural: bool) -> None:
         slots = (c_char * (_VALTYPE * (nparams + 1)))()
         owned: List[int] = []
-        weakref.finalize(self, _delete_valtypes, slots, owned)
+        keep: int = _func_type_clone(ty)  # pins the ComponentTypes the probe points into
+        weakref.finalize(self, _delete_valtypes, slots, owned, keep)
         base = addressof(slots)
         names = _scratch()
         self.params: List[Tuple[int, int]] = []
+        self.probe: Optional[Tuple[int, Tuple[int, int], bool]] = None
         for i in range(nparams):
             slot = base + _VALTYPE * i
             if not _param_nth(ty, i, names, names + 8, slot):
                 raise WasmtimeError("fastcall: function type has fewer parameters than reported")
             self.params.append(_keep(slot, owned))
+            name = _NAME.unpack_from(_MEM, names)
+            # An empty name may have no buffer of its own (Rust's dangling pointer); an
+            # unboxed parameter costs no release. The first of those is probed.
+            if structural and name[1] and (self.probe is None or self.probe[2]):
+                self.probe = (i, name, self.params[-1][1] != 0)
         slot = base + _VALTYPE * nparams
         self.result = _keep(slot, owned) if _func_type_result(ty, slot) else None
 
@@ -763,6 +783,11 @@ class _Signature:
             return False
         names = _scratch()
         got = names + 16
+        probe = self.probe
+        if probe is not None and _param_nth(ty, probe[0], names, names + 8, got):
+            _release(got)
+            if _NAME.unpack_from(_MEM, names) == probe[1]:
+                return True
         i = 0
         for kind, ref in self.params:
             if not _param_nth(ty, i, names, names + 8, got):
@@ -810,10 +835,11 @@ def _release(got: int) -> None:
         _valtype_delete(got)
 
 
-def _delete_valtypes(_slots: Any, owned: List[int]) -> None:
+def _delete_valtypes(_slots: Any, owned: List[int], func_type: int) -> None:
     # `_slots` is passed only to keep the memory behind `owned` alive until now.
     for slot in owned:
         _valtype_delete(slot)
+    _func_type_delete(func_type)
 
 
 class _Plan:
@@ -822,7 +848,8 @@ class _Plan:
     def __init__(self, fty: FuncType, ty: int) -> None:
         params = fty.params
         result = fty.result
-        self.signature = _Signature(ty, len(params))
+        structural = all(_structural(pty) for _, pty in params) and _structural(result)
+        self.signature = _Signature(ty, len(params), structural)
         convs = [_conv(pty) for _, pty in params]
         self.lifts = [(c.lift, _VAL * i) for i, c in enumerate(convs)]
         self.lowers = [(c.lower, _VAL * i) for i, c in enumerate(convs)]
@@ -830,6 +857,28 @@ class _Plan:
 
     def lift_args(self, base: int) -> List[Any]:
         return [lift(base + off) for lift, off in self.lifts]
+
+
+def _structural(ty: Optional[ValType]) -> bool:
+    """Whether `ty` is made of the types plans specialise only (no resources: the same
+    type then looks the same from every instance)."""
+    if ty is None:
+        return True
+    if type(ty) not in _BUILDERS:
+        return False
+    if isinstance(ty, ListType):
+        return _structural(ty.element)
+    if isinstance(ty, RecordType):
+        return all(_structural(fty) for _, fty in ty.fields)
+    if isinstance(ty, TupleType):
+        return all(_structural(e) for e in ty.elements)
+    if isinstance(ty, VariantType):
+        return all(_structural(cty) for _, cty in ty.cases)
+    if isinstance(ty, OptionType):
+        return _structural(ty.payload)
+    if isinstance(ty, ResultType):
+        return _structural(ty.ok) and _structural(ty.err)
+    return True
 
 
 # Per registered function (usually one signature); bounded so a stream of components
@@ -868,7 +917,11 @@ _FUNCS: Slab[_FastFunc] = Slab()
 
 def _trampoline(data: Optional[int], context: Any, ty: int, args: Optional[int], nargs: int,
                 results: Optional[int], nresults: int) -> Any:
-    def run(store: StoreContext) -> None:
+    # wasmtime-py's `catch_exceptions`, inlined (no closure per call): a Python exception
+    # becomes a trap here and is re-raised, as the same object, by the `enter_wasm` of the
+    # export call.
+    store = StoreContext(context)
+    try:
         entry = _FUNCS.get(data or 0)
         plan = _find_plan(entry.plans, ty, nargs, nresults)
         result = entry.func(store, *plan.lift_args(args or 0))
@@ -876,10 +929,15 @@ def _trampoline(data: Optional[int], context: Any, ty: int, args: Optional[int],
             assert result is None  # as wasmtime-py's func_impl
         else:
             plan.result.lower(store, result, results or 0)
-
-    # wasmtime-py's own machinery: a Python exception becomes a trap here and is
-    # re-raised, as the same object, by the `enter_wasm` of the export call.
-    return catch_exceptions(context, run)
+        return 0
+    except WasmtimeError as exc:
+        error = exc
+    except Exception as exc:
+        _enter.LAST_EXCEPTION = exc
+        error = WasmtimeError("python exception")
+    finally:
+        store._invalidate()
+    return ctypes.cast(error._consume(), c_void_p).value
 
 
 def _finalize(data: Optional[int]) -> None:

@@ -270,12 +270,23 @@ def _start_invocation(pk: int, generation: int, owner: str, lease_until: int, no
     )
 
 
-def _upsert_entry(conn: sqlite3.Connection, pk: int, e: JournalEntry) -> None:
-    conn.execute(
-        f"INSERT OR REPLACE INTO journal (instance_pk, {JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+# The entry is written only while the invocation still owns the instance (the `_fence`
+# condition, folded into the write: one statement per step result). `<>` rather than
+# NOT IN: SQLite builds an ephemeral table for an IN list on every run.
+_UPSERT_FENCED = (
+    f"INSERT OR REPLACE INTO journal (instance_pk, {JOURNAL_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+    "FROM instances WHERE pk=? AND generation=? AND " + " AND ".join(f"status<>'{s}'" for s in (*FINISHED, "paused"))
+)
+
+
+def _upsert_entry(conn: sqlite3.Connection, pk: int, generation: int, e: JournalEntry) -> None:
+    cur = conn.execute(
+        _UPSERT_FENCED,
         (pk, e.seq, e.kind, e.name, e.status, e.attempts, e.result, e.error_name, e.error_message, e.wake_at,
-         e.event_type, e.started_at, e.ended_at, json.dumps(e.history) if e.history else None),
+         e.event_type, e.started_at, e.ended_at, json.dumps(e.history) if e.history else None, pk, generation),
     )
+    if cur.rowcount != 1:
+        raise Fenced()
 
 
 def _suspend(conn: sqlite3.Connection, pk: int, wake_at: Optional[int], waiting_for: Optional[str], now: int) -> str:
@@ -312,8 +323,7 @@ def _record_entry(
     now: int,
     conn: sqlite3.Connection,
 ) -> Optional[str]:
-    _fence(conn, pk, generation)
-    _upsert_entry(conn, pk, entry)
+    _upsert_entry(conn, pk, generation, entry)
     if consume_event is not None:
         cur = conn.execute("UPDATE events SET consumed_seq=? WHERE pk=? AND consumed_seq IS NULL", (entry.seq, consume_event))
         if cur.rowcount != 1:

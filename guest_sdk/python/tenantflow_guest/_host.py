@@ -20,13 +20,16 @@ class StepOptions:
     timeout_ms: int
 
 
-@dataclass(frozen=True)
+# Step states are made per step: slotted, not frozen (frozen __init__ goes through
+# object.__setattr__ per field). Nothing changes them after construction.
+@dataclass(slots=True)
 class Done:
     result_json: str
 
 
-class Replayed:
-    """A step result the guest answered from the recorded prefix: already parsed."""
+class Value:
+    """A step result the guest has as a value already: answered from the recorded prefix,
+    or a body's scalar result the host recorded as it was sent."""
 
     __slots__ = ("value",)
 
@@ -34,19 +37,19 @@ class Replayed:
         self.value = value
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Failed:
     name: str
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Execute:
     attempt: int
     idempotency_key: str
 
 
-StepState = Union[Done, Replayed, Failed, Execute]
+StepState = Union[Done, Value, Failed, Execute]
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ class WitHost:
         self._children = children
         self._types = types
         self._Err = Err
+        # Classes each step uses, looked up once.
+        self._done, self._execute, self._ok = types.StepState_Done, types.StepState_Execute, types.AttemptResult_Ok
         self._backoff = {
             "constant": types.Backoff.CONSTANT,
             "linear": types.Backoff.LINEAR,
@@ -157,10 +162,7 @@ class WitHost:
             if self._position:
                 self._durable.replayed(self._position)
 
-    def _replay(self, name: str) -> Optional[StepState]:
-        prefix = self._prefix
-        if prefix is None:
-            return None
+    def _replay(self, prefix: list[Any], name: str) -> Optional[StepState]:
         position = self._position
         record = prefix[position]
         if record[0] != name:  # diverged: the host checks (and reports) this call
@@ -170,13 +172,17 @@ class WitHost:
         if self._position == len(prefix):  # new code runs next: the host must know
             self.sync()
         if record[1]:
-            return Replayed(record[2])
+            return Value(record[2])
         return Failed(record[2][0], record[2][1])
 
     def _state(self, state: object) -> StepState:
-        t = self._types
-        if type(state) is t.StepState_Done:  # the hot path (replays): checked first, exactly
+        kind = type(state)
+        if kind is self._done:  # the hot paths (end of an attempt, a new step), checked exactly
             return Done(state.value)  # type: ignore[attr-defined]
+        if kind is self._execute:
+            attempt = state.value  # type: ignore[attr-defined]
+            return Execute(attempt.attempt, attempt.idempotency_key)
+        t = self._types
         if isinstance(state, t.StepState_Done):
             return Done(state.value)
         if isinstance(state, t.StepState_Failed):
@@ -186,9 +192,10 @@ class WitHost:
         raise AssertionError(f"unknown step state {state!r}")
 
     def begin_step(self, name: str, options: StepOptions) -> StepState:
-        replayed = self._replay(name)
-        if replayed is not None:
-            return replayed
+        if self._prefix is not None:
+            replayed = self._replay(self._prefix, name)
+            if replayed is not None:
+                return replayed
         cached = self._configs_by_id.get(id(options))
         if cached is not None and cached[0] is options:  # steps in loops reuse one options object
             return self._state(self._durable.begin_step(name, cached[1]))
@@ -203,7 +210,7 @@ class WitHost:
         return self._state(self._durable.begin_step(name, config))
 
     def end_attempt_ok(self, name: str, result_json: str) -> StepState:
-        return self._state(self._durable.end_attempt(name, self._types.AttemptResult_Ok(result_json)))
+        return self._state(self._durable.end_attempt(name, self._ok(result_json)))
 
     def end_attempt_err(self, name: str, error_name: str, message: str, retryable: bool) -> StepState:
         t = self._types

@@ -92,6 +92,7 @@ class _Rehearsal(WorkflowEntrypoint):
         total = 0
         for i in range(event.payload["n"]):
             total += step.do("rehearse", lambda i=i: {"i": i})["i"]
+            total += step.do("scalar", lambda ctx: ctx.attempt)  # the other result and body paths
         step.log(str(total))
         return {"total": total}
 

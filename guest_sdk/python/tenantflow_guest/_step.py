@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 from ._children import Workflows
 from ._durations import from_epoch_ms, to_epoch_ms, to_ms
 from ._errors import EventTimeoutError, NonRetryableError, StepFailedError, WorkflowDefinitionError
-from ._host import Done, Execute, Failed, Host, Replayed, StepOptions, StepState
+from ._host import Done, Execute, Failed, Host, StepOptions, StepState, Value
 
 # Cloudflare Workflows' defaults.
 DEFAULT_RETRY_LIMIT = 5
@@ -115,8 +115,9 @@ def _context_style(fn: Callable[..., Any]) -> int:
     return _NO_CONTEXT
 
 
-def _call_with_context(fn: Callable[..., Any]) -> Callable[[StepContext], Any]:
-    """Pass the StepContext to bodies that take a required positional argument or `ctx`."""
+def _context_style_of(fn: Callable[..., Any]) -> int:
+    """How a body takes the StepContext: not at all, as a required positional argument or
+    one named `ctx`, or as keyword-only `ctx`."""
     code = getattr(fn, "__code__", None)
     # A loop creates a new lambda per iteration with one code object: inspect it once.
     style = _context_style_by_code.get(code) if code is not None else None
@@ -124,11 +125,14 @@ def _call_with_context(fn: Callable[..., Any]) -> Callable[[StepContext], Any]:
         style = _context_style(fn)
         if code is not None:  # parameter kinds and which have defaults are fixed per code object
             _context_style_by_code[code] = style
-    if style == _KEYWORD:
-        return lambda ctx: fn(ctx=ctx)
-    if style == _POSITIONAL:
-        return lambda ctx: fn(ctx)
-    return lambda ctx: fn()
+    return style
+
+
+# Never awaitable: a body's result of one of these types skips `inspect.isawaitable`.
+_PLAIN = frozenset({int, str, float, bool, type(None), dict, list, tuple})
+# Immutable, and given back equal and of the same type by their JSON (finite floats: the
+# encoder refuses the others): a step can return the body's value instead of parsing it.
+_SCALARS = frozenset({int, str, float, bool, type(None)})
 
 
 def drive(awaitable: Any) -> Any:
@@ -168,6 +172,8 @@ class Step:
         Also a decorator: `@step.do("name")` turns a function into a step you call
         (`result = my_step()`); `@step.do` alone names the step after the function.
         """
+        if fn is not None and type(name) is str and retries is None and timeout is None and config is None:
+            return self._run_step(name, fn, _DEFAULT_OPTIONS)  # the common form, checked first
         if callable(name) and fn is None:  # bare @step.do
             return self._decorate(name.__name__, name, retries, timeout, config)
         if fn is None:
@@ -181,21 +187,28 @@ class Step:
 
     def _run_step(self, name: str, fn: Callable[..., Any], options: StepOptions) -> Any:
         state: StepState = self._host.begin_step(name, options)
-        if type(state) is Replayed:  # the replay fast path: answered in the guest
+        if type(state) is Value:  # the replay fast path: answered in the guest
             return state.value
         if isinstance(state, Execute):  # not answered from the journal: run the body
-            call = _call_with_context(fn)
+            style = _context_style_of(fn)
             while isinstance(state, Execute):
-                state = self._attempt(name, call, state)
+                state = self._attempt(name, fn, style, state)
+            if type(state) is Value:  # a scalar, recorded as the body returned it
+                return state.value
         if isinstance(state, Done):
             return json.loads(state.result_json)
         assert isinstance(state, Failed)
         raise (NonRetryableError(state.message) if state.name == "NonRetryableError" else StepFailedError(name, state.name, state.message))
 
-    def _attempt(self, name: str, call: Callable[[StepContext], Any], state: Execute) -> StepState:
+    def _attempt(self, name: str, fn: Callable[..., Any], style: int, state: Execute) -> StepState:
         try:
-            value = call(StepContext(state.attempt, name, state.idempotency_key))
-            if inspect.isawaitable(value):
+            if style == _NO_CONTEXT:
+                value = fn()
+            elif style == _POSITIONAL:
+                value = fn(StepContext(state.attempt, name, state.idempotency_key))
+            else:
+                value = fn(ctx=StepContext(state.attempt, name, state.idempotency_key))
+            if type(value) not in _PLAIN and inspect.isawaitable(value):
                 value = drive(value)
         except NonRetryableError as exc:
             return self._host.end_attempt_err(name, type(exc).__name__, str(exc), False)
@@ -203,11 +216,14 @@ class Step:
             name_of = exc.error_name if isinstance(exc, StepFailedError) else type(exc).__name__
             return self._host.end_attempt_err(name, name_of, str(exc), True)
         try:
-            encoded = _ENCODER.encode(value)
+            encoded = _encode(value)
         except (TypeError, ValueError) as exc:
             # Retrying cannot make a value serializable: fail the step for good.
             return self._host.end_attempt_err(name, "TypeError", f"step {name!r} returned a value that is not JSON-serializable: {exc}", False)
-        return self._host.end_attempt_ok(name, encoded)
+        answer = self._host.end_attempt_ok(name, encoded)
+        if type(value) in _SCALARS and type(answer) is Done and answer.result_json == encoded:
+            return Value(value)
+        return answer
 
     def sleep(self, name: str, duration: Any) -> None:
         """Sleep durably; the instance holds no resources while it sleeps."""
@@ -293,3 +309,15 @@ class _AsyncStepFunction:
 _DEFAULT_OPTIONS = _step_options(None, None, None)
 # json.dumps(..., allow_nan=False) builds a new encoder per call: one is enough (hot path).
 _ENCODER = json.JSONEncoder(allow_nan=False)
+_CONSTANTS = {None: "null", True: "true", False: "false"}
+
+
+def _encode(value: Any) -> str:
+    """A step result's JSON text. `JSONEncoder.encode` sets up an iterator per call, which
+    costs more than the step itself for an int or a constant: those are written here, as
+    the encoder writes them."""
+    if type(value) is int:
+        return int.__repr__(value)
+    if value is None or type(value) is bool:
+        return _CONSTANTS[value]
+    return _ENCODER.encode(value)
