@@ -70,7 +70,9 @@ class Sizes:
     settle_ms: int
     warmup_runs: int
     engine_workers: int  # worker threads of the engine for every workload but aggregate
-    agg_workers: list[int]  # aggregate runs once per worker count; the first is the headline
+    # aggregate runs once per (runner processes, workers): 0 processes runs the invocations on
+    # the engine's threads; the best is the headline
+    agg_configs: list[tuple[int, int]]
     replay_history: int
     replay_invocations: int  # invocations timed per repeat (median taken)
     cold_runs: int
@@ -88,7 +90,7 @@ class Sizes:
     def full() -> "Sizes":
         return Sizes(
             seq_steps=1000, agg_workflows=64, agg_steps=100, latency_runs=200, wakeup_runs=40,
-            sleep_ms=100, settle_ms=200, warmup_runs=5, engine_workers=8, agg_workers=[8, 16, 64],
+            sleep_ms=100, settle_ms=200, warmup_runs=5, engine_workers=8, agg_configs=[(0, 8), (0, 16), (0, 64), (1, 8), (2, 16)],
             replay_history=1000, replay_invocations=7, cold_runs=20, compile_runs=3,
             waiting_instances=10_000, waiting_tenants=100, waiting_repeats=2,
             running_instances=16, hold_ms=2500, churn_tenants=100, churn_cache=10, raw_commits=2000,
@@ -98,7 +100,7 @@ class Sizes:
     def quick() -> "Sizes":
         return Sizes(
             seq_steps=100, agg_workflows=8, agg_steps=20, latency_runs=20, wakeup_runs=5,
-            sleep_ms=100, settle_ms=200, warmup_runs=2, engine_workers=8, agg_workers=[8],
+            sleep_ms=100, settle_ms=200, warmup_runs=2, engine_workers=8, agg_configs=[(0, 8), (1, 8)],
             replay_history=1000, replay_invocations=3, cold_runs=5, compile_runs=1,
             waiting_instances=1000, waiting_tenants=10, waiting_repeats=1,
             running_instances=8, hold_ms=1500, churn_tenants=20, churn_cache=2, raw_commits=500,
@@ -555,21 +557,34 @@ async def w_sequential(cfg: Json) -> Json:
     }
 
 
-def process_cpu_s() -> float:
+def process_cpu_s(*pids: int) -> float:
+    """CPU seconds used by this process and `pids` (an engine's runner processes)."""
     import resource
 
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
+    total = ru.ru_utime + ru.ru_stime
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return total
+
+
+def agg_key(processes: int, workers: int) -> str:
+    return f"workers_{workers}" if not processes else f"processes_{processes}_workers_{workers}"
 
 
 async def w_aggregate(cfg: Json) -> Json:
-    """Once per worker count of the sweep; the orchestrator picks the headline after merging."""
+    """Once per configuration of the sweep; the orchestrator picks the headline after merging."""
     sizes, wasm = cfg["sizes"], Path(cfg["wasm"]).read_bytes()
     wf, steps = sizes["agg_workflows"], sizes["agg_steps"]
-    out: Json = {"params": {"workflows": wf, "steps_per_workflow": steps, "worker_sweep": sizes["agg_workers"]}, "metrics": {}, "raw": {}}
-    for workers in sizes["agg_workers"]:
-        async with open_engine(Path(cfg["data"]), f"aggregate-{workers}", workers=workers) as engine:
+    configs = [tuple(c) for c in sizes["agg_configs"]]
+    out: Json = {"params": {"workflows": wf, "steps_per_workflow": steps, "sweep": [list(c) for c in configs]}, "metrics": {}, "raw": {}}
+    for processes, workers in configs:
+        key = agg_key(processes, workers)
+        async with open_engine(Path(cfg["data"]), f"aggregate-{key}", workers=workers, processes=processes) as engine:
             await engine.deploy("acme", wasm)
+            pids = engine.runners.pids if engine.runners else []
             t = engine.tenant("acme")
             done = Completions(engine)
             expected = 0
@@ -579,12 +594,12 @@ async def w_aggregate(cfg: Json) -> Json:
                 await done.until(expected, 120)
             rates, elapsed, commits, ops, cpu = [], [], [], [], []
             for r in range(cfg["repeats"]):
-                c0, o0, cpu0 = engine.writer.commits, engine.writer.operations, process_cpu_s()
+                c0, o0, cpu0 = engine.writer.commits, engine.writer.operations, process_cpu_s(*pids)
                 t0 = time.perf_counter()
                 ids = await t.create_batch([{"workflow": "Steps", "params": {"n": steps}} for _ in range(wf)])
                 expected += wf
                 t1 = await done.until(expected, 600)
-                cpu.append((process_cpu_s() - cpu0) * 1e6 / (wf * steps))
+                cpu.append((process_cpu_s(*pids) - cpu0) * 1e6 / (wf * steps))
                 rates.append(wf * steps / (t1 - t0))
                 elapsed.append(t1 - t0)
                 commits.append(engine.writer.commits - c0)
@@ -592,23 +607,30 @@ async def w_aggregate(cfg: Json) -> Json:
                 for iid in ids[:: max(1, wf // 8)]:  # spot-check outside the timing
                     st = await t.status(iid)
                     assert st.status == "complete" and len(st.steps) == steps, st.status
-                log(f"aggregate workers={workers} repeat {r + 1}: {rates[-1]:.0f} steps/s, {cpu[-1]:.0f} us CPU/step "
+                log(f"aggregate processes={processes} workers={workers} repeat {r + 1}: {rates[-1]:.0f} steps/s, {cpu[-1]:.0f} us CPU/step "
                     f"({commits[-1]} commits for {ops[-1]} writes)")
-            out["metrics"][f"total_steps_per_s_workers_{workers}"] = metric(rates, "steps/s", "higher")
-            out["metrics"][f"cpu_us_per_step_workers_{workers}"] = metric(cpu, "us", "lower")
-            out["raw"][f"workers_{workers}"] = {"elapsed_s": r3(elapsed), "commits": commits, "writes": ops}
+            out["metrics"][f"total_steps_per_s_{key}"] = metric(rates, "steps/s", "higher")
+            out["metrics"][f"cpu_us_per_step_{key}"] = metric(cpu, "us", "lower")
+            out["raw"][key] = {"elapsed_s": r3(elapsed), "commits": commits, "writes": ops}
     return out
 
 
 def pick_aggregate_headline(section: Json) -> Json:
-    """The headline is the best worker count of the sweep (a deployment would tune it);
-    every count's figures stay in the metrics."""
-    sweep = section["params"]["worker_sweep"]
-    best = max(sweep, key=lambda w: section["metrics"][f"total_steps_per_s_workers_{w}"]["median"] or 0)
-    section["params"]["workers"] = best
-    section["metrics"] = {"total_steps_per_s": section["metrics"][f"total_steps_per_s_workers_{best}"],
-                          "cpu_us_per_step": section["metrics"][f"cpu_us_per_step_workers_{best}"], **section["metrics"]}
+    """The headline is the best configuration of the sweep (a deployment would tune it);
+    every configuration's figures stay in the metrics."""
+    sweep = [tuple(c) for c in section["params"]["sweep"]]
+    best = max(sweep, key=lambda c: section["metrics"][f"total_steps_per_s_{agg_key(*c)}"]["median"] or 0)
+    section["params"]["processes"], section["params"]["workers"] = best
+    key = agg_key(*best)
+    section["metrics"] = {"total_steps_per_s": section["metrics"][f"total_steps_per_s_{key}"],
+                          "cpu_us_per_step": section["metrics"][f"cpu_us_per_step_{key}"], **section["metrics"]}
     return section
+
+
+def agg_config_text(section: Json) -> str:
+    params = section.get("params", {})
+    workers, processes = params.get("workers", "?"), params.get("processes", 0)
+    return f"{workers} workers in {processes} runner processes" if processes else f"{workers} workers"
 
 
 async def w_latency(cfg: Json) -> Json:
@@ -1512,7 +1534,7 @@ def evaluate_targets(tf: Json, peers: Json) -> list[Json]:
         ("Sequential ≥ 45% of the raw commit limit", seq / raw if seq and raw else None, 0.45, "higher",
          f"{100 * seq / raw:.0f}% of {_fmt(raw, 'commits/s')}" if seq and raw else "—"),
         ("Aggregate ≥ 10,000 steps/s", _m(w.get("aggregate_steps"), "total_steps_per_s"), 10_000, "higher",
-         f"{_fmt(_m(w.get('aggregate_steps'), 'total_steps_per_s'), 'steps/s')} ({w.get('aggregate_steps', {}).get('params', {}).get('workers', '?')} workers)"),
+         f"{_fmt(_m(w.get('aggregate_steps'), 'total_steps_per_s'), 'steps/s')} ({agg_config_text(w.get('aggregate_steps', {}))})"),
         *footprint_rows(runs, f"{tenants} tenants, each its own component version, default isolate cache"),
         *footprint_rows([shared_run] if shared_run else [], f"{tenants} tenants sharing one component version"),
         ("One-step workflow p50 ≤ 3 ms", _m(w.get("one_step_latency"), "p50_ms"), 3.0, "lower", _fmt(_m(w.get("one_step_latency"), "p50_ms"), "ms")),
@@ -1684,7 +1706,7 @@ def analysis_values(tf: Json) -> dict[str, str]:
         "one_step_p50": num("one_step_latency", "p50_ms", 2),
         "seq_cpu": num("sequential_steps", "cpu_us_per_step"),
         "agg_cpu": num("aggregate_steps", "cpu_us_per_step"),
-        "agg_workers": str(w.get("aggregate_steps", {}).get("params", {}).get("workers", "—")),
+        "agg_workers": agg_config_text(w.get("aggregate_steps", {})),
         "latency_breakdown": breakdown,
         "replay_us": num("replay", "us_per_step", 1),
         "compile_s": "—" if compile_ms is None else f"{compile_ms / 1000:.1f}",
@@ -1751,7 +1773,7 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
         peer_vals = [_m(_peer_section(peers, p, workload), name) for p in PEERS]
         label = label.format(**sizes)
         if workload == "aggregate_steps" and section:
-            label += f" (tenantflow: {section.get('params', {}).get('workers')} workers)"
+            label += f" (tenantflow: {agg_config_text(section)})"
         add(f"| {label} | {_fmt(tfv, unit)} | " + " | ".join(_fmt(v, unit) for v in peer_vals) + " | "
             + " | ".join(_ratio(tfv, v, better) for v in peer_vals) + " |")
     add("")
@@ -1775,7 +1797,7 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
         ("footprint_running", ["rss_per_running_instance_mib", "rss_idle_mib", "rss_all_live_mib"]),
         ("tenant_churn", ["p50_ms", "p99_ms", "workflows_per_s", "p50_ms_all_cached", "p99_ms_all_cached", "workflows_per_s_all_cached"]),
         ("wakeup_latency", ["timer_due_to_step_p50_ms", "timer_due_to_step_p99_ms"]),
-        ("aggregate_steps", [k for k in (w.get("aggregate_steps") or {}).get("metrics", {}) if k.startswith(("total_steps_per_s_workers", "cpu_us_per_step"))]),
+        ("aggregate_steps", [k for k in (w.get("aggregate_steps") or {}).get("metrics", {}) if k.startswith(("total_steps_per_s_", "cpu_us_per_step"))]),
         ("sequential_steps", ["cpu_us_per_step"]),
         ("raw_sqlite", ["commits_per_s", "commits_per_s_synchronous_normal"]),
     ]
