@@ -411,24 +411,23 @@ class RunnerPool:
                 self._selector.unregister(channel.fileno())
             except (KeyError, ValueError, OSError):
                 pass
-        try:
-            status = runner.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            runner.process.kill()
-            status = runner.process.wait()
         for lane in runner.lanes:
             running, lane.running = lane.running, None
             if running is not None:
-                self._resolve(running.future, error=RunnerFailed(f"runner process {runner.index} exited (status {status}) while it ran this instance"))
-        if self._stopping:
-            return
-        log.error("runner process %d (pid %d) exited with status %s (%s); restarting it", runner.index, runner.process.pid, status, exc or "socket closed")
-        threading.Thread(target=self._restart, args=(runner,), name="tenantflow-runner-restart", daemon=True).start()
+                self._resolve(running.future, error=RunnerFailed(f"runner process {runner.index} exited while it ran this instance"))
+        if not self._stopping:  # waiting for the process and restarting it is not the hub's job
+            threading.Thread(target=self._restart, args=(runner, exc), name="tenantflow-runner-restart", daemon=True).start()
 
     def _stopped(self) -> bool:  # a method: `close` sets the flag while this thread loops
         return self._stopping
 
-    def _restart(self, dead: _Runner) -> None:
+    def _restart(self, dead: _Runner, exc: BaseException) -> None:
+        try:
+            status = dead.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # its sockets closed but it lingers: make sure
+            dead.process.kill()
+            status = dead.process.wait()
+        log.error("runner process %d (pid %d) exited with status %s (%s); restarting it", dead.index, dead.process.pid, status, exc or "socket closed")
         quick = time.monotonic() - dead.started_at < QUICK_DEATH_S
         delay = self._restart_delay if quick else RESTART_DELAY_S[0]
         self._restart_delay = min(delay * 2, RESTART_DELAY_S[1]) if quick else RESTART_DELAY_S[0]
@@ -436,8 +435,8 @@ class RunnerPool:
             time.sleep(delay)
             try:
                 runner = self._spawn(dead.index)
-            except Exception as exc:  # noqa: BLE001 - logged, tried again later
-                log.error("restarting runner %d failed: %s", dead.index, exc)
+            except Exception as error:  # noqa: BLE001 - logged, tried again later
+                log.error("restarting runner %d failed: %s", dead.index, error)
                 delay = min(delay * 2, RESTART_DELAY_S[1])
                 continue
             if self._stopped():
