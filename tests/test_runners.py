@@ -287,3 +287,35 @@ def test_serve_with_runner_processes_survives_sigterm(tmp_path: Path) -> None:
     finally:
         second.kill()
     assert "processes" in log.read_text()
+
+
+async def test_a_new_instance_started_before_its_row_committed_fails_cleanly_if_the_commit_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With runners a new instance is dispatched as soon as its row is inserted. If that
+    commit then fails, `create` raises, the runner's guest never gets past its first
+    durable call, and the instance is nowhere: not in the database, not retried forever."""
+    import sqlite3
+
+    from tenantflow import database
+
+    commit_one = database.GroupCommitWriter._commit_one
+    failures = [sqlite3.OperationalError("disk I/O error")]
+
+    def failing_commit(self: database.GroupCommitWriter, conn: sqlite3.Connection, op: object, future: object) -> None:
+        if failures and "insert_instances" in repr(op):
+            def broken(c: sqlite3.Connection) -> object:
+                op(c)  # type: ignore[operator]  # rows inserted, runner dispatched ...
+                raise failures.pop()  # ... then the commit fails
+            return commit_one(self, conn, broken, future)  # type: ignore[arg-type]
+        return commit_one(self, conn, op, future)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(database.GroupCommitWriter, "_commit_one", failing_commit)
+    async with open_engine(tmp_path / "flows.db", processes=1, workers=1, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+            await t.create("Steps", {"n": 1}, id="doomed")
+        await asyncio.sleep(1.2)  # its invocation failed in the host: retried a second later, finds nothing
+        await engine.scheduler.quiesce(timeout=10)
+        with pytest.raises(Exception, match="not found"):
+            await t.status("doomed")
+        assert (await t.wait(await t.create("Steps", {"n": 2}))).output == {"total": 1}
+        assert engine.scheduler.queued_count == 0 and engine.scheduler.running_count == 0

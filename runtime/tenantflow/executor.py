@@ -72,6 +72,17 @@ class Control:
 
 
 @dataclass
+class Prepared:
+    """A new instance whose row is still committing (see `TenantBinding.create` with
+    runner processes): its first invocation starts from this row while the engine's
+    fsync runs, and its first durable call waits for `durable` (nothing the guest does
+    before that leaves the instance)."""
+
+    row: jn.InstanceRow
+    durable: Future[Any]
+
+
+@dataclass
 class InvocationResult:
     status: str  # the instance's status after this invocation
     wake_at: Optional[int] = None
@@ -799,17 +810,23 @@ class Executor:
         finally:
             self.release(store)
 
-    def invoke(self, pk: int, control: Control) -> InvocationResult:
+    def invoke(self, pk: int, control: Control, prepared: Optional[Prepared] = None) -> InvocationResult:
         """Run the instance from the top until it completes, fails or has to wait."""
-        conn = self.readers.sync()
-        row = jn.instance_by_pk_query(pk).run(conn)
-        if row is None or row.status not in jn.ACTIVE:
-            return InvocationResult(row.status if row else "deleted")
-        control.pause_requested = control.pause_requested or bool(row.pause_requested)
-        inv = Invocation(self, row, control)
-        inv.journal = jn.journal_query(pk).run(conn)
-        inv.replay_len = len(inv.journal)
-        inv.events = jn.pending_events_query(pk).run(conn)
+        if prepared is not None:  # new: no journal and no events yet
+            row: Optional[jn.InstanceRow] = prepared.row
+            inv = Invocation(self, prepared.row, control)
+            inv.in_flight = prepared.durable  # waited for at the first durable call
+        else:
+            conn = self.readers.sync()
+            row = jn.instance_by_pk_query(pk).run(conn)
+            if row is None or row.status not in jn.ACTIVE:
+                return InvocationResult(row.status if row else "deleted")
+            control.pause_requested = control.pause_requested or bool(row.pause_requested)
+            inv = Invocation(self, row, control)
+            inv.journal = jn.journal_query(pk).run(conn)
+            inv.replay_len = len(inv.journal)
+            inv.events = jn.pending_events_query(pk).run(conn)
+        assert row is not None
         now = self.clock.now_ms()
         # Status and lease are bookkeeping: they ride along with the invocation's first commit.
         self.writer.defer(jn.start_invocation(pk, row.generation, self.host_id, now + self.lease_ms, now))

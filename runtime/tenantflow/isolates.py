@@ -74,6 +74,10 @@ RELEASE_INTERVAL_SECONDS = 10.0
 # new work came meanwhile: a burst's freed memory (~100 MiB after parking 10,000 instances
 # across 100 versions) goes back to the OS in a second, not when the cache next empties.
 IDLE_TRIM_DELAY_SECONDS = 1.0
+# ... but after this many invocations since the last trim, at once: a burst (10,000
+# instances parked) leaves ~100 MiB of freed heap behind, and a host whose work ran out
+# should not keep it for a second; trimming costs milliseconds, paid once per burst.
+BURST_INVOCATIONS = 1000
 _REAPER_MAX_WAIT_SECONDS = 60.0
 
 
@@ -138,6 +142,7 @@ class IsolateCache:
         self._release_after = 0.0  # time.monotonic() before which no collect + trim runs
         self._trim_at: Optional[float] = None  # time.monotonic() of a trim asked for by `trim_soon`
         self._busy: Callable[[], bool] = lambda: False
+        self._invocations_at_trim = 0  # see `out_of_work`
         self._closed = False
 
     def artifact_path(self, digest: str) -> Optional[Path]:
@@ -308,6 +313,16 @@ class IsolateCache:
             popped = list(self._entries.items())
             self._entries.clear()
         self._evicted(popped)
+
+    def out_of_work(self, busy: Callable[[], bool], invocations: int) -> None:
+        """The host has run out of work, `invocations` having ended in all: trim the heap
+        at once after a burst (`BURST_INVOCATIONS` since the last trim), else soon."""
+        if invocations - self._invocations_at_trim >= BURST_INVOCATIONS:
+            self._invocations_at_trim = invocations
+            if _malloc_trim():
+                self.stats.trims += 1
+            return
+        self.trim_soon(busy)
 
     def trim_soon(self, busy: Callable[[], bool], delay: float = IDLE_TRIM_DELAY_SECONDS) -> None:
         """The host has run out of work: return the free heap to the OS after `delay`

@@ -220,13 +220,14 @@ def component_query(digest: str) -> Query[Optional[tuple[str, int, list[str]]]]:
 
 # ---- writes (run by the group-commit writer) ----------------------------------------
 
-def insert_instances(new: list[NewInstance]) -> WriteOp[list[int]]:
-    """All or nothing: a duplicate id fails the whole batch, naming the id."""
-    return partial(_insert_instances, new)
+def insert_instances(new: list[NewInstance], on_inserted: Optional[Callable[[list[InstanceRow]], None]] = None) -> WriteOp[list[int]]:
+    """All or nothing: a duplicate id fails the whole batch, naming the id. `on_inserted`
+    hears the rows as inserted, inside the transaction (before its commit)."""
+    return partial(_insert_instances, new, on_inserted)
 
 
-def _insert_instances(new: list[NewInstance], conn: sqlite3.Connection) -> list[int]:
-    pks = []
+def _insert_instances(new: list[NewInstance], on_inserted: Optional[Callable[[list[InstanceRow]], None]], conn: sqlite3.Connection) -> list[int]:
+    rows = []
     current: dict[tuple[str, str], str] = {}
     for inst in new:
         digest = inst.digest
@@ -246,8 +247,13 @@ def _insert_instances(new: list[NewInstance], conn: sqlite3.Connection) -> list[
             )
         except sqlite3.IntegrityError:
             raise InstanceAlreadyExists(inst.id) from None
-        pks.append(int(cur.lastrowid or 0))
-    return pks
+        rows.append(InstanceRow(
+            int(cur.lastrowid or 0), inst.tenant, inst.id, inst.workflow, digest, inst.params, inst.metadata, "queued", None, None, None,
+            inst.created_at, inst.created_at, None, None, None, None, 0, 0, 0, 0, inst.parent_pk,
+        ))
+    if on_inserted is not None:
+        on_inserted(rows)
+    return [row.pk for row in rows]
 
 
 def _fence(conn: sqlite3.Connection, pk: int, generation: int) -> None:
@@ -344,7 +350,7 @@ def _start_children(pk: int, generation: int, entry: JournalEntry, children: lis
     pks: list[int] = []
     if children:
         try:
-            pks = _insert_instances(children, conn)
+            pks = _insert_instances(children, None, conn)
         except TenantflowError as exc:
             entry.result = json.dumps({"err": {"name": type(exc).__name__, "message": str(exc)}})
     _record_entry(pk, generation, entry, None, None, entry.ended_at or 0, conn)

@@ -44,7 +44,7 @@ from typing import Any, Optional, TypeVar
 from . import isolates
 from .clock import SystemClock
 from .database import DEFER_MS, Readers, WriteOp
-from .executor import Control, Executor, build_linker
+from .executor import Control, Executor, Prepared, build_linker
 from .isolates import IsolateCache
 from .limits import Limits
 from .loader import LoaderError
@@ -94,6 +94,7 @@ class Lane:
         self.channel = channel
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Reply] = {}
+        self._created: dict[int, Future[None]] = {}  # by invocation token (see `Prepared`)
         self.outbox: list[tuple[int, Optional[int], Any]] = []
         self._outbox_lock = threading.Lock()  # taking the outbox and sending it are one step
         self.stopping = False  # `stop` came while this lane's thread waited for an answer
@@ -127,12 +128,24 @@ class Lane:
                 log.error("unexpected message while waiting for the engine: %r", message[0])
         return reply.result()
 
+    def created(self, token: int) -> Future[None]:
+        """Resolved when the engine's `created` says the row of the invocation `token`
+        runs is durable."""
+        future: Future[None] = Future()
+        self._created[token] = future
+        return future
+
     def take(self, message: Any) -> bool:
         """Handle answers (or a `stop` that came meanwhile); False for anything else."""
         kind = message[0]
         if kind == "r":
             for rid, ok, value in message[1]:
                 self._resolve(rid, ok, value)
+        elif kind == "created":
+            _, token, ok, error = message
+            created = self._created.pop(token, None)
+            if created is not None:
+                created.set_result(None) if ok else created.set_exception(error)
         elif kind == "loaded":
             self._resolve(message[1], message[2], message[3])
         elif kind == "stop":
@@ -185,7 +198,7 @@ class RemoteWriter:
 
     def wait(self, future: Future[T]) -> T:
         lane = self.lane
-        if not future.done():
+        if not future.done() and isinstance(future, _Reply):  # a deferred write of ours: commit it now
             lane.flush(lead=True)
         return lane.wait(future)
 
@@ -202,6 +215,7 @@ class Runner:
         # came before their invocation started here wait in `_early`.
         self._controls: dict[int, Control] = {}
         self._early: dict[int, tuple[bool, bool]] = {}
+        self._finished = 0  # invocations ended here
         self.writer = RemoteWriter()
         self.wasm_engine = make_engine(config.sandbox, config.pool_slots)
         self.ticker = EpochTicker(self.wasm_engine)
@@ -253,19 +267,19 @@ class Runner:
             except ChannelClosed:
                 os._exit(1)  # the engine is gone (see the module docstring)
             if message[0] == "invoke":
-                _, pk, token, tenant, policy = message
+                _, pk, token, tenant, policy, row = message
                 self._policy.value = (tenant, policy)
-                lane.send(self._invoke(pk, token))
+                lane.send(self._invoke(pk, token, Prepared(row, lane.created(token)) if row is not None else None))
             elif not lane.take(message):
                 log.error("unknown message from the engine: %r", message[0])
 
-    def _invoke(self, pk: int, token: int) -> tuple[Any, ...]:
+    def _invoke(self, pk: int, token: int, prepared: Optional[Prepared]) -> tuple[Any, ...]:
         control = Control()
         with self._lock:
             control.pause_requested, control.cancelled = self._early.pop(token, (False, False))
             self._controls[token] = control
         try:
-            return ("done", token, self.executor.invoke(pk, control))
+            return ("done", token, self.executor.invoke(pk, control, prepared))
         except ChannelClosed:
             os._exit(1)
         except BaseException as exc:  # noqa: BLE001 - the engine logs it and retries the instance
@@ -273,9 +287,10 @@ class Runner:
         finally:
             with self._lock:
                 del self._controls[token]
+                self._finished += 1
                 idle = not self._controls
-            if idle:  # out of work: give the burst's heap back soon
-                self.isolates.trim_soon(busy=lambda: bool(self._controls))
+            if idle:  # out of work: give the burst's heap back
+                self.isolates.out_of_work(lambda: bool(self._controls), self._finished)
 
     # ---- the control socket (main thread) ---------------------------------------------------
     def serve_control(self) -> None:

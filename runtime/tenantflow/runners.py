@@ -40,7 +40,7 @@ from functools import partial
 from typing import Any, Callable, Optional
 
 from .database import GroupCommitWriter
-from .executor import Control, InvocationResult
+from .executor import Control, InvocationResult, Prepared
 from .policy import TenantPolicy
 from .runner import RunnerConfig
 from .wire import Channel, ChannelClosed
@@ -228,7 +228,7 @@ class RunnerPool:
         self._selector.close()
 
     # ---- dispatch (event loop) --------------------------------------------------------------
-    def start(self, pk: int, tenant: str) -> tuple[Control, "asyncio.Future[InvocationResult]"]:
+    def start(self, pk: int, tenant: str, prepared: Optional[Prepared] = None) -> tuple[Control, "asyncio.Future[InvocationResult]"]:
         assert self._loop is not None
         future: asyncio.Future[InvocationResult] = self._loop.create_future()
         lane = self._idle_lane(tenant)
@@ -241,11 +241,23 @@ class RunnerPool:
         lane.running = _Running(token, future)
         self._affinity[tenant] = lane.runner.index
         try:
-            lane.channel.send(("invoke", pk, token, tenant, self._policy_for(tenant)))  # the policy as of now
+            # The tenant's policy as of now; a new instance's row (`Prepared`), whose commit
+            # the lane hears of with `created`.
+            lane.channel.send(("invoke", pk, token, tenant, self._policy_for(tenant), prepared.row if prepared else None))
         except OSError as exc:
             lane.running = None
             future.set_exception(RunnerFailed(f"runner {lane.runner.index} is gone: {exc}"))
+            return control, future
+        if prepared is not None:
+            prepared.durable.add_done_callback(partial(self._created, lane, token))
         return control, future
+
+    def _created(self, lane: _Lane, token: int, durable: Future[Any]) -> None:
+        error = durable.exception()
+        try:
+            lane.channel.send(("created", token, error is None, None if error is None else _portable(error)))
+        except OSError:
+            pass  # the runner is gone; its invocation fails with it
 
     def _idle_lane(self, tenant: str) -> Optional[_Lane]:
         """An idle lane of the tenant's runner (its components are warm there), else of

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional, Protocol
 
 from .clock import Clock, FastForwardClock, ManualClock
-from .executor import Control, Executor, InvocationResult
+from .executor import Control, Executor, InvocationResult, Prepared
 
 log = logging.getLogger("tenantflow.scheduler")
 HOST_FAILURE_RETRY_MS = 1000
@@ -28,7 +28,7 @@ class Dispatch(Protocol):
     """Where invocations run: `start` begins one and returns the signals it obeys and its
     result (resolved on the event loop); `close` stops what still runs after `Scheduler.close`."""
 
-    def start(self, pk: int, tenant: str) -> tuple[Control, "asyncio.Future[InvocationResult]"]: ...
+    def start(self, pk: int, tenant: str, prepared: Optional[Prepared] = None) -> tuple[Control, "asyncio.Future[InvocationResult]"]: ...
 
     def close(self) -> None: ...
 
@@ -40,9 +40,10 @@ class LocalDispatch:
         self._executor = executor
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenantflow-worker")
 
-    def start(self, pk: int, tenant: str) -> tuple[Control, "asyncio.Future[InvocationResult]"]:
+    def start(self, pk: int, tenant: str, prepared: Optional[Prepared] = None) -> tuple[Control, "asyncio.Future[InvocationResult]"]:
         control = Control()
-        return control, asyncio.get_running_loop().run_in_executor(self._pool, self._executor.invoke, pk, control)
+        args = (pk, control) if prepared is None else (pk, control, prepared)
+        return control, asyncio.get_running_loop().run_in_executor(self._pool, self._executor.invoke, *args)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -57,6 +58,7 @@ class Scheduler:
         self._ready: dict[str, deque[int]] = {}
         self._ring: deque[str] = deque()
         self._queued: set[int] = set()
+        self._prepared: dict[int, Prepared] = {}  # queued new instances whose row is still committing
         self._tenant_of: dict[int, str] = {}
         self._running: dict[int, Control] = {}
         self._running_by_tenant: defaultdict[str, int] = defaultdict(int)
@@ -105,14 +107,19 @@ class Scheduler:
         self._dispatch.close()
 
     # ---- queueing --------------------------------------------------------------------
-    def make_ready(self, pk: int, tenant: str) -> None:
+    def make_ready(self, pk: int, tenant: str, prepared: Optional[Prepared] = None) -> None:
+        """Queue the instance (if it is running, it runs again once it ends). `prepared`:
+        a new instance may start from the row it was created with (`Prepared`)."""
         self._tenant_of[pk] = tenant
         self._timer_at.pop(pk, None)
         if pk in self._running:
             self._dirty.add(pk)
             return
         if pk in self._queued or self._closing:
+            self._prepared.pop(pk, None)  # something happened to it since: read it afresh
             return
+        if prepared is not None:
+            self._prepared[pk] = prepared
         self._queued.add(pk)
         queue = self._ready.get(tenant)
         if queue is None:
@@ -131,6 +138,7 @@ class Scheduler:
     def forget(self, pk: int) -> None:
         """The instance left the scheduler's care (paused, finished, deleted)."""
         self._timer_at.pop(pk, None)
+        self._prepared.pop(pk, None)
         if pk in self._queued:
             self._queued.discard(pk)
             tenant = self._tenant_of.get(pk)
@@ -198,7 +206,7 @@ class Scheduler:
 
     def _start(self, pk: int, tenant: str) -> None:
         self._queued.discard(pk)
-        control, future = self._dispatch.start(pk, tenant)
+        control, future = self._dispatch.start(pk, tenant, self._prepared.pop(pk, None))
         self._running[pk] = control
         self._running_by_tenant[tenant] += 1
         future.add_done_callback(lambda f: self._finished(pk, tenant, f))
