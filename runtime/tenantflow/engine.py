@@ -22,7 +22,7 @@ from typing import IO, Any, Callable, List, Optional, Sequence, TypeVar
 
 import wasmtime
 
-from . import isolates
+from . import hot, isolates
 from . import journal as jn
 from .auth import Action, Authorizer, Principal
 from .clock import Clock, SystemClock
@@ -101,6 +101,7 @@ class Engine:
         warm_instances: int = 2,
         pool_slots: Optional[int] = None,
         processes: int = 0,
+        hot_versions: int = hot.DEFAULT_VERSIONS,
     ) -> None:
         self.path = Path(path)
         self.clock: Clock = clock or SystemClock()
@@ -115,6 +116,9 @@ class Engine:
         self._custom_loader = loader
         # Instances prepared ahead of use (see warm.py); 0 turns it off.
         self.warm_instances = warm_instances
+        # Versions run on a pooled engine once they have most of the invocations (hot.py);
+        # 0 turns it off (so does SandboxConfig(pooling=True): everything is pooled then).
+        self.hot_versions = 0 if self.sandbox_config.pooling else hot_versions
         # Instances alive at once: one per worker, the warm ones (and one warming), and room
         # for a store being closed and a deploy inspection or upgrade check (sandbox.py).
         self.pool_slots = pool_slots or workers + warm_instances + 3
@@ -190,6 +194,13 @@ class Engine:
             if self.run_scheduler and self.warm_instances > 0:
                 self.executor.warm = WarmPool(self.wasm_engine, self.executor.linker, max_total=self.warm_instances, on_instantiate=self._count_instantiation)
                 self.isolates.on_evict.append(self.executor.warm.discard)  # an idle host lets go of all
+            if self.run_scheduler and self.hot_versions > 0:
+                self.executor.hot = hot.HotTier(
+                    self.sandbox_config, self.isolates.artifact_path, slots=self.workers + self.warm_instances + 3,
+                    warm_instances=self.warm_instances, versions=self.hot_versions, on_instantiate=self._count_instantiation,
+                )
+                if self.executor.warm is not None:
+                    self.executor.hot.on_promote.append(self.executor.warm.discard)
             dispatch = LocalDispatch(self.executor, self.workers)
         self.scheduler = Scheduler(dispatch, self.clock, workers=self.workers, per_tenant=self.per_tenant_concurrency)
         self.scheduler.on_idle.append(lambda: self.isolates.out_of_work(lambda: not self.scheduler.idle, self.scheduler.finished_seq))
@@ -210,6 +221,8 @@ class Engine:
             await self.scheduler.close()
         if self.executor.warm is not None:
             self.executor.warm.close()
+        if self.executor.hot is not None:
+            self.executor.hot.close()
         self.executor.close()
         self.isolates.close()
         self.writer.close()
@@ -247,6 +260,7 @@ class Engine:
             limits=self.limits,
             warm_instances=self.warm_instances,
             pool_slots=lanes + self.warm_instances + 3,
+            hot_versions=self.hot_versions,
             cpu=cpus[index % len(cpus)] if len(cpus) > 1 else None,
             cache_max_count=max(4, max_count // self.processes),
             cache_max_bytes=max(64 * isolates.MiB, max_bytes // self.processes),

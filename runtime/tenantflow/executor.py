@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import wasmtime
 from wasmtime import component as wc
@@ -31,6 +31,9 @@ from .loader import LoaderError
 from .policy import DEFAULT_POLICY, TenantPolicy
 from .sandbox import INTERRUPTED, POOL_EXHAUSTED, new_store
 from .warm import Binding, Key, WarmPool
+
+if TYPE_CHECKING:
+    from .hot import HotTier
 
 WIT_PACKAGE = "tenantflow:workflow"
 WIT_VERSION = "0.1.0"
@@ -69,6 +72,17 @@ class Control:
 
     pause_requested: bool = False
     cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class Tier:
+    """Where instances are made: a wasmtime engine with its linker, warm pool and export
+    types (the isolate cache's engine; `hot.HotTier`'s pooled one)."""
+
+    engine: wasmtime.Engine
+    linker: wc.Linker
+    warm: Optional[WarmPool]
+    exports: ExportCalls
 
 
 @dataclass
@@ -190,7 +204,8 @@ class Invocation:
         self.partial: dict[str, str] = {}
         self.raised: Optional[Exception] = None  # what a host import raised (see _carried)
         self.warm_binding: Optional[Binding] = None  # set when a warm instance serves this invocation
-        self.refill_warm: Optional[tuple[Key, wc.Component]] = None  # what the warm pool makes next
+        self.refill_warm: Optional[tuple[WarmPool, Key, wc.Component]] = None  # what a warm pool makes next
+        self.tier: Optional[Tier] = None  # where its instance was made
         self.policy: TenantPolicy = executor.policy_for(row.tenant)
         # Verifying new code against this journal (an upgrade): answer recorded calls only,
         # never run a step body, never write.
@@ -683,7 +698,7 @@ def call_run(inv: Invocation, store: wasmtime.Store, instance: wc.Instance, dige
     WasmtimeError."""
     row = inv.row
     try:
-        run = inv.x.exports.get(digest, component, store, instance, "run")
+        run = (inv.tier.exports if inv.tier is not None else inv.x.exports).get(digest, component, store, instance, "run")
     except LookupError:
         raise Unwind("errored", ("ComponentError", "component does not export `run`")) from None
     event = _record(payload=row.params, instance_id=row.id, workflow=row.workflow, created_at=row.created_at)
@@ -716,25 +731,40 @@ class Executor:
     # Thread-safe: whether instances are queued for a worker (then sleeps are not served in place).
     backlog: Callable[[], bool] = field(default=lambda: False)
     exports: ExportCalls = field(default_factory=ExportCalls)
+    hot: Optional["HotTier"] = None  # hot versions run on a pooled engine (hot.py)
     _closer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenantflow-closer"))
 
     def close(self) -> None:
         self._closer.shutdown(wait=True)
 
+    @property
+    def tier(self) -> Tier:
+        """The isolate cache's engine, with this executor's linker, warm pool and exports."""
+        return Tier(self.cache.engine, self.linker, self.warm, self.exports)
+
     def instantiate(
         self, digest: str, inv: Optional[Invocation], memory_bytes: int, owner: tuple[str, str] = ("", "")
     ) -> tuple[wasmtime.Store, wc.Instance, wc.Component]:
         """A fresh instance of `digest` in its own store, and the component it is of (a
-        warm instance may be of an object that the isolate cache has since replaced)."""
-        component = self.cache.get(digest, lambda: self.load_component_bytes(owner[0], owner[1], digest))
-        if inv is not None and self.warm is not None:
+        warm instance may be of an object that the isolate cache has since replaced).
+        An invocation of a hot version gets it from the hot tier's pooled engine."""
+        hot = self.hot.component(digest) if self.hot is not None and inv is not None else None
+        if hot is not None:
+            assert self.hot is not None
+            tier, component = self.hot.tier, hot
+        else:
+            tier = self.tier
+            component = self.cache.get(digest, lambda: self.load_component_bytes(owner[0], owner[1], digest))
+        if inv is not None:
+            inv.tier = tier
+        if inv is not None and tier.warm is not None:
             key = (digest, memory_bytes)
             # The pool refills when this invocation ends (`Executor._close`), not beside
             # it: a warmer running on the other core competes for the GIL and the mm lock,
             # and makes each copy-on-write fault of either a TLB shootdown between the
             # cores (measured: the guest's first pass 2x faster without it).
-            inv.refill_warm = (key, component)
-            warm = self.warm.take(key)
+            inv.refill_warm = (tier.warm, key, component)
+            warm = tier.warm.take(key)
             if warm is not None:
                 store, instance, binding, made_from = warm
                 binding.inv = inv
@@ -749,7 +779,7 @@ class Executor:
                 return "inspect-timeout" if time.monotonic() > until else None
 
         store = new_store(
-            self.cache.engine,
+            tier.engine,
             memory_bytes=memory_bytes,
             check=check,
             on_stdout=inv.output("stdout") if inv else None,
@@ -757,7 +787,7 @@ class Executor:
         )
         started = time.perf_counter()
         try:
-            instance = self._instantiate_in_slot(store, component)
+            instance = self._instantiate_in_slot(tier.linker, store, component)
         except BaseException:
             store.close()
             raise
@@ -765,13 +795,13 @@ class Executor:
         self.cache.stats.instantiate_seconds += time.perf_counter() - started
         return store, instance, component
 
-    def _instantiate_in_slot(self, store: wasmtime.Store, component: wc.Component) -> wc.Instance:
+    def _instantiate_in_slot(self, linker: wc.Linker, store: wasmtime.Store, component: wc.Component) -> wc.Instance:
         """Instantiate in a pool slot; when every slot is taken (stores still being
         closed), wait briefly for one, then give up with a LoaderError (retried later)."""
         deadline = time.monotonic() + POOL_WAIT_SECONDS
         while True:
             try:
-                return self.linker.instantiate(store, component)
+                return linker.instantiate(store, component)
             except wasmtime.WasmtimeError as exc:
                 exhausted = POOL_EXHAUSTED in str(exc)
                 if exhausted and time.monotonic() < deadline:
@@ -792,10 +822,11 @@ class Executor:
         if store is not None:
             self._closer.submit(self._close, store, refill)
 
-    def _close(self, store: wasmtime.Store, refill: Optional[tuple[Key, wc.Component]]) -> None:
+    def _close(self, store: wasmtime.Store, refill: Optional[tuple[WarmPool, Key, wc.Component]]) -> None:
         store.close()
-        if refill is not None and self.warm is not None:
-            self.warm.refill(*refill)
+        if refill is not None:
+            pool, key, component = refill
+            pool.refill(key, component)
 
     def workflows(self, digest: str) -> list[str]:
         """The workflow names a component exports."""

@@ -45,6 +45,7 @@ from . import isolates
 from .clock import SystemClock
 from .database import DEFER_MS, Readers, WriteOp
 from .executor import Control, Executor, Prepared, build_linker
+from .hot import HotTier
 from .isolates import IsolateCache
 from .limits import Limits
 from .loader import LoaderError
@@ -69,6 +70,7 @@ class RunnerConfig:
     limits: Limits
     warm_instances: int
     pool_slots: int
+    hot_versions: int = 0
     cpu: Optional[int] = None  # the core to pin this process to
     cache_max_count: int = isolates.DEFAULT_MAX_COUNT
     cache_max_bytes: int = isolates.DEFAULT_MAX_BYTES
@@ -241,6 +243,11 @@ class Runner:
         if config.warm_instances > 0:
             self.executor.warm = WarmPool(self.wasm_engine, self.executor.linker, max_total=config.warm_instances)
             self.isolates.on_evict.append(self.executor.warm.discard)
+        if config.hot_versions > 0:
+            self.executor.hot = HotTier(config.sandbox, self.isolates.artifact_path, slots=config.pool_slots,
+                                        warm_instances=config.warm_instances, versions=config.hot_versions)
+            if self.executor.warm is not None:
+                self.executor.hot.on_promote.append(self.executor.warm.discard)
         self.isolates.on_evict.append(self.executor.exports.forget)
 
     def _policy_for(self, tenant: str) -> TenantPolicy:
@@ -331,6 +338,8 @@ class Runner:
     def close(self) -> None:
         if self.executor.warm is not None:
             self.executor.warm.close()
+        if self.executor.hot is not None:
+            self.executor.hot.close()
         self.executor.close()
         self.isolates.close()
         self.ticker.stop()
