@@ -1552,132 +1552,105 @@ def evaluate_targets(tf: Json, peers: Json) -> list[Json]:
 
 
 ANALYSIS = """
-Profiles taken on this machine (`perf record -g` of a bench child for the native split between
-host Python, the guest's CPython-in-Wasm, the kernel and SQLite; `py-spy` for the host Python;
-`--profile` reruns any workload under py-spy into `bench/results/profiles/`). Figures quoted
-"in this run" come from the tables above; the others are from those profiling sessions, on 2
-cores shared with other jobs (±30%).
+Profiles taken on this machine (`perf record -g` of a bench child or of one process of an
+engine for the native split between host Python, the guest's CPython-in-Wasm, the kernel and
+SQLite; `py-spy` for the host Python; `--profile` reruns any workload under py-spy into
+`bench/results/profiles/`). Figures quoted "in this run" come from the tables above; the others
+are from those profiling sessions (probe scripts outside the bench, medians of alternating A/B
+runs), on 2 cores shared with other jobs (±30%).
 
-### What changed in the engine (latest round first; each measured before it was kept)
+### What changed in the engine this round (each measured before it was kept)
 
-- **Warm instances are refilled after the invocation, two per hot version** (`warm.py`,
-  `Executor.release`). The pool used to start the next instance the moment an invocation took
-  one, so the warmer instantiated on the second core while the guest ran its first pass on
-  the first, and every copy-on-write fault of either became a TLB-shootdown IPI to the other
-  core. Now the executor asks for the refill once the invocation's store is closed, and a hot
-  version keeps two ready (within `warm_instances`), so back-to-back invocations still always
-  find one (`tests/test_warm.py`). A one-step probe (150 runs back to back, quiet machine):
-  the guest's first pass ~3.5 → ~2 ms, process CPU per workflow ~10 → ~6.5 ms. In the bench,
-  one-step p50 7.95 ms (previous round's run) → {one_step_p50} ms in this run.
-- **The heap is trimmed when the host runs out of work** (`IsolateCache.trim_soon`, from
-  `Scheduler.on_idle`): one second after the last invocation ends, unless work came back,
-  glibc's `malloc_trim` returns what the burst freed. With 10,000 instances parked across 100
-  versions, a collect + trim with the component cache kept took RSS from ~360 to ~260 MiB:
-  most of the "right after" excess was freed heap glibc had kept, not live data. The "2 s
-  after" rows measure it; the "right after" rows stay.
-- **Prefaulting — measured, not kept.** (a) Learning the pages a version's first pass writes
-  (`/proc/self/pagemap`) and making them private in ready instances with
-  `MADV_POPULATE_WRITE` before any guest code runs: first-pass faults ~320 → ~70 and event
-  wake-up p50 ~4.4 → ~3.4 ms; but finding an instance's linear memory takes a read of
-  `/proc/self/maps`, 0.5 ms of kernel CPU each in an engine process (with its mm lock held),
-  and back-to-back one-step p50 got 1.5-2 ms worse, also when populating only on a quiet host.
-  (b) The SDK rehearsing its step path inside `workflows()`, so the warmer dirties those
-  pages: faults ~320 → ~130, no latency gain, +1.3 ms of CPU per workflow. Once the warmer no
-  longer runs beside the guest, a fault costs ~1-2 µs instead of ~7 µs; neither paid its way.
+- **Runner processes** (`Engine(processes=N)`, `serve --processes N`; `runners.py`,
+  `runner.py`). The cost that dominated concurrent work was not Python itself but threads of one
+  process on two cores: two worker threads spent ~340 µs of CPU per step where one alone spent
+  ~150 (fsync off), and 64 concurrent workflows ~430 µs per step; pinned to one core the same
+  threads spent ~250 µs, and two separate processes each ran at single-thread speed. Every host
+  import hands the GIL over, and every handover between cores is a futex wake-up and a
+  context switch (plus TLB shootdowns for the instances' copy-on-write faults). Now invocations
+  can run in runner processes pinned to a core each, and the engine keeps scheduling, the API and
+  the only SQLite write connection: a hub thread reads every runner's writes, commits them
+  together (one transaction, one fsync) and answers each runner once its writes are durable;
+  invocation ordering guarantees are kept across the socket (`after`: a durable call never
+  applies after the step result it follows failed, tested with an injected disk error in the
+  engine's process). Aggregate: {agg_in_process} steps/s in-process vs {agg_runners} with one
+  runner in this run ({agg_cpu} µs of CPU per step in all processes). Tried first and dropped:
+  runners committing themselves (each its own writer, serialized by a file lock): four writers'
+  commits queued behind each other's fsync, and a commit held the lock ~1.3 ms while its thread
+  waited for the GIL: ~4,100 steps/s at best.
+- **A step costs less CPU** (`fastcall.py`, `journal.record_entry`, `executor.py`, the guest SDK):
+  a known host-import signature recognised with one C call instead of ~7, the generation fence
+  folded into the journal write (one statement), a leaner host path and less Python per step in
+  the guest (the body called directly, no `StepContext` unless the body takes one, plain results
+  not round-tripped through JSON): ~148 → ~107 µs of CPU per trivial step with fsync off, and
+  replay {replay_us} µs per journaled step in this run (10.1 the round before).
+- **A fresh database's write-ahead log is grown before traffic** (`database.prefill_wal`): while
+  the log grew, commits ran at ~4,300/s here, once it had its working size (~4 MB) at ~7,100/s
+  (every commit that extends the file syncs its size too). Zeros past the last valid frame are
+  never read as frames (SQLite checks the salt and checksum chain), and they are written under
+  the log's write lock; a kill -9 right after commits recovers exactly those commits
+  (`tests/test_database.py`). Every sequential repeat runs on a fresh database: 2,484 → ~3,400
+  steps/s.
+- **Hot versions run on a pooled engine** (`hot.py`). A fresh instance's first pass wrote ~330
+  copy-on-write pages here (~1 ms); wasmtime's pooling allocator keeps a slot's pages and resets
+  them with memcpy, but on its own it made tenant churn 3-4x slower (100 versions taking turns in
+  the slots). Now a version with a quarter of the host's last 64 instantiations is loaded into a
+  second, pooled engine from the same artifact (the two engines' settings are compatible), in the
+  background; the long tail stays where it was. One-step p50 3.85 ms (previous run of this round)
+  → {one_step_p50} ms; event wake-up 3.44 → {signal_p50} ms; churn unchanged. A pooled store's
+  close costs ~0.6 ms (16 MiB kept resident) to ~3 ms under load: closes that back up on the
+  closer thread held slots until the pool ran out (10-20 ms waits at p99), so past three queued
+  closes the invoking thread closes its own.
+- **`wait()` reads its final snapshot on its own thread** (no trip to a reader thread), **a
+  burst's freed heap is returned at once** (1,000+ invocations since the last `malloc_trim`; a
+  lone request still waits a second), and with runners a new instance is dispatched as soon as
+  its row is inserted (its guest gets ready in the runner while the engine's fsync runs; the
+  first durable call waits for it).
+- **Measured, not kept:** a two-stage commit (COMMIT with synchronous=NORMAL, then an fdatasync
+  of the log by whichever thread was free) gave no measurable gain and a riskier durability
+  argument; dispatching new instances before their commit in-process made the guest's first
+  pass and the commit slow each other down (cross-core contention again); background threads at
+  nice 19; `gc.freeze()` in the guest before its snapshot (no fewer faults); keeping 8 MiB of a
+  pool slot resident instead of 16 (faults came back, one-step p50 worse).
 
-#### The round before
-- **Pool slots that stay warm — measured, then made opt-in** (`SandboxConfig(pooling=True)`).
-  A componentize-py instance starts from a copy-on-write image of a snapshotted interpreter;
-  its first pass wrote ~410 pages, each a page fault plus a TLB-shootdown IPI on this VM
-  (`ptep_clear_flush` → `native_write_msr`, 14% of all CPU in a latency profile): ~3 ms of a
-  4.4 ms first pass. wasmtime's pooling allocator with `linear_memory_keep_resident` (16 MiB
-  per memory slot, found with PAGEMAP_SCAN and reset with memcpy) starts the next instance of
-  a hot component with its pages already private: 0 faults, first pass 1.2 ms. A full run with
-  it on by default ([`bench/results/tenantflow-pooling.json`](bench/results/tenantflow-pooling.json),
-  same machine, an hour earlier) gave one-step p50 5.54 ms and event wake-up 5.23 ms — but
-  tenant churn p50 ~35 ms (100 versions taking turns in 13 slots: every switch remaps a slot
-  and resets 16 MiB), cold start from a disk artifact 14.9 ms, and 423 MB right after 10,000
-  instances parked. Most tenantflow hosts serve a long tail of versions, so it is off by
-  default and documented as the setting for hosts with a few hot versions.
-- **Stores closed explicitly** (`Executor.release`, on a closer thread): an instance's memory
-  (or pool slot) is freed when the invocation ends, not when the garbage collector gets to it.
-- **Step results commit with the next durable call** (`Invocation.commit_at_next_call`):
-  the last step of a workflow and its outcome share one fsync (one-step path: 3 → 2 commits);
-  a durable call never applies after a queued result that failed
-  (`test_a_failed_step_write_is_never_followed_by_the_outcome`).
-- **Replay in the guest** (WIT `recorded-steps` / `replayed`): the guest gets the journal's
-  leading finished steps in one host call and answers them itself, checking names; the host
-  checks everything after (`test_a_drift_inside_the_recorded_steps_is_caught_at_its_position`).
-- **A warm snapshot** (`tenantflow_guest._runtime.rehearse`): before componentize-py takes its
-  snapshot, the SDK runs its own step path 40 times (its own class, a host in guest memory,
-  never tenant code), so every instance starts with that bytecode specialised.
-- **Export calls with their types read once per component** (`exports.py`): wasmtime-py's
-  `get_func` + `Func.__call__` walked the export's types through the C API on every call.
-- **Fewer thread trips for `create` and `wait`**: the deployed digest is read inside the
-  insert transaction; `wait()` reads row and journal in one trip to a reader thread and is
-  woken directly by the scheduler (it was 9 aiosqlite round trips after the instance ended).
-- **Short sleeps served in place** (`Limits.sleep_in_place_ms`, 250 ms): journaled first,
-  then the worker waits (pause and terminate reach it within 10 ms) when nothing is queued.
-  The 100 ms sleep rows above are served this way; longer sleeps unwind, as before.
-- **A frozen startup heap** (`gc.freeze()` once per process): full collections walked the
-  imports' objects again and again (10% of host CPU in a latency profile).
-- **Footprint**: the isolate cache counts resident bytes (from smaps), evicts idle components
-  from a reaper thread even when no lookups come, then collects and trims the heap; warm
-  instances of an evicted component go with it.
+#### Earlier rounds
+Warm instances refilled after the invocation (two per hot version), the heap trimmed when the
+host runs out of work, stores closed explicitly, step results committed with the next durable
+call (one fsync for the last step and the outcome), replay of recorded steps inside the guest,
+a rehearsed SDK in the snapshot, export types read once per component, short sleeps served in
+place, a frozen startup heap, an isolate cache bounded by resident bytes with idle eviction.
+The pooling allocator for every version stays opt-in (`SandboxConfig(pooling=True)`:
+[`bench/results/tenantflow-pooling.json`](bench/results/tenantflow-pooling.json), an earlier
+round).
 
 ### What bounds the remaining gaps
 
-**Spread between runs.** This machine's neighbours move the numbers: a tenantflow-only rerun
-(`make bench BENCH_ARGS='--peers reuse'`) 17 minutes after this one measured sequential
-1,760 steps/s, one-step p50 7.34 ms and aggregate 3,204 steps/s
-([`bench/results/tenantflow-rerun.json`](bench/results/tenantflow-rerun.json)); quiet A/B runs of
-`--only sequential_steps` between them (two runs of five repeats each, alternating) gave this
-round's code medians of 1,970 and 2,080 steps/s and the previous round's 2,115 and 2,096. The
-sequential figure sits at the 2,000 line, within the spread; this round's changes are not on
-its path (one invocation, no warm-pool traffic while it runs).
+**Aggregate throughput (10,000 steps/s on 2 cores needs ≤ 200 µs of CPU per step, every core
+busy).** With one runner the runner's core is saturated: ~140 µs per step there (guest ~30 µs,
+host imports and the executor ~60, pickling and socket I/O ~20, the kernel ~20) and ~90 µs in
+the engine (the hub: unpickling each write, SQLite, the fsync's kernel path, the answers), which
+leaves part of the engine's core idle. Two runners put a runner beside the hub on each core and
+measured less. What would close the gap: cheaper steps on the runner side (its Python host path
+per step) or moving the write work out of Python (a native writer), not more processes.
 
-**Sequential steps: one fsync plus the CPU of a step, in series.** A step's result is durable
-before the next body runs, so a single workflow cannot beat the raw commit rate; this run
-spent {seq_cpu} µs of CPU per sequential step (host Python ~40%, kernel ~30% — the virtio
-notify of the fsync and thread switches —, guest ~15%, SQLite ~5%). Returning the result to
-the guest before the commit and waiting for it at the next call (a prototype this round) did
-not move it: the guest does almost nothing between two steps, so there is nothing to overlap.
-What would: a cheaper host call per step (the fastcall lift/lower, `Invocation.next_call`, the
-journal upsert) — the remaining host work is ~150 µs per step in pure Python.
+**Sequential steps.** One fsync plus the CPU of a step, in series: {seq_cpu} µs of CPU per step
+in this run. The ratio to DBOS moves with DBOS's own figure between runs (530-890 steps/s on this
+machine across rounds).
 
-**Aggregate throughput is CPU-bound, not fsync-bound.** 64 × 100 steps cost {agg_cpu} µs of
-process CPU per step (best worker count: {agg_workers}). 10,000 steps/s on 2 cores needs
-≤ 200 µs per step in total, and the host part runs under one GIL: the worker threads park on
-their commit futures and hand the GIL around (kernel `finish_task_switch` ~35% of the
-profile). The bound is one interpreter; the way past it is several engine processes sharding
-the instances (one SQLite writer each, or a shared Postgres) — an architecture change not
-made in this round.
+**One-step latency.** In this run: {latency_breakdown}. Two commits remain (the instance row;
+the step result with the completion) and three thread hops (create, dispatch, the scheduler's
+callback); the pooled first pass is ~0.3-0.5 ms. The p99 is mostly Python's collector (a full
+collection of the engine's heap takes ~10 ms) and the closer thread falling behind.
 
-**One-step latency.** In this run: {latency_breakdown}. Two commits remain on the path (the
-instance row; the step result with the completion), plus a thread hop each for `create`,
-dispatch, and `wait`, and the guest's first pass in a fresh instance: ~2 ms (componentize-py's
-export glue and the SDK's run path in CPython-in-Wasm, with ~330 copy-on-write faults that no
-longer cost shootdowns), ~1.2 ms with pooling. Reaching 3 ms needs the pooled first pass and
-one commit fewer (e.g. the instance row riding with the first step's commit when the caller
-does not need `create` to be durable on return), and fewer thread hops.
-
-**Replay ({replay_us} µs per journaled step in this run).** With the recorded steps answered
-in the guest, what is left per step is the guest's own Python (`step.do`, the name check, the
-JSON value): the host does one call per invocation for the whole prefix.
-
-**Memory right after a burst vs. steady state.** Right after the last instance parks, ~100
-MiB of the RSS is heap the burst freed that glibc has not yet returned (the peak while
-parking is higher still); the engine trims it one second after its work runs out (the 2 s
-rows). What remains is the components the burst used, still cached within the cache's 128
-MiB of resident pages (and the warm instances made for them); the isolate cache lets idle
-components go after `cache_idle_seconds` (30 s), with their warm instances, and trims again:
-the steady state of a host whose instances all wait.
+**Memory right after a burst vs. steady state.** What the burst leaves is the components it used,
+still cached within the cache's 128 MiB of resident pages (and the warm instances made for them);
+the isolate cache lets idle components go after `cache_idle_seconds` (30 s), with their warm
+instances, and trims again: the steady state of a host whose instances all wait.
 
 **Cold start from a disk artifact** is the artifact's mmap (deserialize, ~2-4 ms) plus the
-instantiation (a copy-on-write mapping of the memory image) and the first pass with its page
-faults (see the first item above). **With nothing cached** it is Cranelift compiling the
-~18 MB CPython component ({compile_s} s in this run): inherent to componentize-py guests,
-paid once per (digest, engine configuration) thanks to the artifact cache.
+instantiation and the first pass with its page faults. **With nothing cached** it is Cranelift
+compiling the ~18 MB CPython component ({compile_s} s in this run): inherent to componentize-py
+guests, paid once per (digest, engine configuration) thanks to the artifact cache.
 
 **Wake-ups.** An event (or a sleep longer than `sleep_in_place_ms`) resumes in a new
 invocation: commit, new instance, guest start-up, replay of the steps before (in the guest),
@@ -1702,11 +1675,17 @@ def analysis_values(tf: Json) -> dict[str, str]:
     else:
         breakdown = "(one-step latency not measured)"
     compile_ms = _m(w.get("cold_start"), "compile_ms")
+    agg_metrics = (w.get("aggregate_steps") or {}).get("metrics", {})
+    in_process = [m.get("median") for k, m in agg_metrics.items() if k.startswith("total_steps_per_s_workers_") and m.get("median")]
+    runners = [m.get("median") for k, m in agg_metrics.items() if k.startswith("total_steps_per_s_processes_") and m.get("median")]
     return {
         "one_step_p50": num("one_step_latency", "p50_ms", 2),
+        "signal_p50": num("wakeup_latency", "signal_p50_ms", 2),
         "seq_cpu": num("sequential_steps", "cpu_us_per_step"),
         "agg_cpu": num("aggregate_steps", "cpu_us_per_step"),
         "agg_workers": agg_config_text(w.get("aggregate_steps", {})),
+        "agg_in_process": f"{max(in_process):,.0f}" if in_process else "—",
+        "agg_runners": f"{max(runners):,.0f}" if runners else "—",
         "latency_breakdown": breakdown,
         "replay_us": num("replay", "us_per_step", 1),
         "compile_s": "—" if compile_ms is None else f"{compile_ms / 1000:.1f}",

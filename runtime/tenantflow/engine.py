@@ -22,7 +22,7 @@ from typing import IO, Any, Callable, List, Optional, Sequence, TypeVar
 
 import wasmtime
 
-from . import hot, isolates
+from . import executor, hot, isolates
 from . import journal as jn
 from .auth import Action, Authorizer, Principal
 from .clock import Clock, SystemClock
@@ -196,7 +196,7 @@ class Engine:
                 self.isolates.on_evict.append(self.executor.warm.discard)  # an idle host lets go of all
             if self.run_scheduler and self.hot_versions > 0:
                 self.executor.hot = hot.HotTier(
-                    self.sandbox_config, self.isolates.artifact_path, slots=self.workers + self.warm_instances + 3,
+                    self.sandbox_config, self.isolates.artifact_path, slots=self.workers + self.warm_instances + executor.CLOSE_BACKLOG + 3,
                     warm_instances=self.warm_instances, versions=self.hot_versions, on_instantiate=self._count_instantiation,
                 )
                 if self.executor.warm is not None:
@@ -259,7 +259,7 @@ class Engine:
             sandbox=self.sandbox_config,
             limits=self.limits,
             warm_instances=self.warm_instances,
-            pool_slots=lanes + self.warm_instances + 3,
+            pool_slots=lanes + self.warm_instances + executor.CLOSE_BACKLOG + 3,
             hot_versions=self.hot_versions,
             cpu=cpus[index % len(cpus)] if len(cpus) > 1 else None,
             cache_max_count=max(4, max_count // self.processes),

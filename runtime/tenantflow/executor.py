@@ -41,6 +41,7 @@ DURABLE = f"{WIT_PACKAGE}/durable@{WIT_VERSION}"
 CHILDREN = f"{WIT_PACKAGE}/children@{WIT_VERSION}"
 CAPABILITIES = f"{WIT_PACKAGE}/capabilities@{WIT_VERSION}"
 POOL_WAIT_SECONDS = 2.0
+CLOSE_BACKLOG = 3  # stores queued to close beyond which the caller closes its own
 SLEEP_POLL_MS = 10  # how often a sleep served in place checks for pause and terminate
 
 
@@ -733,6 +734,8 @@ class Executor:
     exports: ExportCalls = field(default_factory=ExportCalls)
     hot: Optional["HotTier"] = None  # hot versions run on a pooled engine (hot.py)
     _closer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenantflow-closer"))
+    _closing: int = 0  # stores queued for the closer thread
+    _closing_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def close(self) -> None:
         self._closer.shutdown(wait=True)
@@ -813,14 +816,32 @@ class Executor:
 
     def release(self, store: Optional[wasmtime.Store], inv: Optional[Invocation] = None) -> None:
         """Free an instance's store and its pool slot now rather than at garbage
-        collection, off the caller's path (resetting the slot's memory takes a while).
-        After an invocation's instance is closed, the warm pool prepares the next one."""
+        collection, off the caller's path (resetting a pool slot's memory takes a
+        millisecond or more). After an invocation's instance is closed, the warm pool
+        prepares the next one. When closes back up (the closer thread starved of CPU),
+        the caller closes its own: stores waiting to close hold pool slots, and an
+        exhausted pool makes the next instantiation wait."""
         refill = None
         if inv is not None:
             inv.detach_warm()
             refill = inv.refill_warm
-        if store is not None:
-            self._closer.submit(self._close, store, refill)
+        if store is None:
+            return
+        with self._closing_lock:
+            backed_up = self._closing >= CLOSE_BACKLOG
+            if not backed_up:
+                self._closing += 1
+        if backed_up:
+            self._close(store, refill)
+        else:
+            self._closer.submit(self._close_queued, store, refill)
+
+    def _close_queued(self, store: wasmtime.Store, refill: Optional[tuple[WarmPool, Key, wc.Component]]) -> None:
+        try:
+            self._close(store, refill)
+        finally:
+            with self._closing_lock:
+                self._closing -= 1
 
     def _close(self, store: wasmtime.Store, refill: Optional[tuple[WarmPool, Key, wc.Component]]) -> None:
         store.close()

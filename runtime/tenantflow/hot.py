@@ -57,7 +57,9 @@ class HotTier:
         idle_seconds: float = IDLE_SECONDS,
         on_instantiate: Callable[[float], None] = lambda seconds: None,
     ) -> None:
-        engine = make_engine(dataclasses.replace(config, pooling=True), slots)
+        # Slots enough never to run out (they are address space), few kept warm: those
+        # the hot versions' back-to-back instances reuse, with all their pages.
+        engine = make_engine(dataclasses.replace(config, pooling=True), slots, warm_slots=warm_instances + 2)
         linker = build_linker(engine)
         warm = WarmPool(engine, linker, max_total=warm_instances, on_instantiate=on_instantiate) if warm_instances > 0 else None
         self.tier = Tier(engine, linker, warm, ExportCalls())

@@ -78,15 +78,17 @@ DEFAULT_POOL_SLOTS = 8
 POOL_EXHAUSTED = "concurrent"  # wasmtime: "maximum concurrent ... limit of N reached"
 
 
-def make_engine(config: SandboxConfig, pool_slots: int = DEFAULT_POOL_SLOTS) -> wasmtime.Engine:
-    """The wasmtime engine; with `config.pooling`, at most `pool_slots` live instances."""
+def make_engine(config: SandboxConfig, pool_slots: int = DEFAULT_POOL_SLOTS, warm_slots: Optional[int] = None) -> wasmtime.Engine:
+    """The wasmtime engine; with `config.pooling`, at most `pool_slots` live instances.
+    `warm_slots`: how many unused slots keep their pages (each up to KEEP_RESIDENT_BYTES;
+    the default shares POOL_RESIDENT_BUDGET among half the slots)."""
     cfg = wasmtime.Config()
     cfg.epoch_interruption = config.epoch_interruption
     cfg.max_wasm_stack = config.max_wasm_stack
     cfg.cranelift_opt_level = config.cranelift_opt_level
     cfg.parallel_compilation = True
     if config.pooling:
-        _use_pooling(cfg, max(1, pool_slots))
+        _use_pooling(cfg, max(1, pool_slots), warm_slots)
     return wasmtime.Engine(cfg)
 
 
@@ -96,7 +98,7 @@ def keep_resident_bytes(slots: int) -> int:
     return max(page, min(KEEP_RESIDENT_BYTES, POOL_RESIDENT_BUDGET // memories) // page * page)
 
 
-def _use_pooling(cfg: wasmtime.Config, slots: int) -> None:
+def _use_pooling(cfg: wasmtime.Config, slots: int, warm_slots: Optional[int] = None) -> None:
     pool = ffi.wasmtime_pooling_allocation_config_new()
     try:
         ffi.wasmtime_pooling_allocation_config_total_component_instances_set(pool, slots)
@@ -116,12 +118,13 @@ def _use_pooling(cfg: wasmtime.Config, slots: int) -> None:
         ffi.wasmtime_pooling_allocation_config_max_memory_size_set(pool, 4096 * MiB)
         ffi.wasmtime_pooling_allocation_config_max_core_instance_size_set(pool, _MAX_INSTANCE_STATE)
         ffi.wasmtime_pooling_allocation_config_max_component_instance_size_set(pool, _MAX_INSTANCE_STATE)
-        ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(pool, keep_resident_bytes(slots))
+        keep = KEEP_RESIDENT_BYTES if warm_slots is not None else keep_resident_bytes(slots)
+        ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(pool, keep)
         # Tables are reset by decommit: kept resident they would each pin their whole slot.
         ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, 0)
         # Idle slots beyond these are handed out again without their old component's
         # pages: what stays resident between bursts is bounded by these, not by `slots`.
-        ffi.wasmtime_pooling_allocation_config_max_unused_warm_slots_set(pool, max(1, slots // 2))
+        ffi.wasmtime_pooling_allocation_config_max_unused_warm_slots_set(pool, max(1, slots // 2 if warm_slots is None else warm_slots))
         ffi.wasmtime_pooling_allocation_strategy_set(cfg.ptr(), pool)
     finally:
         ffi.wasmtime_pooling_allocation_config_delete(pool)
