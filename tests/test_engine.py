@@ -536,7 +536,9 @@ async def test_a_busy_tenant_does_not_starve_another(tmp_path: Path, clock: Manu
 
 
 async def test_finished_invocations_free_their_wasm_stores(tmp_path: Path, clock: ManualClock) -> None:
-    """A waiting or finished instance holds no Wasm instance: every store is freed."""
+    """A waiting or finished instance holds no Wasm instance: every store is freed, and
+    by reference counting alone (a store in a reference cycle keeps its memory until a
+    full collection, which an idle host may not run for minutes)."""
     import gc
 
     import wasmtime
@@ -547,8 +549,21 @@ async def test_finished_invocations_free_their_wasm_stores(tmp_path: Path, clock
 
     async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
         t = engine.tenant("t")
-        await t.create_batch([{"workflow": "Sleeper", "params": {"duration": "1 hour"}} for _ in range(30)])
-        await t.create_batch([{"workflow": "Crash"} for _ in range(10)] + [{"workflow": "Retry", "params": {"fail": 1}} for _ in range(10)])
-        await engine.scheduler.quiesce()
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds stays in gc.garbage
+        try:
+            await t.create_batch([{"workflow": "Sleeper", "params": {"duration": "1 hour"}} for _ in range(30)])
+            await t.create_batch([{"workflow": "Crash"} for _ in range(10)] + [{"workflow": "Retry", "params": {"fail": 1}} for _ in range(10)])
+            waiter = await t.create("Waiter", {"timeout": "1 hour"})
+            await engine.scheduler.quiesce()
+            gc.collect()
+            cyclic = [o for o in gc.garbage if isinstance(o, wasmtime.Store)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        assert cyclic == [], f"{len(cyclic)} stores were only freed by the cycle collector"
+        assert (status := await t.status(waiter)).status == "waiting", status.error
         tiers = 2 if engine.executor.hot is not None else 1  # a warm pool per engine (hot.py)
         assert live_stores() <= engine.warm_instances * tiers  # only warm instances prepared for the next run

@@ -3,7 +3,6 @@ pooled engine and behaves exactly as before; a long tail of versions stays off i
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -16,11 +15,12 @@ from tenantflow.registry import digest_of
 from tenantflow.sandbox import SandboxConfig, make_engine
 
 
-async def until_hot(engine, digest: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+async def until_hot(engine, binding, digest: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Run one-step workflows until the version is hot (it must stay dominant for a while)."""
     deadline = time.monotonic() + timeout
     while digest not in engine.executor.hot.hot_digests:
         assert time.monotonic() < deadline, "never became hot"
-        await asyncio.sleep(0.02)
+        assert (await binding.wait(await binding.create("Steps", {"n": 1}))).status == "complete"
 
 
 async def test_a_hot_version_runs_on_the_pooled_engine_and_behaves_the_same(tmp_path: Path) -> None:
@@ -29,9 +29,7 @@ async def test_a_hot_version_runs_on_the_pooled_engine_and_behaves_the_same(tmp_
         assert hot is not None
         t = engine.tenant("t")
         digest = digest_of(component("basics").read_bytes())
-        for _ in range(20):  # enough of the last invocations for it to count as hot
-            assert (await t.wait(await t.create("Steps", {"n": 1}))).status == "complete"
-        await until_hot(engine, digest)
+        await until_hot(engine, t, digest)
         before = hot.invocations
         steps = await t.create("Steps", {"n": 30})
         retry = await t.create("Retry", {"fail": 2, "delay": 0, "backoff": "constant"})
@@ -50,33 +48,40 @@ async def test_a_hot_version_runs_on_the_pooled_engine_and_behaves_the_same(tmp_
 
 
 def test_a_long_tail_of_versions_stays_off_the_pool(tmp_path: Path) -> None:
-    """Eight versions taking turns: none has a quarter of the last invocations. One that
-    then takes most of them is loaded (from the artifact the other engine wrote); one
-    whose artifact is gone is not, and nothing breaks."""
+    """Eight versions taking turns: none has a quarter of the last invocations. A burst of
+    one is not hot yet; one that keeps most of them is loaded (from the artifact the other
+    engine wrote); one whose artifact is gone is not, and nothing breaks; once nothing is
+    hot, the pooled engine is let go."""
     config = SandboxConfig()
     cache = IsolateCache(make_engine(config), config, ARTIFACTS, reaper=False)
     wasm = component("basics").read_bytes()
     digest = digest_of(wasm)
     cache.get(digest, lambda: wasm)  # writes (or finds) its artifact
-    hot = HotTier(config, cache.artifact_path, slots=4, warm_instances=0)
+    hot = HotTier(config, cache.artifact_path, slots=4, warm_instances=0, sustain_seconds=0.3, idle_seconds=0.6)
     try:
         tail = [f"{i:064x}" for i in range(8)]
         for _ in range(20):
             for d in tail:
                 assert hot.component(d) is None
+        for _ in range(60):  # a burst, over at once
+            assert hot.component(digest) is None
         time.sleep(0.2)
-        assert hot.hot_digests == [] and hot.promotions == 0
-        for _ in range(40):
-            hot.component(digest)
+        assert hot.hot_digests == [] and hot.promotions == 0 and hot.tier is None
         deadline = time.monotonic() + 30
-        while hot.component(digest) is None:
+        while hot.component(digest) is None:  # it keeps most of the invocations
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        assert hot.hot_digests == [digest] and hot.promotions == 1
+        assert hot.hot_digests == [digest] and hot.promotions == 1 and hot.tier is not None
         missing = "f" * 64  # no artifact: stays unpooled
-        for _ in range(64):
+        started = time.monotonic()
+        while time.monotonic() - started < 0.5:
             assert hot.component(missing) is None
-        time.sleep(0.2)
+            time.sleep(0.005)
         assert missing not in hot.hot_digests
+        deadline = time.monotonic() + 10  # the hot one is idle now: it goes, and the engine with it
+        while hot.tier is not None:
+            assert time.monotonic() < deadline, "the pooled engine was kept"
+            time.sleep(0.05)
+        assert hot.hot_digests == []
     finally:
         hot.close()

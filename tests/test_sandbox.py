@@ -8,6 +8,7 @@ import asyncio
 import os
 import threading
 import tracemalloc
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -23,7 +24,7 @@ from tenantflow.errors import ComponentError
 from tenantflow.isolates import IsolateCache
 from tenantflow.limits import Limits, MiB
 from tenantflow.policy import TenantPolicy
-from tenantflow.sandbox import SandboxConfig, make_engine
+from tenantflow.sandbox import OutputSink, SandboxConfig, make_engine
 
 HOSTILE = "hostile"
 DEPLOY = {HOSTILE: "hostile", BYSTANDER: "basics"}
@@ -326,3 +327,27 @@ async def test_engine_stats_report_the_scheduler_and_cache(tmp_path: Path) -> No
         stats = engine.stats()
         assert stats.isolates.hits >= 2 and stats.isolates.resident_components == 1
         assert stats.model_dump()["isolates"]["instantiations"] >= 3
+
+
+def test_output_sinks_reach_their_consumer_weakly() -> None:
+    """wasmtime-wasi writes a guest's output from its own threads and drops the callback
+    there, maybe after the store is gone: the callback must not keep the invocation (and
+    what it holds) alive, and a late write must go nowhere."""
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.got: list[tuple[str, bytes]] = []
+
+        def write_output(self, stream: str, data: bytes) -> None:
+            self.got.append((stream, data))
+
+    consumer = Consumer()
+    sink = OutputSink(consumer.write_output, "stderr")
+    writer = threading.Thread(target=sink, args=(b"from another thread",))
+    writer.start()
+    writer.join()
+    assert consumer.got == [("stderr", b"from another thread")]
+    gone = weakref.ref(consumer)
+    del consumer
+    assert gone() is None
+    sink(b"late")  # no consumer: dropped, no error

@@ -203,6 +203,7 @@ class Invocation:
         self.step_deadline = 0  # end of the running attempt's timeout (monotonic ms)
         self.logs: list[tuple[int, str, str]] = []
         self.partial: dict[str, str] = {}
+        self.output_closed = False
         self.raised: Optional[Exception] = None  # what a host import raised (see _carried)
         self.warm_binding: Optional[Binding] = None  # set when a warm instance serves this invocation
         self.refill_warm: Optional[tuple[WarmPool, Key, wc.Component]] = None  # what a warm pool makes next
@@ -558,25 +559,25 @@ class Invocation:
         self.log_bytes += size
         self.logs.append((self.now(), stream, message))
 
-    def output(self, stream: str) -> Callable[[bytes], None]:
-        """A WASI stdout/stderr sink that logs whole lines (print() writes in pieces)."""
-
-        def write(data: bytes) -> None:
-            if stream == "stderr" and (b"MemoryError" in data or b"memory allocation of" in data):
-                self.out_of_memory = True  # a trap that follows is the memory cap, not a crash
-            text = self.partial.pop(stream, "") + data.decode("utf-8", "replace")
-            *lines, rest = text.split("\n")
-            for line in lines:
-                self.log(stream, line)
-            if rest:
-                if len(rest) > 64 * 1024:  # no newline in sight: do not buffer without bound
-                    self.log(stream, rest)
-                else:
-                    self.partial[stream] = rest
-
-        return write
+    def write_output(self, stream: str, data: bytes) -> None:
+        """The guest's stdout/stderr (from wasmtime-wasi's threads, see OutputSink), logged
+        in whole lines (print() writes in pieces)."""
+        if self.output_closed:
+            return  # a write that was still in flight when the invocation ended
+        if stream == "stderr" and (b"MemoryError" in data or b"memory allocation of" in data):
+            self.out_of_memory = True  # a trap that follows is the memory cap, not a crash
+        text = self.partial.pop(stream, "") + data.decode("utf-8", "replace")
+        *lines, rest = text.split("\n")
+        for line in lines:
+            self.log(stream, line)
+        if rest:
+            if len(rest) > 64 * 1024:  # no newline in sight: do not buffer without bound
+                self.log(stream, rest)
+            else:
+                self.partial[stream] = rest
 
     def flush_output(self) -> None:
+        self.output_closed = True
         for stream, rest in self.partial.items():
             self.log(stream, rest)
         self.partial.clear()
@@ -705,10 +706,15 @@ def call_run(inv: Invocation, store: wasmtime.Store, instance: wc.Instance, dige
     event = _record(payload=row.params, instance_id=row.id, workflow=row.workflow, created_at=row.created_at)
     try:
         return run(store, instance, row.workflow, event)
-    except wasmtime.WasmtimeError:
-        if inv.raised is not None:
-            raise inv.raised from None
-        raise
+    except wasmtime.WasmtimeError as trap:
+        # wasmtime-py raises the trap from a frame that holds it: a cycle through this
+        # frame's store that only a full collection would free (~8 MB an instance).
+        trap.__traceback__ = None
+        if inv.raised is None:
+            raise
+    # Outside the handler (no context pointing back at the trap) and from no local of this
+    # frame (its traceback holds the frame); `invoke` clears `inv.raised` when it is done.
+    raise inv.raised
 
 
 @dataclass
@@ -753,8 +759,7 @@ class Executor:
         An invocation of a hot version gets it from the hot tier's pooled engine."""
         hot = self.hot.component(digest) if self.hot is not None and inv is not None else None
         if hot is not None:
-            assert self.hot is not None
-            tier, component = self.hot.tier, hot
+            tier, component = hot
         else:
             tier = self.tier
             component = self.cache.get(digest, lambda: self.load_component_bytes(owner[0], owner[1], digest))
@@ -785,8 +790,7 @@ class Executor:
             tier.engine,
             memory_bytes=memory_bytes,
             check=check,
-            on_stdout=inv.output("stdout") if inv else None,
-            on_stderr=inv.output("stderr") if inv else None,
+            output=inv.write_output if inv else None,
         )
         started = time.perf_counter()
         try:

@@ -935,9 +935,14 @@ def _trampoline(data: Optional[int], context: Any, ty: int, args: Optional[int],
     except Exception as exc:
         _enter.LAST_EXCEPTION = exc
         error = WasmtimeError("python exception")
+        # `exc`'s traceback keeps this frame: the trap must not point back at `exc` (its
+        # implicit context), or the cycle keeps the store's memory until a full collection.
+        error.__context__ = None
     finally:
         store._invalidate()
-    return ctypes.cast(error._consume(), c_void_p).value
+    trap = ctypes.cast(error._consume(), c_void_p).value
+    del error
+    return trap
 
 
 def _finalize(data: Optional[int]) -> None:

@@ -7,14 +7,17 @@ millisecond of a one-step workflow here. A slot of the pooling allocator keeps t
 its last instance dirtied and resets them with memcpy, so the next instance of the same
 version starts with them private (first pass ~0.3 ms). But a slot that another version
 takes next must be imaged again: with a long tail of versions taking turns (tenant churn
-in BENCHMARKS.md) everything on the pool ran 3-4x slower. So only hot versions go there:
-a version that had at least `share` of the host's last `window` instantiations is loaded
-into the pooled engine, from its precompiled artifact (the same file: the two engines'
-settings are compatible), on a thread of its own; its invocations use it from then on.
-At most `versions` are hot (least recently used go first); one unused for
-`idle_seconds` is let go. Everything else runs on the isolate cache's engine, as before.
-The tier has a warm pool of its own (the other's warm instances of a version that became
-hot are dropped: `on_promote`).
+in BENCHMARKS.md) everything on the pool ran 3-4x slower, and its slots keep memory.
+
+So only hot versions go there: one that has held at least `share` of the host's last
+`window` instantiations for `sustain_seconds` (a tenant's burst of a hundred is not yet
+hot) is loaded into the pooled engine, from its precompiled artifact (the same file: the
+two engines' settings are compatible), on a thread of its own; its invocations use it from
+then on. At most `versions` are hot (least recently used go first); one unused for
+`idle_seconds` is let go, and when none is left the pooled engine goes too, with the
+memory its slots kept (a new one is made at the next promotion). The tier has a warm pool
+of its own (the other's warm instances of a version that became hot are dropped:
+`on_promote`). Everything else runs on the isolate cache's engine, as before.
 """
 
 from __future__ import annotations
@@ -40,7 +43,26 @@ log = logging.getLogger("tenantflow.hot")
 DEFAULT_VERSIONS = 2
 WINDOW = 64
 SHARE = 0.25
-IDLE_SECONDS = 60.0
+SUSTAIN_SECONDS = 1.0
+IDLE_SECONDS = 20.0
+
+
+class _Pool:
+    """The pooled engine and what is made on it; dropped whole when nothing is hot."""
+
+    def __init__(self, config: SandboxConfig, slots: int, warm_instances: int, on_instantiate: Callable[[float], None]) -> None:
+        # Slots enough never to run out (they are address space), few kept warm: those
+        # the hot versions' back-to-back instances reuse, with all their pages.
+        engine = make_engine(dataclasses.replace(config, pooling=True), slots, warm_slots=warm_instances + 2)
+        linker = build_linker(engine)
+        warm = WarmPool(engine, linker, max_total=warm_instances, on_instantiate=on_instantiate) if warm_instances > 0 else None
+        self.tier = Tier(engine, linker, warm, ExportCalls())
+        self.ticker = EpochTicker(engine)
+
+    def close(self) -> None:
+        if self.tier.warm is not None:
+            self.tier.warm.close()
+        self.ticker.stop()
 
 
 class HotTier:
@@ -54,25 +76,24 @@ class HotTier:
         versions: int = DEFAULT_VERSIONS,
         window: int = WINDOW,
         share: float = SHARE,
+        sustain_seconds: float = SUSTAIN_SECONDS,
         idle_seconds: float = IDLE_SECONDS,
         on_instantiate: Callable[[float], None] = lambda seconds: None,
     ) -> None:
-        # Slots enough never to run out (they are address space), few kept warm: those
-        # the hot versions' back-to-back instances reuse, with all their pages.
-        engine = make_engine(dataclasses.replace(config, pooling=True), slots, warm_slots=warm_instances + 2)
-        linker = build_linker(engine)
-        warm = WarmPool(engine, linker, max_total=warm_instances, on_instantiate=on_instantiate) if warm_instances > 0 else None
-        self.tier = Tier(engine, linker, warm, ExportCalls())
-        self._ticker = EpochTicker(engine)
+        self._config, self._slots, self._warm_instances, self._on_instantiate = config, slots, warm_instances, on_instantiate
         self._artifact_path = artifact_path
-        self.versions, self.idle_seconds = versions, idle_seconds
+        self.versions, self.sustain_seconds, self.idle_seconds = versions, sustain_seconds, idle_seconds
         self._threshold = max(2, int(window * share))
         self._recent: deque[str] = deque(maxlen=window)
         self._counts: Counter[str] = Counter()
+        self._dominant_since: dict[str, float] = {}  # versions over the threshold, since when
         self._hot: OrderedDict[str, tuple[wc.Component, float]] = OrderedDict()  # digest -> (component, last used)
+        self._pool: Optional[_Pool] = None  # while something is hot
         self._loading: set[str] = set()
         self._lock = threading.Lock()
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenantflow-hot-loader")
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenantflow-hot")
+        self._idle_check: Optional[threading.Timer] = None
+        self._closed = False
         self.on_promote: list[Callable[[str], None]] = []  # hears each version that became hot
         self.promotions = 0
         self.invocations = 0
@@ -82,77 +103,116 @@ class HotTier:
         with self._lock:
             return list(self._hot)
 
-    def component(self, digest: str) -> Optional[wc.Component]:
-        """Note an invocation of `digest`; its pooled component if the version is hot (a
-        version that just became hot is loaded meanwhile: this one gets None)."""
+    @property
+    def tier(self) -> Optional[Tier]:
+        pool = self._pool
+        return pool.tier if pool is not None else None
+
+    def component(self, digest: str) -> Optional[tuple[Tier, wc.Component]]:
+        """Note an invocation of `digest`; where to make its instance if the version is hot
+        (one that just became hot is loaded meanwhile: this one gets None)."""
         now = time.monotonic()
         with self._lock:
-            if len(self._recent) == self._recent.maxlen:
-                oldest = self._recent[0]
-                self._counts[oldest] -= 1
-                if not self._counts[oldest]:
-                    del self._counts[oldest]
-            self._recent.append(digest)
-            self._counts[digest] += 1
+            self._note(digest, now)
             entry = self._hot.get(digest)
-            if entry is not None:
+            pool = self._pool
+            if entry is not None and pool is not None:
                 self._hot[digest] = (entry[0], now)
                 self._hot.move_to_end(digest)
                 self.invocations += 1
-                dropped = self._pop_idle(now)
-                component: Optional[wc.Component] = entry[0]
-            else:
-                dropped = self._pop_idle(now)
-                component = None
-                if self._counts[digest] >= self._threshold and digest not in self._loading:
-                    self._loading.add(digest)
-                    try:
-                        self._loader.submit(self._promote, digest)
-                    except RuntimeError:  # closed meanwhile
-                        self._loading.discard(digest)
-        self._let_go(dropped)
-        return component
+                return pool.tier, entry[0]
+            since = self._dominant_since.get(digest)
+            if since is not None and now - since >= self.sustain_seconds and digest not in self._loading and not self._closed:
+                self._loading.add(digest)
+                try:
+                    self._loader.submit(self._promote, digest)
+                except RuntimeError:  # closed meanwhile
+                    self._loading.discard(digest)
+        return None
+
+    def _note(self, digest: str, now: float) -> None:
+        """(The caller holds the lock.)"""
+        if len(self._recent) == self._recent.maxlen:
+            oldest = self._recent[0]
+            self._counts[oldest] -= 1
+            if self._counts[oldest] < self._threshold:
+                self._dominant_since.pop(oldest, None)
+            if not self._counts[oldest]:
+                del self._counts[oldest]
+        self._recent.append(digest)
+        self._counts[digest] += 1
+        if self._counts[digest] >= self._threshold:
+            self._dominant_since.setdefault(digest, now)
 
     def _promote(self, digest: str) -> None:
+        with self._lock:
+            if self._pool is None and not self._closed:
+                self._pool = _Pool(self._config, self._slots, self._warm_instances, self._on_instantiate)
+            pool = self._pool
         component: Optional[wc.Component] = None
         path = self._artifact_path(digest)
         try:
-            if path is not None and path.exists():
-                component = wc.Component.deserialize_file(self.tier.engine, str(path))
+            if pool is not None and path is not None and path.exists():
+                component = wc.Component.deserialize_file(pool.tier.engine, str(path))
         except wasmtime.WasmtimeError as exc:  # an optimisation: the version runs on, unpooled
             log.warning("could not load hot component %s into the pooled engine: %s", digest[:12], exc)
         with self._lock:
             self._loading.discard(digest)
             dropped = []
-            if component is not None:
+            if component is not None and pool is self._pool:
                 self._hot[digest] = (component, time.monotonic())
                 self.promotions += 1
                 while len(self._hot) > self.versions:
                     dropped.append(self._hot.popitem(last=False)[0])
-        self._let_go(dropped)
+                self._arm_idle_check()
+        self._let_go(pool, dropped)
         if component is not None:
             for listener in self.on_promote:
                 listener(digest)
 
-    def _pop_idle(self, now: float) -> list[str]:
+    def _arm_idle_check(self) -> None:
         """(The caller holds the lock.)"""
-        idle = [digest for digest, (_, used) in self._hot.items() if now - used > self.idle_seconds]
-        for digest in idle:
-            del self._hot[digest]
-        return idle
+        if self._idle_check is None and not self._closed:
+            self._idle_check = threading.Timer(self.idle_seconds / 4, self._check_idle)
+            self._idle_check.daemon = True
+            self._idle_check.start()
 
-    def _let_go(self, digests: list[str]) -> None:
+    def _check_idle(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._idle_check = None
+            idle = [digest for digest, (_, used) in self._hot.items() if now - used > self.idle_seconds]
+            for digest in idle:
+                del self._hot[digest]
+            pool = self._pool
+            if not self._hot:  # nothing hot: the engine and its slots' memory go too
+                self._pool = None
+            else:
+                self._arm_idle_check()
+        self._let_go(pool, idle)
+        if pool is not None and self._pool is None:
+            pool.close()
+
+    @staticmethod
+    def _let_go(pool: Optional[_Pool], digests: list[str]) -> None:
         """Drop what pins a version that is no longer hot (its warm instances and export
         types); its running instances keep it until they end."""
+        if pool is None:
+            return
         for digest in digests:
-            if self.tier.warm is not None:
-                self.tier.warm.discard(digest)
-            self.tier.exports.forget(digest)
+            if pool.tier.warm is not None:
+                pool.tier.warm.discard(digest)
+            pool.tier.exports.forget(digest)
 
     def close(self) -> None:
-        self._loader.shutdown(wait=True, cancel_futures=True)
-        if self.tier.warm is not None:
-            self.tier.warm.close()
         with self._lock:
+            self._closed = True
+            timer, self._idle_check = self._idle_check, None
+        if timer is not None:
+            timer.cancel()
+        self._loader.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            pool, self._pool = self._pool, None
             self._hot.clear()
-        self._ticker.stop()
+        if pool is not None:
+            pool.close()

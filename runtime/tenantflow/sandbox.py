@@ -1,7 +1,7 @@
 """The wasmtime side of isolation: one shared Engine, epoch ticks, per-instance stores.
 
 Guests get WASI with nothing granted: no preopened directories, no environment, no
-arguments, no sockets. stdout/stderr go to a callback (the instance's log). CPU is bounded
+arguments, no sockets. stdout/stderr go to a callback (the instance's log; `OutputSink`). CPU is bounded
 by epoch deadlines (a ticker thread advances the epoch every `TICK_MS`), memory by store
 limits.
 
@@ -20,6 +20,7 @@ import ctypes
 import hashlib
 import itertools
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -148,20 +149,40 @@ class EpochTicker:
         self._thread.join()
 
 
+class OutputSink:
+    """A store's WASI stdout or stderr callback, reaching its consumer by weak reference.
+
+    wasmtime-wasi calls it from its own (tokio) threads, not the guest's, and drops it
+    there when the stream goes, which can be after the store is gone. So it holds nothing
+    whose release could reach a store or an engine (an invocation, a warm binding, a
+    tier): a write after its consumer is gone goes nowhere."""
+
+    __slots__ = ("_write", "_stream", "__weakref__")
+
+    def __init__(self, write: Callable[[str, bytes], None], stream: str) -> None:
+        self._write = weakref.WeakMethod(write)
+        self._stream = stream
+
+    def __call__(self, data: bytes) -> None:
+        write = self._write()
+        if write is not None:
+            write(self._stream, data)
+
+
 def new_store(
     engine: wasmtime.Engine,
     *,
     memory_bytes: int,
     check: DeadlineCheck,
-    on_stdout: Optional[Callable[[bytes], None]] = None,
-    on_stderr: Optional[Callable[[bytes], None]] = None,
+    output: Optional[Callable[[str, bytes], None]] = None,
 ) -> wasmtime.Store:
+    """A store with nothing granted; the guest's stdout and stderr go to the bound method
+    `output(stream, data)` while its object lives (see OutputSink)."""
     store = wasmtime.Store(engine)
     wasi = wasmtime.WasiConfig()  # nothing granted
-    if on_stdout is not None:
-        wasi.stdout_custom = on_stdout
-    if on_stderr is not None:
-        wasi.stderr_custom = on_stderr
+    if output is not None:
+        wasi.stdout_custom = OutputSink(output, "stdout")
+        wasi.stderr_custom = OutputSink(output, "stderr")
     store.set_wasi(wasi)
     store.set_limits(memory_size=memory_bytes)
     watch_store(store, check)

@@ -43,12 +43,10 @@ class Binding:
             return self.inv.check_deadlines()
         return "warmup-timeout" if time.monotonic() > self.warming_until else None
 
-    def stream(self, name: str) -> Callable[[bytes], None]:
-        def write(data: bytes) -> None:
-            if self.inv is not None:
-                self.inv.output(name)(data)
-
-        return write
+    def write_output(self, stream: str, data: bytes) -> None:
+        inv = self.inv
+        if inv is not None:
+            inv.write_output(stream, data)
 
 
 Warm = tuple[wasmtime.Store, wc.Instance, Binding, wc.Component]  # ..., the component it is of
@@ -140,7 +138,7 @@ class WarmPool:
         store: Optional[wasmtime.Store] = None
         try:
             binding = Binding()
-            store = new_store(self._engine, memory_bytes=key[1], check=binding.check, on_stdout=binding.stream("stdout"), on_stderr=binding.stream("stderr"))
+            store = new_store(self._engine, memory_bytes=key[1], check=binding.check, output=binding.write_output)
             started = time.perf_counter()
             instance = self._linker.instantiate(store, component)
             self._on_instantiate(time.perf_counter() - started)

@@ -36,6 +36,8 @@ class Sizes:
     sleep_ms: int
     settle_ms: int
     warmup_runs: int
+    warmup_seconds: float
+    """One-step runs go on for this long after the first `warmup_runs` (the same in bench/run.py)."""
     repeat_budget_s: float
     """Soft time budget of one repeat of one workload: latency loops stop early past it."""
     call_timeout_s: float
@@ -52,6 +54,7 @@ class Sizes:
             sleep_ms=100,
             settle_ms=200,
             warmup_runs=5,
+            warmup_seconds=2.0,
             repeat_budget_s=240.0,
             call_timeout_s=240.0,
         )
@@ -67,6 +70,7 @@ class Sizes:
             sleep_ms=100,
             settle_ms=200,
             warmup_runs=2,
+            warmup_seconds=0.5,
             repeat_budget_s=60.0,
             call_timeout_s=60.0,
         )

@@ -20,9 +20,13 @@ async def _bounded(coro: Awaitable[T], sizes: Sizes) -> T:
 
 
 async def warm_up(peer: Peer, sizes: Sizes) -> None:
-    """Workers warm: a few one-step runs plus one short run of each other shape before measuring."""
-    for _ in range(sizes.warmup_runs):
+    """Workers warm: one-step runs (at least `warmup_runs`, for `warmup_seconds`) plus one
+    short run of each other shape before measuring."""
+    deadline = time.perf_counter() + sizes.warmup_seconds
+    runs = 0
+    while runs < sizes.warmup_runs or time.perf_counter() < deadline:
         await _bounded(peer.one_step(), sizes)
+        runs += 1
     await _bounded(peer.sequential(5), sizes)
     await _bounded(peer.aggregate(2, 2), sizes)
     await _bounded(peer.sleep_gap(10), sizes)
