@@ -45,6 +45,11 @@ async def test_a_hot_version_runs_on_the_pooled_engine_and_behaves_the_same(tmp_
         spin = await t.wait(await t.create("Spin", {"timeout": "300 ms"}))  # limits hold on the pool
         assert spin.output["caught"] == "StepTimeoutError"
         assert engine.isolates.stats.live_instances == 0
+        hot.clear()  # forgotten: the next runs are on the default engine, and count afresh
+        assert hot.hot_digests == [] and hot.tier is None
+        before = hot.invocations
+        assert (await t.wait(await t.create("Steps", {"n": 3}))).output == {"total": 3}
+        assert hot.invocations == before
 
 
 def test_a_long_tail_of_versions_stays_off_the_pool(tmp_path: Path) -> None:

@@ -204,6 +204,20 @@ class HotTier:
                 pool.tier.warm.discard(digest)
             pool.tier.exports.forget(digest)
 
+    def clear(self) -> None:
+        """Forget every hot version and what was counted: their next invocations run on
+        the default engine again (a cold start measured as such, a test's fresh start)."""
+        with self._lock:
+            dropped = list(self._hot)
+            self._hot.clear()
+            self._recent.clear()
+            self._counts.clear()
+            self._dominant_since.clear()
+            pool, self._pool = self._pool, None
+        self._let_go(pool, dropped)
+        if pool is not None:
+            pool.close()
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
