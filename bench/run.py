@@ -1615,7 +1615,10 @@ runs), on 2 cores shared with other jobs (±30%).
   the slots). Now a version that has held a quarter of the host's last 64 instantiations for a
   second is loaded into a second, pooled engine from the same artifact (the two engines' settings
   are compatible), in the background; the long tail, and one tenant's short burst, stay where they
-  were. One-step p50 3.85 ms (previous run of this round) → {one_step_p50} ms; event wake-up 3.44
+  were. One-step p50 {one_step_p50} ms in this run against 3.85 ms in this round's run before the
+  hot tier, a gain smaller than this VM's spread between runs: alternating A/B loops of 300
+  one-step runs (hot tier off / on, nothing else changed) gave p50 5.1-6.3 vs 3.6-4.9 ms on a
+  loaded machine, and latency-only bench reruns 2.9-3.0 ms at quieter moments. Event wake-up 3.44
   → {signal_p50} ms; churn unchanged. A first version promoted on any 16 of 64 invocations cost
   the footprint target: each tenant's burst of 100 parks became hot in turn and the pooled slots'
   memory stayed (284 MB after 42 s idle instead of ~100); now a hot version unused for 20 s is let
@@ -1635,8 +1638,9 @@ runs), on 2 cores shared with other jobs (±30%).
   (`sandbox.OutputSink`). wasmtime-wasi calls a store's stdout/stderr callback from its own tokio
   threads and drops it there, possibly after the store is gone; the callback held the invocation
   (and through it a tier), so dropping it on such a thread could release wasmtime objects there.
-  Two rare segfaults in the test suite (both with such threads in native code) led here; the
-  callback now holds a weak reference only.
+  Two rare segfaults in the test suite (1 in ~8 full runs, both with such threads in native code)
+  led here; the callback now holds a weak reference only. Not proven to be their cause: none
+  since, in too few runs to say more.
 - **`wait()` reads its final snapshot on its own thread** (no trip to a reader thread), **a
   burst's freed heap is returned at once** (1,000+ invocations since the last `malloc_trim`; a
   lone request still waits a second), and with runners a new instance is dispatched as soon as
