@@ -674,16 +674,7 @@ def test_fast_call_matches_func_call(engine: wasmtime.Engine, component: cm.Comp
 def test_plans_are_per_signature(engine: wasmtime.Engine, component: cm.Component) -> None:
     """A plan is reused only for an equal signature: a registered function can be imported
     by components that disagree on its type."""
-    imports = component.type.imports(engine)
-    funcs = {}
-    for interface, names in IMPORTS.items():
-        instance_type = imports[interface].ty
-        assert isinstance(instance_type, cm.ComponentInstanceType)
-        exports = instance_type.exports(engine)
-        for name in names:
-            fty = exports[name].ty
-            assert isinstance(fty, cm.FuncType)
-            funcs[name] = (fty, ctypes.cast(fty.ptr(), ctypes.c_void_p).value or 0, len(fty.params))
+    funcs = {name: (fty, ctypes.cast(fty.ptr(), ctypes.c_void_p).value or 0, len(fty.params)) for name, fty in _import_types(engine, component).items()}
 
     def nresults(name: str) -> int:
         return 0 if funcs[name][0].result is None else 1

@@ -219,10 +219,6 @@ class Engine:
         self._opened = False
         if self.run_scheduler:
             await self.scheduler.close()
-        if self.executor.warm is not None:
-            self.executor.warm.close()
-        if self.executor.hot is not None:
-            self.executor.hot.close()
         self.executor.close()
         self.isolates.close()
         self.writer.close()

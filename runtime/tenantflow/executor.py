@@ -744,6 +744,11 @@ class Executor:
     _closing_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def close(self) -> None:
+        """Drop the warm instances and the hot tier, then finish the queued closes."""
+        if self.warm is not None:
+            self.warm.close()
+        if self.hot is not None:
+            self.hot.close()
         self._closer.shutdown(wait=True)
 
     @property

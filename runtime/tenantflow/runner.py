@@ -336,10 +336,6 @@ class Runner:
                         os._exit(1)  # the engine is gone
 
     def close(self) -> None:
-        if self.executor.warm is not None:
-            self.executor.warm.close()
-        if self.executor.hot is not None:
-            self.executor.hot.close()
         self.executor.close()
         self.isolates.close()
         self.ticker.stop()
