@@ -3,6 +3,8 @@ pooled engine and behaves exactly as before; a long tail of versions stays off i
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +15,10 @@ from tenantflow.hot import HotTier
 from tenantflow.isolates import IsolateCache
 from tenantflow.registry import digest_of
 from tenantflow.sandbox import SandboxConfig, make_engine
+
+
+def epoch_threads() -> int:
+    return sum(1 for thread in threading.enumerate() if thread.name == "tenantflow-epoch")
 
 
 async def until_hot(engine, binding, digest: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
@@ -45,8 +51,22 @@ async def test_a_hot_version_runs_on_the_pooled_engine_and_behaves_the_same(tmp_
         spin = await t.wait(await t.create("Spin", {"timeout": "300 ms"}))  # limits hold on the pool
         assert spin.output["caught"] == "StepTimeoutError"
         assert engine.isolates.stats.live_instances == 0
+        # Let go of the pooled engine while a guest spins on it: its deadline still fires
+        # (the engine's epoch ticks on until its last store is gone), then the ticker ends.
+        await until_hot(engine, t, digest)
+        spinning = await t.create("Spin", {"timeout": "1500 ms"})
+        deadline = time.monotonic() + 30
+        while engine.isolates.stats.live_instances == 0:
+            assert time.monotonic() < deadline, "the spin never started"
+            await asyncio.sleep(0.01)
+        ticking = epoch_threads()
         hot.clear()  # forgotten: the next runs are on the default engine, and count afresh
         assert hot.hot_digests == [] and hot.tier is None
+        assert (await t.wait(spinning, timeout=30)).output["caught"] == "StepTimeoutError"
+        deadline = time.monotonic() + 10
+        while epoch_threads() >= ticking:
+            assert time.monotonic() < deadline, "the released engine's ticker kept running"
+            await asyncio.sleep(0.05)
         before = hot.invocations
         assert (await t.wait(await t.create("Steps", {"n": 3}))).output == {"total": 3}
         assert hot.invocations == before

@@ -59,9 +59,14 @@ class _Pool:
         self.tier = Tier(engine, linker, warm, ExportCalls())
         self.ticker = EpochTicker(engine)
 
-    def close(self) -> None:
+    def retire(self) -> None:
+        """Nothing new is made here; what still runs on the engine keeps its epoch ticks
+        (deadlines, terminate) until the engine goes with its last store."""
         if self.tier.warm is not None:
             self.tier.warm.close()
+
+    def close(self) -> None:
+        self.retire()
         self.ticker.stop()
 
 
@@ -191,7 +196,7 @@ class HotTier:
                 self._arm_idle_check()
         self._let_go(pool, idle)
         if pool is not None and self._pool is None:
-            pool.close()
+            pool.retire()
 
     @staticmethod
     def _let_go(pool: Optional[_Pool], digests: list[str]) -> None:
@@ -216,7 +221,7 @@ class HotTier:
             pool, self._pool = self._pool, None
         self._let_go(pool, dropped)
         if pool is not None:
-            pool.close()
+            pool.retire()
 
     def close(self) -> None:
         with self._lock:

@@ -132,17 +132,23 @@ def _use_pooling(cfg: wasmtime.Config, slots: int, warm_slots: Optional[int] = N
 
 
 class EpochTicker:
-    """Advances the engine's epoch every TICK_MS so deadlines fire; stops cleanly."""
+    """Advances the engine's epoch every TICK_MS so deadlines fire; stops cleanly, or by
+    itself once the engine is gone (it holds it weakly: an engine let go while a guest
+    still runs on it keeps ticking for that guest until its last store is freed)."""
 
     def __init__(self, engine: wasmtime.Engine) -> None:
-        self._engine = engine
+        self._engine = weakref.ref(engine)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tenantflow-epoch", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(TICK_MS / 1000):
-            self._engine.increment_epoch()
+            engine = self._engine()
+            if engine is None:
+                return
+            engine.increment_epoch()
+            del engine
 
     def stop(self) -> None:
         self._stop.set()
