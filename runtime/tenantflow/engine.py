@@ -119,9 +119,8 @@ class Engine:
         # Versions run on a pooled engine once they have most of the invocations (hot.py);
         # 0 turns it off (so does SandboxConfig(pooling=True): everything is pooled then).
         self.hot_versions = 0 if self.sandbox_config.pooling else hot_versions
-        # Instances alive at once: one per worker, the warm ones (and one warming), and room
-        # for a store being closed and a deploy inspection or upgrade check (sandbox.py).
-        self.pool_slots = pool_slots or workers + warm_instances + 3
+        # Instances alive at once with the pooling allocator (sandbox.py; the hot tier's too).
+        self.pool_slots = pool_slots or executor.pool_slots_for(workers, warm_instances)
         # Runner processes (runners.py): 0 runs invocations on this process's threads; N
         # spreads the `workers` concurrent invocations over N processes (one GIL each).
         if processes < 0 or (processes and workers < processes):
@@ -196,7 +195,7 @@ class Engine:
                 self.isolates.on_evict.append(self.executor.warm.discard)  # an idle host lets go of all
             if self.run_scheduler and self.hot_versions > 0:
                 self.executor.hot = hot.HotTier(
-                    self.sandbox_config, self.isolates.artifact_path, slots=self.workers + self.warm_instances + executor.CLOSE_BACKLOG + 3,
+                    self.sandbox_config, self.isolates.artifact_path, slots=self.pool_slots,
                     warm_instances=self.warm_instances, versions=self.hot_versions, on_instantiate=self._count_instantiation,
                 )
                 if self.executor.warm is not None:
@@ -255,7 +254,7 @@ class Engine:
             sandbox=self.sandbox_config,
             limits=self.limits,
             warm_instances=self.warm_instances,
-            pool_slots=lanes + self.warm_instances + executor.CLOSE_BACKLOG + 3,
+            pool_slots=executor.pool_slots_for(lanes, self.warm_instances),
             hot_versions=self.hot_versions,
             cpu=cpus[index % len(cpus)] if len(cpus) > 1 else None,
             cache_max_count=max(4, max_count // self.processes),

@@ -42,6 +42,13 @@ CHILDREN = f"{WIT_PACKAGE}/children@{WIT_VERSION}"
 CAPABILITIES = f"{WIT_PACKAGE}/capabilities@{WIT_VERSION}"
 POOL_WAIT_SECONDS = 2.0
 CLOSE_BACKLOG = 3  # stores queued to close beyond which the caller closes its own
+
+
+def pool_slots_for(workers: int, warm_instances: int) -> int:
+    """Pool slots for an executor: one instance per worker, the warm ones (and one
+    warming), the stores queued to close (`CLOSE_BACKLOG`), one being closed by its
+    invoking thread, and a deploy inspection or upgrade check."""
+    return workers + warm_instances + CLOSE_BACKLOG + 3
 SLEEP_POLL_MS = 10  # how often a sleep served in place checks for pause and terminate
 
 
@@ -874,20 +881,20 @@ class Executor:
     def invoke(self, pk: int, control: Control, prepared: Optional[Prepared] = None) -> InvocationResult:
         """Run the instance from the top until it completes, fails or has to wait."""
         if prepared is not None:  # new: no journal and no events yet
-            row: Optional[jn.InstanceRow] = prepared.row
-            inv = Invocation(self, prepared.row, control)
+            row = prepared.row
+            inv = Invocation(self, row, control)
             inv.in_flight = prepared.durable  # waited for at the first durable call
         else:
             conn = self.readers.sync()
-            row = jn.instance_by_pk_query(pk).run(conn)
-            if row is None or row.status not in jn.ACTIVE:
-                return InvocationResult(row.status if row else "deleted")
+            found = jn.instance_by_pk_query(pk).run(conn)
+            if found is None or found.status not in jn.ACTIVE:
+                return InvocationResult(found.status if found else "deleted")
+            row = found
             control.pause_requested = control.pause_requested or bool(row.pause_requested)
             inv = Invocation(self, row, control)
             inv.journal = jn.journal_query(pk).run(conn)
             inv.replay_len = len(inv.journal)
             inv.events = jn.pending_events_query(pk).run(conn)
-        assert row is not None
         now = self.clock.now_ms()
         # Status and lease are bookkeeping: they ride along with the invocation's first commit.
         self.writer.defer(jn.start_invocation(pk, row.generation, self.host_id, now + self.lease_ms, now))

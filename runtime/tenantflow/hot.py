@@ -190,13 +190,17 @@ class HotTier:
             for digest in idle:
                 del self._hot[digest]
             pool = self._pool
-            if not self._hot:  # nothing hot: the engine and its slots' memory go too
+            retired = not self._hot  # nothing hot: the engine and its slots' memory go too
+            if retired:
                 self._pool = None
             else:
                 self._arm_idle_check()
-        self._let_go(pool, idle)
-        if pool is not None and self._pool is None:
+        if pool is None:
+            return
+        if retired:
             pool.retire()
+        else:
+            self._let_go(pool, idle)
 
     @staticmethod
     def _let_go(pool: Optional[_Pool], digests: list[str]) -> None:
@@ -213,13 +217,11 @@ class HotTier:
         """Forget every hot version and what was counted: their next invocations run on
         the default engine again (a cold start measured as such, a test's fresh start)."""
         with self._lock:
-            dropped = list(self._hot)
             self._hot.clear()
             self._recent.clear()
             self._counts.clear()
             self._dominant_since.clear()
             pool, self._pool = self._pool, None
-        self._let_go(pool, dropped)
         if pool is not None:
             pool.retire()
 
