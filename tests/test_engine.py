@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -486,15 +487,24 @@ async def test_list_filters_and_cursor_paging_and_delete(tmp_path: Path, clock: 
 
 async def test_logs_are_captured_once_despite_replays(tmp_path: Path, clock: ManualClock) -> None:
     async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        # Records how many log lines an instance has the moment its new status commits:
+        # a reader who sees "waiting" or "complete" must see the lines logged before it.
+        with sqlite3.connect(tmp_path / "flows.db") as conn:
+            conn.executescript(
+                "CREATE TABLE seen (status TEXT, lines INTEGER);"
+                "CREATE TRIGGER seen_lines AFTER UPDATE OF status ON instances"
+                " WHEN NEW.status IN ('waiting', 'complete') AND NEW.status != OLD.status"
+                " BEGIN INSERT INTO seen VALUES (NEW.status, (SELECT count(*) FROM logs WHERE instance_pk = NEW.pk)); END;"
+            )
         t = engine.tenant("t")
         iid = await t.create("Chatty")
         await engine.scheduler.quiesce()
         clock.advance(1)
         assert (await t.wait(iid)).output == "ok"
-        await engine.scheduler.quiesce()
-        await asyncio.sleep(0.1)  # log lines are written after the invocation, without waiting
         lines = [(line.stream, line.message.strip()) for line in await t.logs(iid)]
         assert lines == [("stdout", "hello from the guest"), ("info", "a log line"), ("stdout", "after the nap")]
+        with sqlite3.connect(tmp_path / "flows.db") as conn:
+            assert conn.execute("SELECT status, lines FROM seen").fetchall() == [("waiting", 2), ("complete", 3)]
 
 
 async def test_async_workflows_in_cloudflare_style(tmp_path: Path, clock: ManualClock) -> None:

@@ -242,6 +242,14 @@ class Invocation:
         self.await_durable()
         return result
 
+    def commit_end(self, op: Callable[[Any], Any]) -> Any:
+        """Commit the write that ends this invocation (its outcome, a wait, a pause) with
+        its log lines queued just before: whoever sees the new state sees its logs."""
+        logs = self.take_logs()
+        if logs is not None:
+            self.x.writer.defer(logs)
+        return self.commit(op)
+
     def commit_at_next_call(self, op: Callable[[Any], Any]) -> None:
         """Queue a step's result to commit with the instance's next durable call (or its
         completion): the guest runs on without waiting for an fsync of its own, and the
@@ -273,7 +281,7 @@ class Invocation:
         if self.control.cancelled:
             raise Unwind("cancelled")
         if self.control.pause_requested:
-            self.commit(jn.mark_paused(self.row.pk, self.generation, self.now()))
+            self.commit_end(jn.mark_paused(self.row.pk, self.generation, self.now()))
             raise Unwind("paused", status="paused")
 
     def next_call(self, kind: str, name: str) -> Optional[jn.JournalEntry]:
@@ -331,7 +339,7 @@ class Invocation:
         return time.monotonic_ns() // 1_000_000
 
     def suspend(self, entry: jn.JournalEntry, wake_at: Optional[int], waiting_for: Optional[str]) -> Unwind:
-        status = self.commit(jn.record_entry(self.row.pk, self.generation, entry, suspend=(wake_at, waiting_for), now=self.now()))
+        status = self.commit_end(jn.record_entry(self.row.pk, self.generation, entry, suspend=(wake_at, waiting_for), now=self.now()))
         return Unwind("waiting", status=status or "waiting", wake_at=wake_at, waiting_for=waiting_for)
 
     # ---- replay in the guest ------------------------------------------------------------
@@ -583,11 +591,18 @@ class Invocation:
             else:
                 self.partial[stream] = rest
 
-    def flush_output(self) -> None:
+    def take_logs(self) -> Optional[jn.WriteOp[None]]:
+        """End the guest's output and hand over what it logged (lines held back for a
+        newline included) as one write, if there is anything to write."""
         self.output_closed = True
         for stream, rest in self.partial.items():
             self.log(stream, rest)
         self.partial.clear()
+        if not self.logs and not self.log_dropped:
+            return None
+        lines, dropped = self.logs, self.log_dropped
+        self.logs, self.log_dropped = [], 0
+        return jn.append_logs(self.row.pk, lines, self.limits.max_log_bytes_per_instance, dropped)
 
 
 def _invocation() -> Invocation:
@@ -943,9 +958,9 @@ class Executor:
             inv.raised = None
             self.cache.stats.live_instances -= 1
             self.release(store, inv)
-            inv.flush_output()
-            if inv.logs or inv.log_dropped:
-                self.writer.submit(jn.append_logs(pk, inv.logs, self.limits.max_log_bytes_per_instance, inv.log_dropped))
+            logs = inv.take_logs()  # what was logged after the end was committed (a trap's report)
+            if logs is not None:
+                self.writer.submit(logs)
 
     def verify(self, pk: int, digest: str) -> Optional[str]:
         """Replay instance `pk`'s journal against component `digest` without side effects.
@@ -1000,10 +1015,10 @@ class Executor:
         parent = (inv.row.parent_pk, inv.row.tenant) if inv.row.parent_pk is not None else None
         try:
             if unwind is None:
-                inv.commit(jn.finish(pk, gen, "complete", output, None, now))
+                inv.commit_end(jn.finish(pk, gen, "complete", output, None, now))
                 return InvocationResult("complete", parent=parent)
             if unwind.reason == "errored":
-                inv.commit(jn.finish(pk, gen, "errored", None, unwind.error, now))
+                inv.commit_end(jn.finish(pk, gen, "errored", None, unwind.error, now))
                 return InvocationResult("errored", error=unwind.error, parent=parent)
             inv.await_durable()  # e.g. cancelled: what the guest completed before is kept
         except (jn.Fenced, Unwind):
