@@ -442,10 +442,14 @@ class TenantBinding:
             new.append(jn.NewInstance(self.name, instance_id, workflow, digest, params, metadata, now))
         engine = self.engine
         if engine.runners is None:
-            pks = await engine.write(jn.insert_instances(new))
+            # Dispatched once committed, from the rows just written: the worker need not
+            # read back a row, a journal and events that cannot have changed (`Prepared`).
+            rows: list[jn.InstanceRow] = []
+            committed = engine.writer.submit(jn.insert_instances(new, on_inserted=rows.extend))
+            await asyncio.wrap_future(committed)
             if engine.run_scheduler:
-                for pk in pks:
-                    engine.scheduler.make_ready(pk, self.name)
+                for row in rows:
+                    engine.scheduler.make_ready(row.pk, self.name, Prepared(row, committed))
             return [n.id for n in new]
         # With runner processes each new instance is dispatched as soon as its row is
         # inserted: its guest gets ready in the runner while the engine's fsync runs (its
