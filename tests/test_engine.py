@@ -125,9 +125,9 @@ async def test_short_sleeps_are_served_in_place_within_one_invocation(tmp_path: 
     invocations: list[int] = []
     invoke = executor.Executor.invoke
 
-    def counting(x: executor.Executor, pk: int, control: executor.Control) -> executor.InvocationResult:
+    def counting(x: executor.Executor, pk: int, *args: Any) -> executor.InvocationResult:
         invocations.append(pk)
-        return invoke(x, pk, control)
+        return invoke(x, pk, *args)
 
     monkeypatch.setattr(executor.Executor, "invoke", counting)
     async with open_engine(tmp_path / "flows.db", clock=SystemClock(), deploy={"t": "basics"}) as engine:

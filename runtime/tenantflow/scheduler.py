@@ -42,8 +42,7 @@ class LocalDispatch:
 
     def start(self, pk: int, tenant: str, prepared: Optional[Prepared] = None) -> tuple[Control, "asyncio.Future[InvocationResult]"]:
         control = Control()
-        args = (pk, control) if prepared is None else (pk, control, prepared)
-        return control, asyncio.get_running_loop().run_in_executor(self._pool, self._executor.invoke, *args)
+        return control, asyncio.get_running_loop().run_in_executor(self._pool, self._executor.invoke, pk, control, prepared)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
