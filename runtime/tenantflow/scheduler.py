@@ -48,6 +48,11 @@ class LocalDispatch:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _set_if_pending(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class Scheduler:
     def __init__(self, dispatch: Dispatch, clock: Clock, *, workers: int, per_tenant: int) -> None:
         self._dispatch = dispatch
@@ -256,13 +261,16 @@ class Scheduler:
         `finished_seq` read earlier), return at once if one finished meanwhile: no lost wake-up."""
         if since is not None and since != self.finished_seq:
             return
-        listener: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        listener: asyncio.Future[None] = loop.create_future()
         self._listeners.append(listener)
+        # A timer on the listener itself rather than wait_for: woken in one loop iteration
+        # fewer (wait_for relays the result through a future of its own).
+        timer = loop.call_later(timeout, _set_if_pending, listener)
         try:
-            await asyncio.wait_for(listener, timeout)
-        except asyncio.TimeoutError:
-            pass
+            await listener
         finally:
+            timer.cancel()
             if listener in self._listeners:
                 self._listeners.remove(listener)
 
