@@ -1579,6 +1579,31 @@ runs), on 2 cores shared with other jobs (±30%).
 
 ### What changed in the engine this round (each measured before it was kept)
 
+- **A new instance starts from the row it was created with, in-process too** (`Prepared`; with
+  runners it already did). The worker no longer reads back a row, a journal and events that
+  cannot have changed since the create committed: one-step p50 3.36 → 2.99 ms (alternating A/B
+  loops of 300 runs, 4 each). Dispatching before the commit instead (the runners' way) was
+  measured again, interleaved in one process so both saw the same noise: 0.3-0.5 ms *worse*
+  in-process (3 × 800 runs), as in the round before.
+- **Log lines commit with the write that ends the invocation** (its outcome, a wait, a pause).
+  They were written after it, so a reader could see `complete` before the lines logged on the
+  way (a CI failure); `tests/test_engine.py` checks with an SQLite trigger what a reader sees at
+  each new status.
+- **Where the CPU of a one-step workflow goes on the hot tier** (`perf record --call-graph dwarf`
+  of 300 one-step runs, per-thread `getrusage` around each phase): the guest's run ~0.6 ms, and
+  off the critical path the pooled store's close ~0.9-1.1 ms (wasmtime resets every page the
+  slot ever made private, up to the 16 MiB kept resident, with memcpy: 15% of all CPU samples)
+  plus the warm pool's next instance ~1.0 ms (instantiation and the runtime's start, a third of
+  it wasmtime resolving `ref.func`s). About 2 ms of background CPU per workflow on 2 cores, beside
+  ~1 ms for the loop, the commits and the guest: that contention, not any one step, is what
+  moves the p50 with the machine's load. Measured, not kept: waking the caller before letting the
+  store go (no gain: the close then overlaps the next create); background threads under
+  `SCHED_IDLE` (p50 ~0.3 ms better on a loaded machine, but a thread that holds the GIL and gets
+  no CPU stalls the whole engine while a neighbour keeps the cores busy); 64 MiB kept resident
+  (same close cost: the pages a slot keeps are what its instances write).
+
+### The round before
+
 - **Runner processes** (`Engine(processes=N)`, `serve --processes N`; `runners.py`,
   `runner.py`). The cost that dominated concurrent work was not Python itself but threads of one
   process on two cores: two worker threads spent ~340 µs of CPU per step where one alone spent
@@ -1592,7 +1617,7 @@ runs), on 2 cores shared with other jobs (±30%).
   invocation ordering guarantees are kept across the socket (`after`: a durable call never
   applies after the step result it follows failed, tested with an injected disk error in the
   engine's process). Aggregate: {agg_in_process} steps/s in-process vs {agg_runners} with one
-  runner in this run ({agg_cpu} µs of CPU per step in all processes). Tried first and dropped:
+  runner in the latest run ({agg_cpu} µs of CPU per step in all processes). Tried first and dropped:
   runners committing themselves (each its own writer, serialized by a file lock): four writers'
   commits queued behind each other's fsync, and a commit held the lock ~1.3 ms while its thread
   waited for the GIL: ~4,100 steps/s at best.
@@ -1601,7 +1626,7 @@ runs), on 2 cores shared with other jobs (±30%).
   folded into the journal write (one statement), a leaner host path and less Python per step in
   the guest (the body called directly, no `StepContext` unless the body takes one, plain results
   not round-tripped through JSON): ~148 → ~107 µs of CPU per trivial step with fsync off, and
-  replay {replay_us} µs per journaled step in this run (10.1 the round before).
+  replay {replay_us} µs per journaled step in the latest run (10.1 two rounds ago).
 - **A fresh database's write-ahead log is grown before traffic** (`database.prefill_wal`): while
   the log grew, commits ran at ~4,300/s here, once it had its working size (~4 MB) at ~7,100/s
   (every commit that extends the file syncs its size too). Zeros past the last valid frame are
@@ -1615,11 +1640,11 @@ runs), on 2 cores shared with other jobs (±30%).
   the slots). Now a version that has held a quarter of the host's last 64 instantiations for a
   second is loaded into a second, pooled engine from the same artifact (the two engines' settings
   are compatible), in the background; the long tail, and one tenant's short burst, stay where they
-  were. One-step p50 {one_step_p50} ms in this run against 3.85 ms in this round's run before the
+  were. One-step p50 3.84 ms in that round's full run against 3.85 ms in its run before the
   hot tier, a gain smaller than this VM's spread between runs: alternating A/B loops of 300
   one-step runs (hot tier off / on, nothing else changed) gave p50 5.1-6.3 vs 3.6-4.9 ms on a
   loaded machine, and latency-only bench reruns 2.9-3.0 ms at quieter moments. Event wake-up 3.44
-  → {signal_p50} ms; churn unchanged. A first version promoted on any 16 of 64 invocations cost
+  → {signal_p50} ms (latest run); churn unchanged. A first version promoted on any 16 of 64 invocations cost
   the footprint target: each tenant's burst of 100 parks became hot in turn and the pooled slots'
   memory stayed (284 MB after 42 s idle instead of ~100); now a hot version unused for 20 s is let
   go, and with the last one the pooled engine and its slots. A pooled store's close costs ~0.6 ms
@@ -1679,8 +1704,14 @@ machine across rounds).
 
 **One-step latency.** In this run: {latency_breakdown}. Two commits remain (the instance row;
 the step result with the completion) and three thread hops (create, dispatch, the scheduler's
-callback); the pooled first pass is ~0.3-0.5 ms. The p99 is mostly Python's collector (a full
-collection of the engine's heap takes ~10 ms) and the closer thread falling behind.
+callback); the pooled first pass is ~0.3-0.5 ms of the guest's ~0.9 ms in `run` (most of it
+componentize-py's export entry before the guest's first import). Each run leaves ~2 ms of CPU
+for other threads (the pooled slot's reset, the next warm instance; see above), which on 2 shared
+cores competes with the commits and the event loop: at quiet moments the p50 is 2.6-3.0 ms, on a
+loaded machine 3.5-4 ms. What would close it for good: a store reset that copies only the pages
+this instance wrote (wasmtime counts every page a slot ever made private), or a guest whose first
+pass is shorter. The p99 is mostly Python's collector (a full collection of the engine's heap
+takes ~10 ms) and the closer thread falling behind.
 
 **Memory right after a burst vs. steady state.** What the burst leaves is the components it used,
 still cached within the cache's 128 MiB of resident pages (and the warm instances made for them);

@@ -95,10 +95,11 @@ class Tier:
 
 @dataclass
 class Prepared:
-    """A new instance whose row is still committing (see `TenantBinding.create` with
-    runner processes): its first invocation starts from this row while the engine's
-    fsync runs, and its first durable call waits for `durable` (nothing the guest does
-    before that leaves the instance)."""
+    """A new instance and the row it was created with (see `TenantBinding.create`): its
+    first invocation starts from this row, with no read back. With runner processes the
+    row may still be committing (the guest gets ready while the engine's fsync runs): its
+    first durable call waits for `durable` (nothing the guest does before that leaves the
+    instance). In this process the commit is done before the instance is dispatched."""
 
     row: jn.InstanceRow
     durable: Future[Any]
