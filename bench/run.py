@@ -1710,8 +1710,10 @@ for other threads (the pooled slot's reset, the next warm instance; see above), 
 cores competes with the commits and the event loop: at quiet moments the p50 is 2.6-3.0 ms, on a
 loaded machine 3.5-4 ms. What would close it for good: a store reset that copies only the pages
 this instance wrote (wasmtime counts every page a slot ever made private), or a guest whose first
-pass is shorter. The p99 is mostly Python's collector (a full collection of the engine's heap
-takes ~10 ms) and the closer thread falling behind.
+pass is shorter. The p99 is the disk's tail: in the slowest 8 of 600 timed runs, 7 had one of
+their two commits take 2-5 ms (the fsync of this shared disk), the other a scheduler wake-up 3 ms
+late; Python's collector is not it (per 1,000 runs: ~11 young collections of ~1 ms, one full
+collection of 18 ms). A system with one commit per one-step workflow would have one tail, not two.
 
 **Memory right after a burst vs. steady state.** What the burst leaves is the components it used,
 still cached within the cache's 128 MiB of resident pages (and the warm instances made for them);
