@@ -17,7 +17,7 @@ from sandboxkit import BYSTANDER, LoopbackServer, check_bystander, start_bystand
 
 from tenantflow.capabilities import FetchFailed, FetchRequest, call_name, decode_outcome, encode_outcome, perform_fetch
 from tenantflow.clock import ManualClock
-from tenantflow.egress import AllowEntry, EgressError, check_egress
+from tenantflow.egress import AllowEntry, EgressError, check_egress, is_public
 from tenantflow.engine import Engine
 from tenantflow.limits import MiB
 from tenantflow.policy import TenantPolicy
@@ -196,8 +196,40 @@ def test_every_redirect_hop_is_checked(server: LoopbackServer) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True), ("2606:4700:4700::1111", True),
+        ("127.0.0.1", False), ("10.1.2.3", False), ("192.168.0.10", False), ("172.16.5.4", False),
+        ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("224.0.0.1", False),
+        ("::1", False), ("::ffff:127.0.0.1", False), ("::ffff:169.254.169.254", False), ("fe80::1%eth0", False),
+        ("fd00::1", False), ("ff02::1", False),
+    ],
+)
+def test_only_globally_routable_unicast_addresses_are_public(address: str, public: bool) -> None:
+    assert is_public(address) is public
+
+
+def test_an_allowed_name_must_resolve_to_a_public_address(server: LoopbackServer) -> None:
+    # A tenant that controls the DNS of a name it may fetch could point it at the host's
+    # loopback (or a private network, or the metadata service): checked at connect time.
+    url = f"http://localhost:{server.port}/hello"
+    name, message = failure(get(url), policy_for(server))
+    assert name == "EgressDenied"
+    assert message.startswith(f"fetch to localhost:{server.port} is not allowed for tenant {TENANT}: localhost resolves to ")
+    assert "127.0.0.1" in message and "no public address" in message
+    # ... also when a redirect from an allowed IP literal leads there.
+    name, message = failure(get(server.url(f"/redirect?to={url}")), policy_for(server))
+    assert name == "EgressDenied" and "no public address" in message
+    # The platform may trust a tenant with its private networks; an IP literal the
+    # allow-list names is connected to as it is (the operator chose that address).
+    assert perform_fetch(get(url), policy_for(server, egress_private=True), TENANT).status == 200
+    assert perform_fetch(get(server.url("/hello")), policy_for(server), TENANT).status == 200
+
+
 def test_credentials_are_dropped_when_a_redirect_changes_origin(server: LoopbackServer) -> None:
-    policy = policy_for(server)  # 127.0.0.1:<port> and localhost are both allowed
+    # 127.0.0.1:<port> and localhost are both allowed (localhost is loopback: private networks too)
+    policy = policy_for(server, egress_private=True)
     headers = [("Authorization", "Bearer x"), ("Cookie", "a=b"), ("X-Keep", "yes")]
     same = json.loads(perform_fetch(get(server.url("/redirect?to=/echo"), headers=headers), policy, TENANT).body)
     assert same["headers"]["authorization"] == "Bearer x" and same["headers"]["cookie"] == "a=b"

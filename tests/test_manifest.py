@@ -39,6 +39,7 @@ description = "a shop"
 
 [egress]
 allow = ["api.example.com", "*.example.org:8443", "127.0.0.1:9000"]
+private = true
 
 [secrets]
 TOKEN = "env:SHOP_TOKEN"
@@ -53,7 +54,7 @@ http_max_response_mib = 0.5
 http_max_redirects = 0
 """, source="flows.py")
     policy = load_manifest(path).to_policy({"SHOP_TOKEN": "t0k"})
-    assert policy.egress == ("api.example.com", "*.example.org:8443", "127.0.0.1:9000")
+    assert policy.egress == ("api.example.com", "*.example.org:8443", "127.0.0.1:9000") and policy.egress_private
     assert policy.secrets == {"TOKEN": "t0k", "SIGNING": "from-a-file", "TEST": "plain-value"}
     assert (policy.memory_bytes, policy.max_step_timeout_ms, policy.http_timeout_ms) == (128 * MiB, 1500, 10_000)
     assert (policy.http_max_response_bytes, policy.http_max_redirects) == (MiB // 2, 0)
@@ -61,7 +62,7 @@ http_max_redirects = 0
 
 def test_minimal_manifest_grants_nothing(tmp_path: Path) -> None:
     policy = load_manifest(write(tmp_path / "t", 'tenant = "t"\nsource = "workflow.py"\n')).to_policy({})
-    assert (policy.egress, policy.secrets, policy.memory_bytes) == ((), {}, None)
+    assert (policy.egress, policy.egress_private, policy.secrets, policy.memory_bytes) == ((), False, {}, None)
 
 
 @pytest.mark.parametrize(

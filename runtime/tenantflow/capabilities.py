@@ -1,7 +1,8 @@
 """Host side of the `capabilities` interface: outbound HTTP and secrets, per tenant policy.
 
 `fetch` reaches only hosts on the tenant's egress allow-list (see `egress` for the
-patterns and URL normalization). Redirects are followed here, not by the HTTP client, so
+patterns and URL normalization), and a host name only at its public addresses unless
+the policy allows private networks (`egress.PublicOnlyBackend`). Redirects are followed here, not by the HTTP client, so
 every hop is re-checked against the allow-list; credentials (Authorization, Cookie) are
 dropped when a redirect changes origin. Limits come from the tenant's `TenantPolicy`:
 a timeout for the whole exchange (redirects included, and never past the running step's
@@ -35,9 +36,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Union
 
+import httpcore
 import httpx
 
-from .egress import EgressError, Target, check_egress
+from .egress import EgressError, NonPublicAddress, PublicOnlyBackend, Target, check_egress
 from .executor import Invocation, current_invocation, err, ok, record
 from .limits import MiB, format_bytes
 from .policy import TenantPolicy
@@ -83,21 +85,35 @@ Outcome = Union[FetchResponse, FetchFailed]
 # ---- the exchange ------------------------------------------------------------------------
 
 _client_lock = threading.Lock()
-_shared_client: Optional[httpx.Client] = None
+_shared_clients: dict[bool, httpx.Client] = {}
+_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16)
 
 
-def _client() -> httpx.Client:
-    """One pooled client per process (thread-safe); never follows redirects itself."""
-    global _shared_client
+def _client(private: bool) -> httpx.Client:
+    """Pooled clients per process (thread-safe) that never follow redirects themselves: one
+    that connects only to public addresses of host names, and one for tenants allowed
+    private networks (kept apart: a pooled connection is reused by origin, so one tenant's
+    connection to a private address must never serve another's request)."""
     with _client_lock:
-        if _shared_client is None:
-            _shared_client = httpx.Client(
+        client = _shared_clients.get(private)
+        if client is None:
+            transport = httpx.HTTPTransport(limits=_LIMITS, trust_env=False)
+            if not private:
+                # httpx takes no network backend; its pool is rebuilt with the same settings.
+                transport._pool = httpcore.ConnectionPool(
+                    ssl_context=httpx.create_ssl_context(trust_env=False),
+                    max_connections=_LIMITS.max_connections,
+                    max_keepalive_connections=_LIMITS.max_keepalive_connections,
+                    keepalive_expiry=_LIMITS.keepalive_expiry,
+                    network_backend=PublicOnlyBackend(),
+                )
+            client = _shared_clients[private] = httpx.Client(
+                transport=transport,
                 trust_env=False,
                 follow_redirects=False,
                 headers={"user-agent": "tenantflow", "accept-encoding": "identity"},
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
             )
-        return _shared_client
+        return client
 
 
 def check_request(request: FetchRequest) -> None:
@@ -146,7 +162,7 @@ def perform_fetch(
     except EgressError as exc:
         raise FetchFailed(exc.name, exc.message) from None
     method, headers, body = request.method.upper(), list(request.headers), request.body
-    http = client or _client()
+    http = client or _client(policy.egress_private)
     for hop in range(policy.http_max_redirects + 1):
         remaining = end - time.monotonic()
         if remaining <= 0:
@@ -161,6 +177,10 @@ def perform_fetch(
             raise FetchFailed("TimeoutError", f"fetch to {target.origin} timed out after {timeout_ms} ms") from None
         except (httpx.InvalidURL, httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
             raise FetchFailed("InvalidRequest", f"fetch to {target.origin}: {exc}") from None
+        except httpx.ConnectError as exc:
+            if isinstance(exc.__cause__, NonPublicAddress):
+                raise FetchFailed("EgressDenied", f"fetch to {target.origin} is not allowed for tenant {tenant}: {exc.__cause__}") from None
+            raise FetchFailed("ConnectionError", f"fetch to {target.origin} failed: {exc or type(exc).__name__}") from None
         except httpx.HTTPError as exc:
             raise FetchFailed("ConnectionError", f"fetch to {target.origin} failed: {exc or type(exc).__name__}") from None
         if hop == policy.http_max_redirects:

@@ -9,6 +9,14 @@ URLs are checked as the HTTP client will use them: parsed once with httpx (the s
 parse the request then goes to), scheme http/https only, no user info, host lowercased,
 IDNA-encoded and without its trailing dot. The checked URL object is the one requested,
 so a check and a connection can never disagree about the host.
+
+An allowed host name must also resolve to a public address, checked when the connection
+is made (`PublicOnlyBackend`: the address checked is the one connected to, so a name
+that is re-pointed between a check and a connect gains nothing). Otherwise a tenant who
+controls the DNS of a name it may fetch could point it at the host's loopback, a private
+network or the cloud's metadata service. A host given as an IP literal is what the
+allow-list named itself and is connected to as it is; `TenantPolicy.egress_private`
+lifts the rule for a tenant the platform trusts with its private networks.
 """
 
 from __future__ import annotations
@@ -16,9 +24,11 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
+import httpcore
 import httpx
 import idna
 
@@ -187,3 +197,56 @@ def check_egress(url: "str | httpx.URL", allow: Sequence[str], tenant: str) -> T
     else:
         why = f"host not on the allow-list ({', '.join(map(str, entries))})"
     raise EgressError("EgressDenied", f"fetch to {target.host} is not allowed for tenant {tenant}: {why}")
+
+
+def is_public(address: str) -> bool:
+    """Whether `address` (an IP literal) is globally routable unicast: not loopback, private,
+    link-local (the cloud metadata service), shared (CGNAT), reserved or multicast, nor an
+    IPv6 form of one (IPv4-mapped)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone id names a local link
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class NonPublicAddress(httpcore.ConnectError):
+    """A host name resolved to no public address (see the module's docstring)."""
+
+
+class PublicOnlyBackend(httpcore.NetworkBackend):
+    """httpcore's sockets, connected only to public addresses of a host name (an IP literal
+    host is connected to as given: the allow-list named it)."""
+
+    def __init__(self, inner: Optional[httpcore.NetworkBackend] = None) -> None:
+        self._inner = inner or httpcore.SyncBackend()
+
+    def connect_tcp(
+        self, host: str, port: int, timeout: Optional[float] = None, local_address: Optional[str] = None,
+        socket_options: Optional[Iterable[Any]] = None,
+    ) -> httpcore.NetworkStream:
+        if _is_ip(host):
+            return self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        try:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+        public = [address for address in addresses if is_public(address)]
+        if not public:
+            raise NonPublicAddress(
+                f"{host} resolves to {', '.join(addresses)}: no public address, and the tenant's policy does not allow private networks"
+            )
+        failure: Optional[httpcore.ConnectError] = None
+        for address in public:
+            try:
+                return self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+            except httpcore.ConnectError as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    def connect_unix_socket(self, path: str, timeout: Optional[float] = None, socket_options: Optional[Iterable[Any]] = None) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("guest fetches do not use unix sockets")
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)

@@ -6,6 +6,7 @@
 
     [egress]
     allow = ["api.stripe.com", "*.acme.example", "127.0.0.1:8080"]
+    private = false                   # may allowed names resolve to private addresses?
 
     [secrets]                         # name the guest asks for = where the host reads it
     STRIPE_KEY = "env:ACME_STRIPE_KEY"
@@ -52,6 +53,7 @@ class _Strict(BaseModel):
 
 class Egress(_Strict):
     allow: tuple[str, ...] = ()
+    private: bool = False  # allowed names may resolve to loopback/private addresses (egress.py)
 
     @field_validator("allow")
     @classmethod
@@ -125,6 +127,7 @@ class TenantManifest(_Strict):
         lim = self.limits
         return TenantPolicy(
             egress=self.egress.allow,
+            egress_private=self.egress.private,
             secrets=values,
             memory_bytes=lim.memory_mib * MiB if lim.memory_mib is not None else None,
             max_step_timeout_ms=int(lim.step_timeout_max_seconds * 1000) if lim.step_timeout_max_seconds is not None else None,

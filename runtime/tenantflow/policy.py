@@ -14,6 +14,8 @@ from typing import Optional
 class TenantPolicy:
     # Hosts guests may fetch: exact host names or "*.suffix" patterns.
     egress: tuple[str, ...] = ()
+    # Whether allowed host names may resolve to loopback or private addresses (egress.py).
+    egress_private: bool = False
     # Secrets by name (values stay on the host; never journaled).
     secrets: dict[str, str] = field(default_factory=dict)
     # Per-instance memory cap; None means the engine's default.
