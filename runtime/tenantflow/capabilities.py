@@ -2,9 +2,9 @@
 
 `fetch` reaches only hosts on the tenant's egress allow-list (see `egress` for the
 patterns and URL normalization), and a host name only at its public addresses unless
-the policy allows private networks (`egress.PublicOnlyBackend`). Redirects are followed here, not by the HTTP client, so
-every hop is re-checked against the allow-list; credentials (Authorization, Cookie) are
-dropped when a redirect changes origin. Limits come from the tenant's `TenantPolicy`:
+the policy allows private networks (`egress.PublicOnlyBackend`). Redirects are followed
+here, not by the HTTP client, so every hop is re-checked against the allow-list;
+credentials (Authorization, Cookie) are dropped when a redirect changes origin. Limits come from the tenant's `TenantPolicy`:
 a timeout for the whole exchange (redirects included, and never past the running step's
 or invocation's CPU deadline), a response-size cap enforced while streaming (the body is
 never buffered past the cap), at most `http_max_redirects` hops, and a 1 MiB request
