@@ -4,11 +4,11 @@
 patterns and URL normalization), and a host name only at its public addresses unless
 the policy allows private networks (`egress.PublicOnlyBackend`). Redirects are followed
 here, not by the HTTP client, so every hop is re-checked against the allow-list;
-credentials (Authorization, Cookie) are dropped when a redirect changes origin. Limits come from the tenant's `TenantPolicy`:
-a timeout for the whole exchange (redirects included, and never past the running step's
-or invocation's CPU deadline), a response-size cap enforced while streaming (the body is
-never buffered past the cap), at most `http_max_redirects` hops, and a 1 MiB request
-body. The client ignores the host's proxy variables and .netrc (`trust_env=False`) and
+credentials (Authorization, Cookie) are dropped when a redirect changes origin. Limits
+come from the tenant's `TenantPolicy`: a timeout for the whole exchange (redirects
+included, and never past the running step's or invocation's CPU deadline), a
+response-size cap enforced while streaming (the body is never buffered past the cap),
+at most `http_max_redirects` hops, and a 1 MiB request body. The client ignores the host's proxy variables and .netrc (`trust_env=False`) and
 asks for uncompressed bodies, so the cap counts the bytes the guest gets.
 
 Durability: inside a step body a fetch is a plain side effect (the step's result is the
@@ -177,11 +177,9 @@ def perform_fetch(
             raise FetchFailed("TimeoutError", f"fetch to {target.origin} timed out after {timeout_ms} ms") from None
         except (httpx.InvalidURL, httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
             raise FetchFailed("InvalidRequest", f"fetch to {target.origin}: {exc}") from None
-        except httpx.ConnectError as exc:
-            if isinstance(exc.__cause__, NonPublicAddress):
-                raise FetchFailed("EgressDenied", f"fetch to {target.origin} is not allowed for tenant {tenant}: {exc.__cause__}") from None
-            raise FetchFailed("ConnectionError", f"fetch to {target.origin} failed: {exc or type(exc).__name__}") from None
         except httpx.HTTPError as exc:
+            if isinstance(exc.__cause__, NonPublicAddress):  # refused at connect time (egress.PublicOnlyBackend)
+                raise FetchFailed("EgressDenied", f"fetch to {target.origin} is not allowed for tenant {tenant}: {exc.__cause__}") from None
             raise FetchFailed("ConnectionError", f"fetch to {target.origin} failed: {exc or type(exc).__name__}") from None
         if hop == policy.http_max_redirects:
             break

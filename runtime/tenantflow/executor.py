@@ -42,6 +42,7 @@ CHILDREN = f"{WIT_PACKAGE}/children@{WIT_VERSION}"
 CAPABILITIES = f"{WIT_PACKAGE}/capabilities@{WIT_VERSION}"
 POOL_WAIT_SECONDS = 2.0
 CLOSE_BACKLOG = 3  # stores queued to close beyond which the caller closes its own
+SLEEP_POLL_MS = 10  # how often a sleep served in place checks for pause and terminate
 
 
 def pool_slots_for(workers: int, warm_instances: int) -> int:
@@ -49,7 +50,6 @@ def pool_slots_for(workers: int, warm_instances: int) -> int:
     warming), the stores queued to close (`CLOSE_BACKLOG`), one being closed by its
     invoking thread, and a deploy inspection or upgrade check."""
     return workers + warm_instances + CLOSE_BACKLOG + 3
-SLEEP_POLL_MS = 10  # how often a sleep served in place checks for pause and terminate
 
 
 class Unwind(Exception):
@@ -455,7 +455,7 @@ class Invocation:
         except Unwind as unwind:
             return self.x.settle(self, unwind)
         # Failed for good (or retry in place): replay at once; the guest sees the failure there.
-        self.commit(jn.requeue(self.row.pk, self.generation, self.now()))
+        self.commit_end(jn.requeue(self.row.pk, self.generation, self.now()))
         return InvocationResult("queued")
 
     # ---- sleeps and events ------------------------------------------------------------
@@ -959,7 +959,7 @@ class Executor:
             inv.raised = None
             self.cache.stats.live_instances -= 1
             self.release(store, inv)
-            logs = inv.take_logs()  # what was logged after the end was committed (a trap's report)
+            logs = inv.take_logs()  # what no end write took (cancelled, fenced, or logged after it)
             if logs is not None:
                 self.writer.submit(logs)
 

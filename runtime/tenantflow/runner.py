@@ -146,10 +146,11 @@ class Lane:
         elif kind == "created":
             _, token, ok, error = message
             created = self._created.pop(token, None)
-            if created is not None and ok:
-                created.set_result(None)
-            elif created is not None:
-                created.set_exception(error)
+            if created is not None:
+                if ok:
+                    created.set_result(None)
+                else:
+                    created.set_exception(error)
         elif kind == "loaded":
             self._resolve(message[1], message[2], message[3])
         elif kind == "stop":

@@ -1,9 +1,9 @@
 """The wasmtime side of isolation: one shared Engine, epoch ticks, per-instance stores.
 
 Guests get WASI with nothing granted: no preopened directories, no environment, no
-arguments, no sockets. stdout/stderr go to a callback (the instance's log; `OutputSink`). CPU is bounded
-by epoch deadlines (a ticker thread advances the epoch every `TICK_MS`), memory by store
-limits.
+arguments, no sockets. stdout/stderr go to a callback (the instance's log; `OutputSink`).
+CPU is bounded by epoch deadlines (a ticker thread advances the epoch every `TICK_MS`),
+memory by store limits.
 
 With `SandboxConfig(pooling=True)` instances live in wasmtime's pooling allocator. A componentize-py instance starts from a
 copy-on-write image of a snapshotted interpreter, and the first write to each page of it
