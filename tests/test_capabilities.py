@@ -4,9 +4,11 @@ guests compiled from real source (with a bystander tenant running beside them)."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -15,10 +17,19 @@ import pytest
 from enginekit import REPO, open_engine
 from sandboxkit import BYSTANDER, LoopbackServer, check_bystander, start_bystander
 
-from tenantflow.capabilities import FetchFailed, FetchRequest, call_name, decode_outcome, encode_outcome, perform_fetch
+from tenantflow.capabilities import (
+    FetchFailed,
+    FetchRequest,
+    call_name,
+    decode_outcome,
+    encode_outcome,
+    fetch_unless_cancelled,
+    perform_fetch,
+)
 from tenantflow.clock import ManualClock
 from tenantflow.egress import AllowEntry, EgressError, check_egress, is_public
 from tenantflow.engine import Engine
+from tenantflow.executor import Unwind
 from tenantflow.limits import MiB
 from tenantflow.policy import TenantPolicy
 
@@ -434,3 +445,53 @@ async def test_secrets_reach_only_tenants_granted_them_and_are_never_stored(tmp_
         await engine.write(lambda conn: None)
     stored = b"".join(p.read_bytes() for p in tmp_path.glob("flows.db*") if p.is_file())
     assert TOKEN.encode() not in stored
+
+
+async def _until_hit(server: LoopbackServer, path: str, count: int) -> None:
+    for _ in range(600):
+        if server.hits[path] >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the server never saw {path}")
+
+
+@pytest.mark.parametrize(("processes", "in_step"), [(0, True), (0, False), (1, True)])
+async def test_terminate_reaches_a_guest_blocked_in_a_fetch(tmp_path: Path, server: LoopbackServer, processes: int, in_step: bool) -> None:
+    """The exchange would take 30 s (inside a 60 s timeout): a terminate must not wait for it."""
+    async with open_engine(tmp_path / "flows.db", deploy=DEPLOY, processes=processes) as engine:
+        engine.set_policy(TENANT, policy_for(server, http_timeout_ms=60_000))
+        t = engine.tenant(TENANT)
+        before = server.hits["/slow"]
+        iid = await t.create("Fetch", {"url": server.url("/slow?ms=30000"), "in_step": in_step})
+        await _until_hit(server, "/slow", before + 1)
+        assert await t.terminate(iid) == "terminated"
+        await engine.scheduler.quiesce(timeout=10)  # the worker left the guest: nothing runs
+        status = await t.status(iid)
+        assert status.status == "terminated" and status.output is None
+        assert [s.status for s in status.steps] in ([], ["running"])  # no fetch outcome was recorded
+        bystander = await start_bystander(engine, ms=10)  # the engine goes on
+        await check_bystander(engine, bystander)
+
+
+def test_a_fetch_stuck_where_no_timeout_reaches_still_ends_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name whose DNS never answers (mocked: no resolver here can be made to hang) blocks
+    the client past any timeout it has; the guest's wait ends at the deadline anyway."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def hanging(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "stuck.example":
+            release.wait(30)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    policy = TenantPolicy(egress=("stuck.example",), http_timeout_ms=300)
+    try:
+        with pytest.raises(FetchFailed) as timed_out:
+            fetch_unless_cancelled(get("http://stuck.example/"), policy, TENANT, lambda: False)
+        assert (timed_out.value.name, timed_out.value.message) == ("TimeoutError", "fetch to stuck.example:80 timed out after 300 ms")
+        with pytest.raises(Unwind) as left:
+            fetch_unless_cancelled(get("http://stuck.example/", timeout_ms=60_000), TenantPolicy(egress=("stuck.example",)), TENANT, lambda: True)
+        assert left.value.reason == "cancelled"
+    finally:
+        release.set()

@@ -8,8 +8,15 @@ credentials (Authorization, Cookie) are dropped when a redirect changes origin. 
 come from the tenant's `TenantPolicy`: a timeout for the whole exchange (redirects
 included, and never past the running step's or invocation's CPU deadline), a
 response-size cap enforced while streaming (the body is never buffered past the cap),
-at most `http_max_redirects` hops, and a 1 MiB request body. The client ignores the host's proxy variables and .netrc (`trust_env=False`) and
-asks for uncompressed bodies, so the cap counts the bytes the guest gets.
+at most `http_max_redirects` hops, and a 1 MiB request body. The client ignores the host's
+proxy variables and .netrc (`trust_env=False`) and asks for uncompressed bodies, so the cap
+counts the bytes the guest gets.
+
+A guest's exchange runs on a fetch thread while the guest's thread waits for it, checking
+the invocation's signals: a terminate (or the engine stopping) leaves the guest at once
+instead of when the exchange ends, and the deadline holds even where the client cannot
+bound a call (a host name whose DNS never answers: the OS resolver has its own timeouts).
+The abandoned exchange ends on its thread within its own timeout or the resolver's.
 
 Durability: inside a step body a fetch is a plain side effect (the step's result is the
 record, so a retried attempt fetches again). Outside a step the outcome (response or
@@ -33,6 +40,8 @@ import json
 import re
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Union
 
@@ -40,12 +49,17 @@ import httpcore
 import httpx
 
 from .egress import EgressError, NonPublicAddress, PublicOnlyBackend, Target, check_egress
-from .executor import Invocation, current_invocation, err, ok, record
+from .executor import Invocation, Unwind, current_invocation, err, ok, record
 from .limits import MiB, format_bytes
 from .policy import TenantPolicy
 
 MAX_REQUEST_BODY_BYTES = MiB
 MAX_REQUEST_HEADER_BYTES = 64 * 1024
+# Exchanges run here, each on its own thread while it lasts (threads are made as needed).
+# Generous, since an abandoned exchange holds its thread until its timeout; a fetch that
+# waits for a thread counts that wait against its own deadline.
+FETCH_THREADS = 256
+SIGNAL_CHECK_S = 0.05  # how often a waiting guest thread looks at its invocation's signals
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}$")
 # Set by the client from the URL and body; a guest choosing them could smuggle requests.
@@ -152,10 +166,7 @@ def perform_fetch(
     bound on top of the request's and policy's timeout; `max_body` lowers the policy's
     response cap. Raises FetchFailed."""
     check_request(request)
-    timeout_ms = min(request.timeout_ms or policy.http_timeout_ms, policy.http_timeout_ms)
-    end = time.monotonic() + timeout_ms / 1000
-    if deadline is not None and deadline < end:
-        end, timeout_ms = deadline, max(0, int((deadline - time.monotonic()) * 1000))
+    end, timeout_ms = _budget(request, policy, deadline)
     cap = policy.http_max_response_bytes if max_body is None else min(max_body, policy.http_max_response_bytes)
     try:
         target = check_egress(request.url, policy.egress, tenant)
@@ -191,6 +202,65 @@ def perform_fetch(
         method, headers, body = _redirected(response.status_code, method, headers, body, target, following)
         target = following
     raise FetchFailed("TooManyRedirects", f"fetch of {request.url[:200]!r} was redirected more than {policy.http_max_redirects} times")
+
+
+def _budget(request: FetchRequest, policy: TenantPolicy, deadline: Optional[float]) -> tuple[float, int]:
+    """When the exchange must be over (`time.monotonic()`), and that budget in ms for messages."""
+    timeout_ms = min(request.timeout_ms or policy.http_timeout_ms, policy.http_timeout_ms)
+    end = time.monotonic() + timeout_ms / 1000
+    if deadline is not None and deadline < end:
+        end, timeout_ms = deadline, max(0, int((deadline - time.monotonic()) * 1000))
+    return end, timeout_ms
+
+
+_fetch_pool_lock = threading.Lock()
+_fetch_pool: Optional[ThreadPoolExecutor] = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _fetch_pool
+    with _fetch_pool_lock:
+        if _fetch_pool is None:
+            _fetch_pool = ThreadPoolExecutor(max_workers=FETCH_THREADS, thread_name_prefix="tenantflow-fetch")
+        return _fetch_pool
+
+
+def fetch_unless_cancelled(
+    request: FetchRequest,
+    policy: TenantPolicy,
+    tenant: str,
+    cancelled: Callable[[], bool],
+    *,
+    deadline: Optional[float] = None,
+    max_body: Optional[int] = None,
+) -> FetchResponse:
+    """`perform_fetch` on a fetch thread, waited for here until it ends, its deadline
+    passes (TimeoutError, even when the exchange is stuck where no timeout reaches) or
+    `cancelled()` turns true (Unwind("cancelled"): the exchange is abandoned to its thread)."""
+    check_request(request)
+    end, timeout_ms = _budget(request, policy, deadline)
+    future: Future[FetchResponse] = _pool().submit(perform_fetch, request, policy, tenant, deadline=end, max_body=max_body)
+    # A little past `end`: the exchange's own timeout reports first, naming what timed out.
+    give_up = end + 0.25
+    while True:
+        if cancelled():
+            future.cancel()
+            raise Unwind("cancelled")
+        remaining = give_up - time.monotonic()
+        if remaining <= 0:
+            future.cancel()
+            raise FetchFailed("TimeoutError", f"fetch to {_origin(request.url, policy, tenant)} timed out after {timeout_ms} ms")
+        try:
+            return future.result(timeout=min(SIGNAL_CHECK_S, remaining))
+        except FutureTimeout:
+            continue
+
+
+def _origin(url: str, policy: TenantPolicy, tenant: str) -> str:
+    try:
+        return check_egress(url, policy.egress, tenant).origin
+    except EgressError:
+        return url[:200]
 
 
 def _read_capped(chunks: Iterator[bytes], response: httpx.Response, target: Target, cap: int, end: float, timeout_ms: int) -> bytes:
@@ -297,14 +367,17 @@ def _attempt(inv: Invocation, request: FetchRequest, max_body: Optional[int]) ->
     if inv.in_step:
         deadline_ms = min(deadline_ms, inv.step_deadline)
     deadline = time.monotonic() + (deadline_ms - inv.now_wall()) / 1000  # same clock, seconds
+    control = inv.control
     try:
-        return perform_fetch(request, inv.policy, inv.row.tenant, deadline=deadline, max_body=max_body)
+        return fetch_unless_cancelled(request, inv.policy, inv.row.tenant, lambda: control.cancelled, deadline=deadline, max_body=max_body)
     except FetchFailed as failed:
         if failed.name == "EgressDenied":
             inv.log("host", f"egress denied: {failed.message}")
         elif failed.name == "ResponseTooLarge" and max_body is not None and max_body < inv.policy.http_max_response_bytes:
             failed.message += "; a fetch outside a step is journaled and bounded like a step result: fetch inside step.do for larger bodies"
         return failed
+    except Unwind:  # terminated meanwhile: leave the guest
+        raise
     except Exception as exc:  # noqa: BLE001 - a client bug must not take the invocation down
         return FetchFailed("ConnectionError", f"fetch failed: {type(exc).__name__}: {exc}")
 
