@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -17,6 +20,17 @@ REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / "tests" / "workflows"
 # Precompiled artifacts are keyed by digest and engine config: safe to share across tests.
 ARTIFACTS = REPO / ".cache" / "tenantflow" / "artifacts"  # = default_artifact_dir() under the tests (components.py)
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`tenantflow ARGS` through the real console entry point, with the shared artifact cache
+    and none of the caller's TENANTFLOW_* settings (a TENANTFLOW_URL would redirect it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTFLOW_")}
+    env["TENANTFLOW_CACHE_DIR"] = str(ARTIFACTS.parent)
+    done = subprocess.run([sys.executable, "-m", "tenantflow.cli", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    if check and done.returncode != 0:
+        raise AssertionError(f"tenantflow {' '.join(args)}: exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}")
+    return done
 
 
 def component(name: str) -> Path:

@@ -8,6 +8,7 @@ a missing one.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 from apikit import admin, bearer, deploy, make_key, make_tenant, serve_in_thread, wait_status
-from enginekit import ARTIFACTS
+from enginekit import ARTIFACTS, cli, component, open_engine
 
 from tenantflow.auth import revoke_key
+from tenantflow.clock import ManualClock
 from tenantflow.server import create_standalone_app
 
 
@@ -276,7 +278,7 @@ def test_openapi_document_declares_every_route_and_its_errors(api: Api) -> None:
     doc = api.anonymous.get("/openapi.json").json()
     operations = {(method.upper(), path): op for path, ops in doc["paths"].items() for method, op in ops.items()}
     tenant_routes = [key for key in operations if key[1].startswith("/v1/tenants/{tenant}")]
-    assert len(tenant_routes) == 13
+    assert len(tenant_routes) == 14
     for key in tenant_routes:
         responses = operations[key]["responses"]
         assert {"400", "401", "403"} <= set(responses), key
@@ -286,4 +288,57 @@ def test_openapi_document_declares_every_route_and_its_errors(api: Api) -> None:
     assert "404" in operations[("GET", "/v1/tenants/{tenant}/instances/{instance_id}")]["responses"]
     assert "409" in operations[("POST", "/v1/tenants/{tenant}/instances/{instance_id}/pause")]["responses"]
     assert "application/wasm" in operations[("POST", "/v1/tenants/{tenant}/components")]["requestBody"]["content"]
+    assert "404" in operations[("POST", "/v1/tenants/{tenant}/workflows/{workflow}/upgrade")]["responses"]
     assert "HTTPValidationError" not in doc["components"]["schemas"]
+
+
+def test_upgrade_over_http_and_the_remote_cli(tmp_path: Path) -> None:
+    """In-flight instances move to a registered version through the API (and `instances
+    upgrade --url`): dry run, divergence refused, apply; only with a key that may control."""
+    db = tmp_path / "upgrade.db"
+    for tenant in ("t", "other"):
+        make_tenant(db, tenant)
+    developer, readonly, stranger = make_key(db, "t"), make_key(db, "t", "tenant-readonly"), make_key(db, "other")
+
+    async def prepare() -> tuple[str, str, str]:
+        clock = ManualClock()  # the pipeline sleeps a minute before it waits for approval
+        async with open_engine(db, clock=clock, deploy={"t": "flow_v1"}) as engine:
+            t = engine.tenant("t")
+            for iid in ("p1", "p2"):
+                await t.create("pipeline", {"commit": iid}, id=iid)
+            await engine.scheduler.quiesce()
+            clock.advance(60)
+            await engine.scheduler.quiesce()
+            assert {(await t.status(i)).waiting_for for i in ("p1", "p2")} == {"go"}
+            v2 = (await engine.register_component(component("flow_v2").read_bytes())).digest
+            v3 = (await engine.register_component(component("flow_v3").read_bytes())).digest
+            return (await t.status("p1")).digest, v2, v3
+
+    v1, v2, v3 = asyncio.run(prepare())
+    path = "/v1/tenants/t/workflows/pipeline/upgrade"
+    with serve_in_thread(create_standalone_app(db, artifact_dir=ARTIFACTS, workers=2)) as url:
+        with httpx.Client(base_url=url, headers=bearer(developer), timeout=120) as client:
+            diverged = client.post(path, json={"digest": v3, "apply": True})
+            assert diverged.status_code == 200, diverged.text
+            assert [(r["id"], r["result"]) for r in diverged.json()["results"]] == [("p1", "diverged"), ("p2", "diverged")]
+            assert "position 0" in diverged.json()["results"][0]["divergence"]
+            dry = client.post(path, json={"digest": v2, "instance_ids": ["p1"]}).json()["results"]
+            assert [(r["id"], r["result"], r["from_digest"], r["to_digest"]) for r in dry] == [("p1", "compatible", v1, v2)]
+            assert client.get("/v1/tenants/t/instances/p1").json()["digest"] == v1  # a dry run changes nothing
+
+            assert error_of(client.post(path, json={"digest": "sha256:nope"}), 400, "invalid_input")
+            assert error_of(client.post(path, json={"digest": v2, "force": True}), 400, "invalid_input")
+            assert error_of(client.post(path, json={"digest": "0" * 64}), 404, "unknown_workflow") == f"component {'0' * 12} is not registered"
+            for key in (readonly, stranger):
+                error_of(httpx.post(url + path, json={"digest": v2}, headers=bearer(key)), 403, "forbidden")
+
+            upgraded = cli("instances", "upgrade", "-w", "pipeline", "--to", f"sha256:{v2}", "--id", "p1", "--apply",
+                             "--url", url, "--api-key", developer, "--tenant", "t")
+            assert f"p1: upgraded ({v1[:12]} -> {v2[:12]})" in upgraded.stdout
+            refused = cli("instances", "upgrade", "-w", "pipeline", "--to", str(component("flow_v2")), "--url", url, "--tenant", "t", check=False)
+            assert refused.returncode == 1 and "with --url, --to takes the digest" in refused.stderr
+
+            assert client.get("/v1/tenants/t/instances/p1").json()["digest"] == v2
+            assert client.get("/v1/tenants/t/instances/p2").json()["digest"] == v1  # not named: untouched
+            assert client.post("/v1/tenants/t/instances/p1/events/go", json={"env": "prod"}).status_code == 202
+            assert wait_status(client, "t", "p1")["output"]["version"] == 2

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from enginekit import ARTIFACTS, REPO
+from enginekit import REPO
+from enginekit import cli as tenantflow
 
 ORDER = {"order_id": "77", "items": [{"price": 700, "qty": 2}]}
-
-
-def tenantflow(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TENANTFLOW_CACHE_DIR": str(ARTIFACTS.parent)}
-    result = subprocess.run([sys.executable, "-m", "tenantflow.cli", *args], capture_output=True, text=True, env=env, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
-    return result
 
 
 def test_run_fast_forwards_through_sleeps_and_prints_the_output(tmp_path: Path) -> None:

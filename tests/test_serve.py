@@ -4,9 +4,6 @@ against a server (`--url`) printing exactly what it prints against the database 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,17 +11,9 @@ from typing import Any
 import httpx
 import pytest
 from apikit import ServeProcess, bearer, make_key, make_tenant, serve_in_thread, wait_status
-from enginekit import ARTIFACTS, REPO, component
+from enginekit import ARTIFACTS, cli, component
 
 from tenantflow.server import create_standalone_app
-
-
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTFLOW_")}
-    done = subprocess.run([sys.executable, "-m", "tenantflow.cli", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
-    if check:
-        assert done.returncode == 0, f"{args}: {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done
 
 
 def log_records(path: Path) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .models import LogLine, Status
+from .models import LogLine, Status, UpgradeResult
 
 # The engine's validation rules, as JSON Schema patterns (see tenantflow.limits).
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -82,6 +82,20 @@ class WorkflowInfo(BaseModel):
 
 class WorkflowList(BaseModel):
     workflows: list[WorkflowInfo]
+
+
+class UpgradeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    digest: str = Field(pattern=DIGEST_PATTERN, description="The registered component version to move the instances to.")
+    apply: bool = Field(default=False, description="Switch the instances that replay cleanly (default: a dry run).")
+    instance_ids: Optional[list[str]] = Field(
+        default=None, min_length=1, max_length=1000, description="Only these instances (default: every in-flight instance of the workflow)."
+    )
+
+
+class UpgradeResults(BaseModel):
+    results: list[UpgradeResult]
 
 
 class Health(BaseModel):

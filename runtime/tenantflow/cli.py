@@ -302,11 +302,12 @@ def send_event_command(instance_id: str, event_type: str, payload: str, db: Path
 
 @instances.command("upgrade")
 @click.option("--workflow", "-w", required=True, help="Workflow whose in-flight instances move.")
-@click.option("--to", "target", required=True, help="Target code: a digest (sha256:... or hex) or a .wasm file (registered first).")
+@click.option("--to", "target", required=True, help="Target code: a digest (sha256:... or hex) or, with --db, a .wasm file (registered first).")
 @click.option("--id", "instance_ids", multiple=True, help="Only these instances (repeatable; default: all in flight).")
 @click.option("--apply", is_flag=True, help="Switch the instances that replay cleanly (default: dry run).")
 @DB_OPTION
 @TENANT_OPTION
+@REMOTE_OPTIONS
 @click.option("--json", "as_json", is_flag=True)
 def upgrade_command(workflow: str, target: str, instance_ids: tuple[str, ...], apply: bool, db: Path, tenant: str, as_json: bool) -> None:
     """Move in-flight instances to other code, after replaying each journal against it.
@@ -314,19 +315,23 @@ def upgrade_command(workflow: str, target: str, instance_ids: tuple[str, ...], a
     An instance whose recorded calls all match the new code is `compatible` (and
     `upgraded` with --apply); otherwise the first divergence is shown and it is left alone.
     """
-    if not db.exists():
-        _fail(f"database {db} does not exist")
-
-    async def go() -> Any:
-        async with Engine(db, run_scheduler=False) as engine:
-            digest = target.removeprefix("sha256:")
-            if target.endswith(".wasm"):
-                digest = (await engine.register_component(Path(target).read_bytes())).digest
-            return await engine.tenant(tenant).upgrade(workflow, digest, apply=apply, instance_ids=instance_ids or None)
-
     from .engine import Engine
 
-    results = _run_async(go())
+    digest = target.removeprefix("sha256:")
+    if target.endswith(".wasm"):
+        if _remote()[0]:
+            _fail("with --url, --to takes the digest of a component registered there (`tenantflow deploy --url` prints it)")
+        if not db.exists():
+            _fail(f"database {db} does not exist")
+
+        async def register_and_upgrade() -> Any:
+            async with Engine(db, run_scheduler=False) as engine:
+                registered = (await engine.register_component(Path(target).read_bytes())).digest
+                return await engine.tenant(tenant).upgrade(workflow, registered, apply=apply, instance_ids=instance_ids or None)
+
+        results = _run_async(register_and_upgrade())
+    else:
+        results = _binding_call(db, tenant, lambda b: b.upgrade(workflow, digest, apply=apply, instance_ids=instance_ids or None))
     if as_json:
         click.echo(json.dumps([json.loads(r.model_dump_json()) for r in results], indent=2))
         return

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .api_models import BatchCreated, ControlResult, Created, WorkflowList
+from .api_models import BatchCreated, ControlResult, Created, UpgradeResults, WorkflowList
 from .errors import (
     ComponentError,
     Forbidden,
@@ -27,7 +27,7 @@ from .errors import (
     Unauthenticated,
     UnknownWorkflow,
 )
-from .models import ComponentInfo, InstancePage, InstanceStatus, LogLine
+from .models import ComponentInfo, InstancePage, InstanceStatus, LogLine, UpgradeResult
 
 ERRORS: dict[str, type[TenantflowError]] = {
     cls.code: cls
@@ -159,3 +159,10 @@ class RemoteTenant:
 
     async def workflows(self) -> WorkflowList:
         return WorkflowList.model_validate((await self.client.request("GET", f"{self._base}/workflows")).json())
+
+    async def upgrade(
+        self, workflow: str, digest: str, *, apply: bool = False, instance_ids: Optional[Sequence[str]] = None
+    ) -> builtins.list[UpgradeResult]:
+        body = {"digest": digest, "apply": apply, "instance_ids": list(instance_ids) if instance_ids is not None else None}
+        response = await self.client.request("POST", f"{self._base}/workflows/{_q(workflow)}/upgrade", json=body)
+        return UpgradeResults.model_validate(response.json()).results

@@ -32,6 +32,7 @@ from .api_models import (
     EVENT_TYPE_PATTERN,
     INSTANCE_ID_PATTERN,
     TENANT_PATTERN,
+    WORKFLOW_PATTERN,
     BatchCreated,
     ControlResult,
     CreateBatch,
@@ -41,6 +42,8 @@ from .api_models import (
     EventAccepted,
     Health,
     LogPage,
+    UpgradeRequest,
+    UpgradeResults,
     WorkflowInfo,
     WorkflowList,
     WorkflowVersion,
@@ -69,6 +72,7 @@ log = logging.getLogger("tenantflow.server")
 TenantName = Annotated[str, Path(pattern=TENANT_PATTERN, description="Tenant name.")]
 InstanceId = Annotated[str, Path(pattern=INSTANCE_ID_PATTERN, max_length=100, description="Instance id (unique per tenant).")]
 EventType = Annotated[str, Path(pattern=EVENT_TYPE_PATTERN, description="Event type the workflow waits for.")]
+WorkflowName = Annotated[str, Path(pattern=WORKFLOW_PATTERN, description="Workflow name.")]
 
 DEFAULT_MAX_BODY = 8 * MiB
 DEFAULT_MAX_COMPONENT = 256 * MiB
@@ -349,6 +353,19 @@ def create_app(
         for d in reversed(deployments):
             by_name.setdefault(d.workflow, []).append(WorkflowVersion(digest=d.digest, size=d.size, deployed_at=ts(d.deployed_at)))  # type: ignore[arg-type]
         return WorkflowList(workflows=[WorkflowInfo(name=n, current=v[0].digest, versions=v) for n, v in sorted(by_name.items())])
+
+    @app.post(
+        f"{base}/workflows/{{workflow}}/upgrade", response_model=UpgradeResults, tags=["components"],
+        responses=_errors(*common, 404),
+    )
+    async def upgrade_workflow(
+        workflow: WorkflowName, spec: UpgradeRequest, binding: Annotated[TenantBinding, Depends(tenant_scope(Action.CONTROL))]
+    ) -> UpgradeResults:
+        """Move in-flight instances of a workflow to another registered version. Each journal is
+        replayed against the new code first (no side effects): `compatible` (dry run) or
+        `upgraded` (with `apply`) when every recorded call matches, else `diverged` with the
+        first divergence (the instance is left as it was), or `busy` while it runs (retry)."""
+        return UpgradeResults(results=await binding.upgrade(workflow, spec.digest, apply=spec.apply, instance_ids=spec.instance_ids))
 
     # ---- operations ---------------------------------------------------------------------
     @app.get("/healthz", response_model=Health, tags=["operations"], responses=_errors(400))
