@@ -40,9 +40,10 @@ import json
 import re
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Iterator, Optional, Union
 
 import httpcore
@@ -55,9 +56,9 @@ from .policy import TenantPolicy
 
 MAX_REQUEST_BODY_BYTES = MiB
 MAX_REQUEST_HEADER_BYTES = 64 * 1024
-# Exchanges run here, each on its own thread while it lasts (threads are made as needed).
-# Generous, since an abandoned exchange holds its thread until its timeout; a fetch that
-# waits for a thread counts that wait against its own deadline.
+# Exchanges in flight at once, each on a thread of its own. Generous, since an abandoned
+# exchange holds its thread until its timeout; a fetch that waits for one counts that wait
+# against its own deadline.
 FETCH_THREADS = 256
 SIGNAL_CHECK_S = 0.05  # how often a waiting guest thread looks at its invocation's signals
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -213,16 +214,29 @@ def _budget(request: FetchRequest, policy: TenantPolicy, deadline: Optional[floa
     return end, timeout_ms
 
 
-_fetch_pool_lock = threading.Lock()
-_fetch_pool: Optional[ThreadPoolExecutor] = None
+_fetch_slots = threading.BoundedSemaphore(FETCH_THREADS)
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _fetch_pool
-    with _fetch_pool_lock:
-        if _fetch_pool is None:
-            _fetch_pool = ThreadPoolExecutor(max_workers=FETCH_THREADS, thread_name_prefix="tenantflow-fetch")
-        return _fetch_pool
+def _on_fetch_thread(exchange: Callable[[], FetchResponse]) -> "Future[FetchResponse]":
+    """Run `exchange` on a daemon thread of its own (a slot must be held): an abandoned
+    exchange must not hold up the process's exit, as a pool's worker would."""
+    future: Future[FetchResponse] = Future()
+
+    def run() -> None:
+        try:
+            if future.set_running_or_notify_cancel():
+                future.set_result(exchange())
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting guest thread
+            future.set_exception(exc)
+        finally:
+            _fetch_slots.release()
+
+    try:
+        threading.Thread(target=run, name="tenantflow-fetch", daemon=True).start()
+    except BaseException:  # no thread (a resource limit): the slot is not taken after all
+        _fetch_slots.release()
+        raise
+    return future
 
 
 def fetch_unless_cancelled(
@@ -239,19 +253,22 @@ def fetch_unless_cancelled(
     `cancelled()` turns true (Unwind("cancelled"): the exchange is abandoned to its thread)."""
     check_request(request)
     end, timeout_ms = _budget(request, policy, deadline)
-    future: Future[FetchResponse] = _pool().submit(perform_fetch, request, policy, tenant, deadline=end, max_body=max_body)
     # A little past `end`: the exchange's own timeout reports first, naming what timed out.
     give_up = end + 0.25
+    future: Optional[Future[FetchResponse]] = None
     while True:
         if cancelled():
-            future.cancel()
             raise Unwind("cancelled")
         remaining = give_up - time.monotonic()
         if remaining <= 0:
-            future.cancel()
             raise FetchFailed("TimeoutError", f"fetch to {_origin(request.url, policy, tenant)} timed out after {timeout_ms} ms")
+        wait = min(SIGNAL_CHECK_S, remaining)
+        if future is None:  # waiting for a thread counts against the deadline
+            if _fetch_slots.acquire(timeout=wait):
+                future = _on_fetch_thread(partial(perform_fetch, request, policy, tenant, deadline=end, max_body=max_body))
+            continue
         try:
-            return future.result(timeout=min(SIGNAL_CHECK_S, remaining))
+            return future.result(timeout=wait)
         except FutureTimeout:
             continue
 
