@@ -107,6 +107,24 @@ def plot_latency(tf: dict[str, Any], peers: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def plot_memory(tf: dict[str, Any], peers: dict[str, Any], out: Path) -> None:
+    waiting = tf.get("sizes", {}).get("waiting_instances", 10_000)
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    groups = [
+        ("footprint_waiting", "rss_mib", f"{waiting:,} waiting workflows:\nonce all wait"),
+        ("footprint_waiting", "rss_settled_mib", "the same\nafter 42 s idle"),
+    ]
+    grouped_bars(ax, groups, tf, peers, "MiB, RSS of every process (log)")
+    target_mib = 300e6 / 2**20
+    ax.hlines(target_mib, -0.45, 0.45, colors="red", linestyles=":", linewidth=1)
+    ax.annotate("target 300 MB", (0.45, target_mib), fontsize=7, color="red", ha="right", xytext=(0, 3), textcoords="offset points")
+    ax.set_title("Host memory with workflows waiting on an event (lower is better)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def plot_targets(tf: dict[str, Any], out: Path) -> None:
     targets = [t for t in tf.get("targets", []) if t.get("value") is not None]
     if not targets:
@@ -153,8 +171,9 @@ def main() -> int:
     out_dir = args.tenantflow.parent
     plot_throughput(tf, peers, out_dir / f"throughput{suffix}.png")
     plot_latency(tf, peers, out_dir / f"latency{suffix}.png")
+    plot_memory(tf, peers, out_dir / f"memory{suffix}.png")
     plot_targets(tf, out_dir / f"tenantflow{suffix}.png")
-    print(f"[plot] wrote {', '.join(f'{n}{suffix}.png' for n in ('throughput', 'latency', 'tenantflow'))} under {out_dir}")
+    print(f"[plot] wrote {', '.join(f'{n}{suffix}.png' for n in ('throughput', 'latency', 'memory', 'tenantflow'))} under {out_dir}")
     return 0
 
 

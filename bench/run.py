@@ -1405,6 +1405,8 @@ COMPARED = [
     ("wakeup_latency", "signal_p99_ms", "5. event sent → next step running, p99"),
     ("wakeup_latency", "sleep_overshoot_p50_ms", "5. sleep({sleep_ms} ms) overshoot (step → sleep → step), p50"),
     ("wakeup_latency", "sleep_overshoot_p99_ms", "5. sleep({sleep_ms} ms) overshoot, p99"),
+    ("footprint_waiting", "rss_mib", "6. {waiting_instances:,} workflows waiting on an event: memory (RSS of every process it runs on), once all wait"),
+    ("footprint_waiting", "rss_settled_mib", "6. the same after 42 s idle"),
 ]
 
 
@@ -1445,6 +1447,12 @@ linear-interpolated, as in the peer harness.
   timer); RSS (`/proc/self/status` VmRSS) of the whole host process once all 10,000 wait, with
   its anonymous/file split, the RSS after deploying (before any instance) and the slope of
   RSS over waiting instances. One fresh process per repeat.
+- *Footprint, waiting, side by side*: each peer parks the same number of workflows (one step,
+  then an event wait with a day's timeout) in one application, last in its run; its figure is
+  the sum of VmRSS over every process it runs on (the harness's driver process, where DBOS and
+  Temporal's worker live, the Temporal and Restate servers, Restate's SDK service), right after
+  the last one ran its step and after 42 s idle (`bench/peers/README.md`). tenantflow's is its
+  one process, which embeds the engine and the bench driver.
 - *Footprint, running*: N instances inside a step body that blocks in `time.sleep` (a live Wasm
   instance that burns no CPU) on N workers; (peak RSS with all N live − RSS idle) / N.
 - *Distinct tenant versions without 100 compiles* (footprint and churn): each tenant's component
@@ -1577,7 +1585,23 @@ SQLite; `py-spy` for the host Python; `--profile` reruns any workload under py-s
 are from those profiling sessions (probe scripts outside the bench, medians of alternating A/B
 runs), on 2 cores shared with other jobs (±30%).
 
-### What changed in the engine this round (each measured before it was kept)
+### What changed this round
+
+- **Memory with 10,000 waiting workflows is compared with every peer** (workload 6, side by
+  side above and in `memory.png`): each peer parks the same one-step-then-wait workflows and its
+  figure is every process it runs on. What bounds each is under
+  [What bounds the remaining gaps](#what-bounds-the-remaining-gaps).
+- **Measured, not kept** (one-step latency, A/B in blocks of 100-120 runs so that each block's
+  background work lands in its own block): delaying the pooled store's close by 2 ms so that it
+  leaves the caller's tail alone (p50 0.2-0.35 ms *worse*: the reset then lands in the next run;
+  a first interleaving of pairs of runs had shown it 1.1 ms better, an artefact of whose reset
+  landed where), and calling the `run` export once with an unknown workflow while warming an
+  instance, to take componentize-py's first-call cost (~0.08 ms of ~0.19) off the critical path
+  (p50 0.15-0.3 ms worse: the extra pages it writes come back in the slot's reset). Fewer runner
+  lanes or more (4, 16 instead of 8) and pinning the engine's threads to the other core did not
+  raise aggregate throughput.
+
+### The round before
 
 - **A new instance starts from the row it was created with, in-process too** (`Prepared`; with
   runners it already did). The worker no longer reads back a row, a journal and events that
@@ -1605,7 +1629,7 @@ runs), on 2 cores shared with other jobs (±30%).
   committing thread (sequential ~3,100 → ~2,100 steps/s: the database file's fsyncs then run
   beside every commit's; latency no better, 4 alternating runs each).
 
-### The round before
+### Two rounds ago
 
 - **Runner processes** (`Engine(processes=N)`, `serve --processes N`; `runners.py`,
   `runner.py`). The cost that dominated concurrent work was not Python itself but threads of one
@@ -1815,7 +1839,7 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
     # -- side by side
     add("## Side by side (same run, same machine)")
     add("")
-    add("Ratio = tenantflow / peer (for throughput, above 1 is better for tenantflow; for latency, below 1 is).")
+    add("Ratio = tenantflow / peer (for throughput, above 1 is better for tenantflow; for latency and memory, below 1 is).")
     add("")
     head = "| workload | tenantflow | " + " | ".join(PEER_NAMES[p] for p in PEERS) + " | " + " | ".join(f"tf / {PEER_NAMES[p]}" for p in PEERS) + " |"
     add(head)
@@ -1829,6 +1853,8 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
         label = label.format(**sizes)
         if workload == "aggregate_steps" and section:
             label += f" (tenantflow: {agg_config_text(section)})"
+        if workload == "footprint_waiting" and name == "rss_mib":
+            label += " (tenantflow: over 100 tenants, each its own component version; a peer: one application)"
         add(f"| {label} | {_fmt(tfv, unit)} | " + " | ".join(_fmt(v, unit) for v in peer_vals) + " | "
             + " | ".join(_ratio(tfv, v, better) for v in peer_vals) + " |")
     add("")
@@ -1892,7 +1918,7 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
         add("")
 
     # -- plots
-    pngs = [p for p in ("throughput", "latency", "tenantflow") if (RESULTS / f"{p}{'-quick' if quick else ''}.png").exists()]
+    pngs = [p for p in ("throughput", "latency", "memory", "tenantflow") if (RESULTS / f"{p}{'-quick' if quick else ''}.png").exists()]
     if pngs:
         add("## Plots")
         add("")

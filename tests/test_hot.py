@@ -50,6 +50,7 @@ async def test_a_hot_version_runs_on_the_pooled_engine_and_behaves_the_same(tmp_
         assert hot.invocations >= before + 5  # each of those (and the replays) ran pooled
         spin = await t.wait(await t.create("Spin", {"timeout": "300 ms"}))  # limits hold on the pool
         assert spin.output["caught"] == "StepTimeoutError"
+        await engine.scheduler.quiesce()  # wait() sees the outcome committed; the worker lets go of its store just after
         assert engine.isolates.stats.live_instances == 0
         # Let go of the pooled engine while a guest spins on it: its deadline still fires
         # (the engine's epoch ticks on until its last store is gone), then the ticker ends.

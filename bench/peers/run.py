@@ -6,7 +6,7 @@
     bench/peers/.venv/bin/python bench/peers/run.py --peers dbos,temporal,restate --repeats 3
 
 Each peer runs in a child process of its own session (this file with --child), which starts the
-peer's servers on 127.0.0.1 with storage under a temp dir, runs the same four workloads and writes
+peer's servers on 127.0.0.1 with storage under a temp dir, runs the same five workloads and writes
 its section of the JSON. The parent bounds every child in time and kills the child's whole session
 (servers included) on timeout, error, Ctrl-C or SIGTERM. See README.md for the JSON layout.
 """
@@ -79,6 +79,18 @@ WORKLOAD_DOC: Json = {
             "signal_p99_ms": "per-repeat p99",
             "sleep_overshoot_p50_ms": "per-repeat p50",
             "sleep_overshoot_p99_ms": "per-repeat p99",
+        },
+    },
+    "footprint_waiting": {
+        "what": (
+            "N workflows each run one step and then wait for an event with a day's timeout, all at once (run last: "
+            "they stay parked); memory of every process the peer runs on (driver, servers, workers, services)"
+        ),
+        "metrics": {
+            "rss_mib": "sum of VmRSS right after the last workflow ran its step",
+            "rss_two_seconds_later_mib": "the same 2 s later",
+            "rss_settled_mib": "the same after park_settle_s idle",
+            "kib_per_waiting_workflow": "(RSS all waiting - RSS before) / N",
         },
     },
 }
@@ -248,6 +260,10 @@ def parent_main(args: argparse.Namespace) -> int:
     if bad:
         raise SystemExit(f"unknown peer(s) {bad}; choose from {','.join(ALL_PEERS)}")
     sizes = Sizes.quick() if args.quick else Sizes.full()
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        raise SystemExit(f"unknown workload(s) {unknown}; choose from {','.join(WORKLOADS)}")
     peer_timeout = args.peer_timeout if args.peer_timeout is not None else (600.0 if args.quick else 2400.0)
     out = Path(args.out).resolve()
 
@@ -285,6 +301,7 @@ def parent_main(args: argparse.Namespace) -> int:
         log("WARNING: the data dir is in memory, fsync costs nothing there; pass --data-dir on a disk")
     cfg: Json = {
         "sizes": sizes.to_json(),
+        "workloads": workloads,
         "repeats": args.repeats,
         "dbos_notification_poll_s": args.dbos_notification_poll_s,
         "sqlite_wal": args.sqlite_journal == "wal",
@@ -364,7 +381,7 @@ async def _child_async(name: str, cfg: Json, out_path: Path, procs: ProcessGroup
         section["version"] = peer.version()
         log(f"{name} started in {section['startup_s']}s: {section['version']}")
         await warm_up(peer, sizes)
-        for wname in WORKLOADS:
+        for wname in cfg.get("workloads") or WORKLOADS:
             section["workloads"][wname] = await run_workload(wname, peer, sizes, repeats)
             write_json_atomic(out_path, section)
         failed = [w for w, r in section["workloads"].items() if r["status"] != "ok"]
@@ -419,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="repeats per workload; medians over these (default 3)")
     ap.add_argument("--quick", action="store_true", help="small sizes for a fast smoke run")
     ap.add_argument("--peers", default=",".join(ALL_PEERS), help="comma-separated subset of %(default)s")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of %(default)s (in this order)")
     ap.add_argument(
         "--peer-timeout", type=float, default=None, help="hard wall-time budget per peer in s (600 quick, 2400 full)"
     )

@@ -42,6 +42,12 @@ class Sizes:
     """Soft time budget of one repeat of one workload: latency loops stop early past it."""
     call_timeout_s: float
     """Hard timeout of a single workflow run (async peers); the parent bounds the whole peer."""
+    park_workflows: int = 10_000
+    """footprint_waiting: workflows parked on an event wait at once (as tenantflow's)."""
+    park_settle_s: float = 42.0
+    """footprint_waiting: idle time before the `settled` reading (tenantflow's is 42 s)."""
+    park_budget_s: float = 1500.0
+    """footprint_waiting: time allowed for parking them all."""
 
     @staticmethod
     def full() -> Sizes:
@@ -73,6 +79,9 @@ class Sizes:
             warmup_seconds=0.5,
             repeat_budget_s=60.0,
             call_timeout_s=60.0,
+            park_workflows=200,
+            park_settle_s=3.0,
+            park_budget_s=120.0,
         )
 
     def to_json(self) -> Json:
@@ -131,6 +140,16 @@ class Peer(abc.ABC):
     async def sleep_gap(self, sleep_ms: int) -> float:
         """Run a workflow step -> durable sleep(sleep_ms) -> step; return seconds from the end of the
         first step to the start of the second."""
+
+    @abc.abstractmethod
+    async def park(self, count: int) -> None:
+        """Start `count` workflows that each run one step and then wait for an event (with a timeout
+        of a day, so each also holds a timer); return once every one of them has run its step."""
+
+    @abc.abstractmethod
+    def processes(self) -> list[int]:
+        """Pids of everything this peer runs on (this driver process, servers, workers, services);
+        their children are counted too."""
 
 
 # --- statistics ----------------------------------------------------------------------------------

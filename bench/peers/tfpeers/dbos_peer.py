@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import os
 import sqlite3
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +24,24 @@ def tf_step(x: int) -> int:
 @DBOS.step()
 def tf_stamp() -> float:
     return time.monotonic()
+
+
+PARK_TIMEOUT_S = 86_400.0
+_parked = [0]  # park steps run so far (footprint_waiting)
+_parked_lock = threading.Lock()
+
+
+@DBOS.step()
+def tf_park_step() -> int:
+    with _parked_lock:
+        _parked[0] += 1
+        return _parked[0]
+
+
+@DBOS.workflow()
+def tf_park() -> None:
+    tf_park_step()
+    DBOS.recv("wake", timeout_seconds=PARK_TIMEOUT_S)
 
 
 @DBOS.workflow()
@@ -158,3 +178,17 @@ class DbosPeer(Peer):
 
     async def sleep_gap(self, sleep_ms: int) -> float:
         return await asyncio.to_thread(self._sleep_sync, sleep_ms)
+
+    async def park(self, count: int) -> None:
+        target = _parked[0] + count
+
+        def start_all() -> None:  # each DBOS workflow runs on a thread of its own
+            for _ in range(count):
+                DBOS.start_workflow(tf_park)
+
+        await asyncio.to_thread(start_all)
+        while _parked[0] < target:
+            await asyncio.sleep(0.05)
+
+    def processes(self) -> list[int]:
+        return [os.getpid()]  # DBOS is a library: its workflows run in this process

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import os
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from .common import PEERS_DIR, Json, Peer, ProcessGroup, free_port, log, tail, w
 from .locate import restate_binary
 
 SERVICE_APP = "tfpeers.restate_service:app"
+PARK_SENDS_IN_FLIGHT = 64
 
 
 def _config_toml(node_port: int, admin_port: int, ingress_port: int) -> str:
@@ -63,6 +65,7 @@ class RestatePeer(Peer):
         self._http: httpx.AsyncClient | None = None
         self._server_version = "unknown"
         self._effective: dict[str, Any] = {}
+        self._park_counter: Path | None = None
 
     async def start(self, workdir: Path) -> None:
         if self._bin is None:
@@ -114,11 +117,13 @@ class RestatePeer(Peer):
                 await asyncio.sleep(0.2)
 
             svc_log = workdir / "restate-service.log"
+            self._park_counter = workdir / "park-steps"
             self._service = self._procs.start(
                 "restate service (hypercorn)",
                 [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{svc_port}", "--workers", "1", SERVICE_APP],
                 svc_log,
                 cwd=PEERS_DIR,
+                env={**os.environ, "TF_PEERS_PARK_COUNTER": str(self._park_counter)},
             )
             await asyncio.to_thread(wait_tcp, svc_port, 60.0, self._service)
 
@@ -226,3 +231,24 @@ class RestatePeer(Peer):
     async def sleep_gap(self, sleep_ms: int) -> float:
         t0, t1 = await self._call("/TfBench/sleep", sleep_ms)
         return float(t1) - float(t0)
+
+    def _parked(self) -> int:
+        assert self._park_counter is not None
+        return self._park_counter.stat().st_size if self._park_counter.exists() else 0
+
+    async def park(self, count: int) -> None:
+        target = self._parked() + count
+        gate = asyncio.Semaphore(PARK_SENDS_IN_FLIGHT)
+
+        async def send() -> None:  # `/send`: the ingress answers once the invocation is accepted
+            async with gate:
+                resp = await self._h().post(f"/TfPark/tf-park-{uuid.uuid4()}/park/send")
+                if resp.status_code >= 300:
+                    raise RuntimeError(f"starting TfPark: {resp.status_code} {resp.text[:300]}")
+
+        await asyncio.gather(*(send() for _ in range(count)))
+        while self._parked() < target:
+            await asyncio.sleep(0.05)
+
+    def processes(self) -> list[int]:
+        return [os.getpid()] + [p.pid for p in (self._server, self._service) if p is not None]

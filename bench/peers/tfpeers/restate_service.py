@@ -8,6 +8,7 @@ once the server acknowledged the journal entry (durably appended to its log).
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import timedelta
 
@@ -15,6 +16,9 @@ import restate
 
 bench = restate.Service("TfBench")
 waiter = restate.Workflow("TfWaitSignal")
+parker = restate.Workflow("TfPark")
+# footprint_waiting counts park steps across processes: one byte appended per step run.
+PARK_COUNTER = os.environ.get("TF_PEERS_PARK_COUNTER", "")
 
 
 async def _step(x: int) -> int:
@@ -52,4 +56,20 @@ async def wake(ctx: restate.WorkflowSharedContext) -> None:
     await ctx.promise("wake", type_hint=str).resolve("go")
 
 
-app = restate.app(services=[bench, waiter])
+async def _park_step() -> int:
+    fd = os.open(PARK_COUNTER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
+    return 1
+
+
+@parker.main()
+async def park(ctx: restate.WorkflowContext) -> None:
+    """One step, then an event wait with a day's timeout (footprint_waiting)."""
+    await ctx.run_typed("step", _park_step)
+    await restate.select(woken=ctx.promise("wake", type_hint=str).value(), timeout=ctx.sleep(timedelta(days=1)))
+
+
+app = restate.app(services=[bench, waiter, parker])

@@ -49,3 +49,23 @@ class SleepWorkflow:
         await workflow.sleep(timedelta(milliseconds=sleep_ms))
         t1 = await workflow.execute_activity("tf_stamp", start_to_close_timeout=STEP_TIMEOUT, result_type=float)
         return [t0, t1]
+
+
+PARK_TIMEOUT = timedelta(days=1)
+
+
+@workflow.defn(name="TfPark")
+class ParkWorkflow:
+    """One step, then an event wait with a day's timeout (footprint_waiting)."""
+
+    def __init__(self) -> None:
+        self._woken = False
+
+    @workflow.signal(name="wake")
+    def wake(self) -> None:
+        self._woken = True
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.execute_activity("tf_park_step", start_to_close_timeout=STEP_TIMEOUT, result_type=int)
+        await workflow.wait_condition(lambda: self._woken, timeout=PARK_TIMEOUT)

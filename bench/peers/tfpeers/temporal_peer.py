@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import os
 import sqlite3
 import subprocess
 import time
@@ -17,7 +18,7 @@ from temporalio.worker import Worker
 
 from .common import Json, Peer, ProcessGroup, free_port, log, tail
 from .locate import temporal_binary
-from .temporal_defs import SleepWorkflow, StepsWorkflow, WaitSignalWorkflow
+from .temporal_defs import ParkWorkflow, SleepWorkflow, StepsWorkflow, WaitSignalWorkflow
 
 TASK_QUEUE = "tf-peers-bench"
 LIFTED_THROTTLES: dict[str, int] = {
@@ -43,6 +44,18 @@ async def tf_step(x: int) -> int:
 @activity.defn(name="tf_stamp")
 async def tf_stamp() -> float:
     return time.monotonic()
+
+
+_parked = [0]  # park steps run so far (footprint_waiting); activities run on this loop
+
+
+@activity.defn(name="tf_park_step")
+async def tf_park_step() -> int:
+    _parked[0] += 1
+    return _parked[0]
+
+
+PARK_STARTS_IN_FLIGHT = 64
 
 
 class TemporalPeer(Peer):
@@ -111,8 +124,8 @@ class TemporalPeer(Peer):
         self._worker = Worker(
             self._client,
             task_queue=TASK_QUEUE,
-            workflows=[StepsWorkflow, WaitSignalWorkflow, SleepWorkflow],
-            activities=[tf_step, tf_stamp],
+            workflows=[StepsWorkflow, WaitSignalWorkflow, SleepWorkflow, ParkWorkflow],
+            activities=[tf_step, tf_stamp, tf_park_step],
         )
         self._worker_task = asyncio.create_task(self._worker.run())
 
@@ -209,3 +222,19 @@ class TemporalPeer(Peer):
             SleepWorkflow.run, sleep_ms, id=f"tf-sleep-{uuid.uuid4()}", task_queue=TASK_QUEUE
         )
         return t1 - t0
+
+    async def park(self, count: int) -> None:
+        client = self._c()
+        target = _parked[0] + count
+        gate = asyncio.Semaphore(PARK_STARTS_IN_FLIGHT)
+
+        async def start() -> None:
+            async with gate:
+                await client.start_workflow(ParkWorkflow.run, id=f"tf-park-{uuid.uuid4()}", task_queue=TASK_QUEUE)
+
+        await asyncio.gather(*(start() for _ in range(count)))
+        while _parked[0] < target:
+            await asyncio.sleep(0.05)
+
+    def processes(self) -> list[int]:
+        return [os.getpid()] + ([self._server.pid] if self._server is not None else [])  # worker + client here, the server

@@ -1,8 +1,9 @@
-"""The four workloads, measured the same way for every peer (see README.md)."""
+"""The workloads, measured the same way for every peer (see README.md)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -12,7 +13,8 @@ from .common import Json, Peer, Sizes, log, metric, percentile
 
 T = TypeVar("T")
 
-WORKLOADS = ("sequential_steps", "aggregate_steps", "one_step_latency", "wakeup_latency")
+# footprint_waiting runs last: the workflows it parks stay parked until the peer stops.
+WORKLOADS = ("sequential_steps", "aggregate_steps", "one_step_latency", "wakeup_latency", "footprint_waiting")
 
 
 async def _bounded(coro: Awaitable[T], sizes: Sizes) -> T:
@@ -149,11 +151,90 @@ async def _wakeup(peer: Peer, sizes: Sizes, repeats: int) -> Json:
     }
 
 
+def _tree(roots: list[int]) -> list[int]:
+    """`roots` and all their descendants that are alive now."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    seen: list[int] = []
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in seen and os.path.exists(f"/proc/{pid}"):
+            seen.append(pid)
+            todo.extend(children.get(pid, []))
+    return seen
+
+
+def _memory(roots: list[int]) -> Json:
+    """RSS (VmRSS) and PSS of each process of the peer, in MiB, and their sums."""
+    per: dict[str, Json] = {}
+    for pid in _tree(roots):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/status") as f:
+                rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                pss_kib = next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration, ValueError):
+            continue
+        per[f"{name}[{pid}]"] = {"rss_mib": round(rss_kib / 1024, 1), "pss_mib": round(pss_kib / 1024, 1)}
+    return {
+        "rss_mib": round(sum(p["rss_mib"] for p in per.values()), 1),
+        "pss_mib": round(sum(p["pss_mib"] for p in per.values()), 1),
+        "processes": per,
+    }
+
+
+async def _footprint_waiting(peer: Peer, sizes: Sizes, repeats: int) -> Json:
+    """Memory of every process of the peer with `park_workflows` workflows waiting on an event
+    (one step first, as tenantflow's `Park`): right after the last one ran its step, 2 s later,
+    and after `park_settle_s` of idling. One run whatever `repeats` says: the parked workflows
+    stay until the peer stops."""
+    n = sizes.park_workflows
+    before = _memory(peer.processes())
+    log(f"{peer.name} footprint_waiting: parking {n} workflows (RSS now {before['rss_mib']:.0f} MiB) ...")
+    t0 = time.perf_counter()
+    await asyncio.wait_for(peer.park(n), timeout=sizes.park_budget_s)
+    park_s = time.perf_counter() - t0
+    after = _memory(peer.processes())
+    await asyncio.sleep(2.0)
+    later = _memory(peer.processes())
+    await asyncio.sleep(sizes.park_settle_s)
+    settled = _memory(peer.processes())
+    per_workflow_kib = (after["rss_mib"] - before["rss_mib"]) * 1024 / n
+    log(
+        f"{peer.name} footprint_waiting: {n} parked in {park_s:.1f} s; RSS {before['rss_mib']:.0f} -> {after['rss_mib']:.0f} MiB "
+        f"({per_workflow_kib:.1f} KiB per waiting workflow), {later['rss_mib']:.0f} 2 s later, "
+        f"{settled['rss_mib']:.0f} after {sizes.park_settle_s:.0f} s idle"
+    )
+    return {
+        "params": {"waiting_workflows": n, "settle_s": sizes.park_settle_s, "runs": 1},
+        "metrics": {
+            "rss_mib": metric([after["rss_mib"]], "MiB", "lower"),
+            "rss_two_seconds_later_mib": metric([later["rss_mib"]], "MiB", "lower"),
+            "rss_settled_mib": metric([settled["rss_mib"]], "MiB", "lower"),
+            "rss_before_mib": metric([before["rss_mib"]], "MiB", "lower"),
+            "kib_per_waiting_workflow": metric([per_workflow_kib], "KiB", "lower"),
+            "park_workflows_per_s": metric([n / park_s], "workflows/s", "higher"),
+        },
+        "raw": {"before": before, "all_waiting": after, "two_seconds_later": later, "settled": settled, "park_s": round(park_s, 2)},
+    }
+
+
 _RUNNERS: dict[str, Callable[[Peer, Sizes, int], Awaitable[Json]]] = {
     "sequential_steps": _sequential,
     "aggregate_steps": _aggregate,
     "one_step_latency": _one_step,
     "wakeup_latency": _wakeup,
+    "footprint_waiting": _footprint_waiting,
 }
 
 
