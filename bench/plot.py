@@ -114,7 +114,9 @@ def plot_memory(tf: dict[str, Any], peers: dict[str, Any], out: Path) -> None:
         ("footprint_waiting", "rss_mib", f"{waiting:,} waiting workflows:\nonce all wait"),
         ("footprint_waiting", "rss_settled_mib", "the same\nafter 42 s idle"),
     ]
-    grouped_bars(ax, groups, tf, peers, "MiB, RSS of every process (log)")
+    grouped_bars(ax, groups, tf, peers, "MiB, RSS of every process")
+    ax.set_yscale("linear")  # a few hundred MiB each: ratios read directly
+    ax.set_ylim(bottom=0)
     target_mib = 300e6 / 2**20
     ax.hlines(target_mib, -0.45, 0.45, colors="red", linestyles=":", linewidth=1)
     ax.annotate("target 300 MB", (0.45, target_mib), fontsize=7, color="red", ha="right", xytext=(0, 3), textcoords="offset points")

@@ -1742,6 +1742,17 @@ their two commits take 2-5 ms (the fsync of this shared disk), the other a sched
 late; Python's collector is not it (per 1,000 runs: ~11 young collections of ~1 ms, one full
 collection of 18 ms). A system with one commit per one-step workflow would have one tail, not two.
 
+**Memory with 10,000 waiting workflows, against the peers.** In this run tenantflow held
+{fp_tf} MiB once all 10,000 waited ({fp_tf_settled} MiB after 42 s idle), against {fp_peers}.
+A waiting tenantflow instance holds no memory of its own: its journal and timer are rows in
+SQLite and the scheduler keeps one timer entry; what the host holds right after is the 100
+component versions the burst ran (cached, with their warm instances) and the heap's high-water
+mark, both let go once idle. Each peer keeps state per waiting workflow: a DBOS workflow is a
+thread blocked in `recv` (its stack and frames, until the message or the timeout); Temporal's
+worker keeps up to 1,000 workflows in its sticky cache and its server caches each one's mutable
+state; Restate's server keeps its invocations' state and the SDK service each open invocation's
+stream until the server suspends it. Their slopes are what each further waiting workflow costs.
+
 **Memory right after a burst vs. steady state.** What the burst leaves is the components it used,
 still cached within the cache's 128 MiB of resident pages (and the warm instances made for them);
 the isolate cache lets idle components go after `cache_idle_seconds` (30 s), with their warm
@@ -1759,7 +1770,23 @@ Temporal's timers fire no earlier than 1 s (its `timerProcessorMaxTimeShift`).
 """
 
 
-def analysis_values(tf: Json) -> dict[str, str]:
+def peer_footprint_text(peers: Json) -> str:
+    """Each peer's memory with the workflows waiting, split into its server (native
+    binary) and its Python processes (driver, worker, SDK service)."""
+    parts = []
+    for p in PEERS:
+        section = _peer_section(peers, p, "footprint_waiting")
+        total, slope = _m(section, "rss_mib"), _m(section, "kib_per_waiting_workflow")
+        if section is None or total is None:
+            continue
+        procs = section.get("raw", {}).get("all_waiting", {}).get("processes", {})
+        server = sum(v["rss_mib"] for k, v in procs.items() if not k.startswith("python["))
+        split = f"; server {server:.0f}, Python processes {total - server:.0f}" if server else ""
+        parts.append(f"{PEER_NAMES[p]} {total:.0f} MiB (+{slope:.0f} KiB per waiting workflow{split})")
+    return ", ".join(parts) if parts else "no peer measured it in this run"
+
+
+def analysis_values(tf: Json, peers: Optional[Json] = None) -> dict[str, str]:
     w = tf.get("workloads", {})
 
     def num(section: str, name: str, digits: int = 0) -> str:
@@ -1789,6 +1816,9 @@ def analysis_values(tf: Json) -> dict[str, str]:
         "latency_breakdown": breakdown,
         "replay_us": num("replay", "us_per_step", 1),
         "compile_s": "—" if compile_ms is None else f"{compile_ms / 1000:.1f}",
+        "fp_tf": num("footprint_waiting", "rss_mib"),
+        "fp_tf_settled": num("footprint_waiting", "rss_settled_mib"),
+        "fp_peers": peer_footprint_text(peers or {}),
     }
 
 
@@ -1932,7 +1962,7 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
     # -- analysis
     add("## What bounds the gaps")
     add("")
-    add(ANALYSIS.strip().format(**analysis_values(tf)))
+    add(ANALYSIS.strip().format(**analysis_values(tf, peers)))
     add("")
     for name, section in w.items():
         prof = section.get("profile") if isinstance(section, dict) else None
