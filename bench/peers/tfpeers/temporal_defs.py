@@ -23,8 +23,9 @@ class StepsWorkflow:
         return acc
 
 
-@workflow.defn(name="TfWaitSignal")
-class WaitSignalWorkflow:
+class _Wakeable:
+    """A workflow that a `wake` signal lets go on."""
+
     def __init__(self) -> None:
         self._woken = False
 
@@ -32,6 +33,9 @@ class WaitSignalWorkflow:
     def wake(self) -> None:
         self._woken = True
 
+
+@workflow.defn(name="TfWaitSignal")
+class WaitSignalWorkflow(_Wakeable):
     @workflow.run
     async def run(self) -> float:
         await workflow.wait_condition(lambda: self._woken)
@@ -55,15 +59,8 @@ PARK_TIMEOUT = timedelta(days=1)
 
 
 @workflow.defn(name="TfPark")
-class ParkWorkflow:
+class ParkWorkflow(_Wakeable):
     """One step, then an event wait with a day's timeout (footprint_waiting)."""
-
-    def __init__(self) -> None:
-        self._woken = False
-
-    @workflow.signal(name="wake")
-    def wake(self) -> None:
-        self._woken = True
 
     @workflow.run
     async def run(self) -> None:
