@@ -9,6 +9,7 @@ a missing one.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -342,3 +343,51 @@ def test_upgrade_over_http_and_the_remote_cli(tmp_path: Path) -> None:
             assert client.get("/v1/tenants/t/instances/p2").json()["digest"] == v1  # not named: untouched
             assert client.post("/v1/tenants/t/instances/p1/events/go", json={"env": "prod"}).status_code == 202
             assert wait_status(client, "t", "p1")["output"]["version"] == 2
+
+
+def test_tenants_and_keys_are_administered_over_http_by_platform_admins_only(api: Api) -> None:
+    created = api.admin.post("/v1/tenants", json={"name": "initech"})
+    assert created.status_code == 201 and created.json()["name"] == "initech", created.text
+    assert error_of(api.admin.post("/v1/tenants", json={"name": "initech"}), 409, "already_exists") == "tenant 'initech' already exists"
+    error_of(api.admin.post("/v1/tenants", json={"name": "Not A Name"}), 400, "invalid_input")
+    assert {"acme", "globex", "initech"} <= {t["name"] for t in api.admin.get("/v1/tenants").json()["tenants"]}
+
+    issued = api.admin.post("/v1/keys", json={"tenant": "initech", "role": "tenant-developer", "description": "ci"})
+    assert issued.status_code == 201, issued.text
+    key, token = issued.json()["key"], issued.json()["token"]
+    assert (key["tenant"], key["role"], key["description"], key["revoked_at"]) == ("initech", "tenant-developer", "ci", None)
+    assert token.startswith(f"tf_{key['id']}_")
+    assert httpx.get(f"{api.url}/v1/tenants/initech/instances", headers=bearer(token)).status_code == 200
+    error_of(httpx.get(f"{api.url}/v1/tenants/acme/instances", headers=bearer(token)), 403, "forbidden")
+    listed = api.admin.get("/v1/keys", params={"tenant": "initech"}).json()["keys"]
+    assert [(k["id"], k["revoked_at"]) for k in listed] == [(key["id"], None)]
+    assert "token" not in listed[0] and all("token" not in k for k in api.admin.get("/v1/keys").json()["keys"])
+
+    revoked = api.admin.post(f"/v1/keys/{key['id']}/revoke").json()
+    assert revoked["id"] == key["id"] and revoked["revoked_at"] is not None
+    assert "revoked" in error_of(httpx.get(f"{api.url}/v1/tenants/initech/instances", headers=bearer(token)), 401, "unauthenticated")
+    assert error_of(api.admin.post("/v1/keys/0123456789ab/revoke"), 404, "not_found") == "no API key '0123456789ab'"
+    error_of(api.admin.post("/v1/keys", json={"tenant": "nobody-here", "role": "tenant-readonly"}), 400, "invalid_input")
+    error_of(api.admin.post("/v1/keys", json={"tenant": "initech", "role": "platform-admin"}), 400, "invalid_input")
+    error_of(api.admin.post("/v1/keys", json={"role": "root"}), 400, "invalid_input")
+
+    # Nobody else administers: tenant keys get 403, no key 401, on every admin route.
+    for client, status, code in ((api.acme, 403, "forbidden"), (api.readonly, 403, "forbidden"), (api.anonymous, 401, "unauthenticated")):
+        for method, path, body in (("POST", "/v1/tenants", {"name": "rogue"}), ("GET", "/v1/tenants", None), ("POST", "/v1/keys", {"tenant": "acme"}),
+                                   ("GET", "/v1/keys", None), ("POST", f"/v1/keys/{key['id']}/revoke", None)):
+            error_of(client.request(method, path, json=body), status, code)
+    assert "rogue" not in {t["name"] for t in api.admin.get("/v1/tenants").json()["tenants"]}
+
+
+def test_the_admin_cli_runs_against_a_server(api: Api) -> None:
+    admin_key = make_key(api.db, None, "platform-admin")
+    remote = ("--url", api.url, "--api-key", admin_key)
+    assert cli("tenants", "create", "umbrella", *remote).stdout.strip() == "tenant umbrella created"
+    assert "umbrella\tcreated " in cli("tenants", "list", *remote).stdout
+    issued = json.loads(cli("keys", "issue", "--tenant", "umbrella", "--role", "tenant-readonly", *remote, "--json").stdout)
+    assert httpx.get(f"{api.url}/v1/tenants/umbrella/instances", headers=bearer(issued["token"])).status_code == 200
+    listed = json.loads(cli("keys", "list", "--tenant", "umbrella", *remote, "--json").stdout)
+    assert [(k["id"], k["role"], k["revoked_at"]) for k in listed] == [(issued["id"], "tenant-readonly", None)]
+    assert cli("keys", "revoke", issued["id"], *remote).stdout.strip() == f"key {issued['id']} revoked"
+    refused = cli("tenants", "create", "other", "--url", api.url, "--api-key", make_key(api.db, "acme"), check=False)
+    assert refused.returncode == 1 and "may not admin" in refused.stderr

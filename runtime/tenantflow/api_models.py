@@ -98,6 +98,51 @@ class UpgradeResults(BaseModel):
     results: list[UpgradeResult]
 
 
+# ---- platform administration (platform-admin keys) ---------------------------------------
+RoleName = Literal["tenant-developer", "tenant-readonly", "platform-admin"]
+
+
+class CreateTenant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=TENANT_PATTERN)
+
+
+class TenantInfo(BaseModel):
+    name: str
+    created_at: dt.datetime
+
+
+class TenantList(BaseModel):
+    tenants: list[TenantInfo]
+
+
+class IssueKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: RoleName = "tenant-developer"
+    tenant: Optional[str] = Field(default=None, pattern=TENANT_PATTERN, description="The tenant the key acts for (none for platform-admin keys).")
+    description: str = Field(default="", max_length=200, description="A note to tell keys apart.")
+
+
+class KeyInfo(BaseModel):
+    id: str
+    tenant: Optional[str]
+    role: RoleName
+    description: str
+    created_at: dt.datetime
+    revoked_at: Optional[dt.datetime]
+
+
+class IssuedKeyInfo(BaseModel):
+    key: KeyInfo
+    token: str = Field(description="The bearer token, shown this once: only its hash is stored.")
+
+
+class KeyList(BaseModel):
+    keys: list[KeyInfo]
+
+
 class Health(BaseModel):
     status: Literal["ok", "ready", "unavailable"]
     checks: dict[str, bool] = Field(default_factory=dict)

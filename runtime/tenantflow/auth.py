@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
 
 from . import journal as jn
+from .api_models import IssuedKeyInfo, KeyInfo, TenantInfo
 from .errors import Forbidden, InvalidInput, TenantflowError, Unauthenticated
 from .limits import check_tenant
+from .models import ts
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -160,7 +162,7 @@ def issue_key(tenant: Optional[str], role: Role, now: int, description: str = ""
     """A new key for `tenant` (which must exist), or a platform-admin key (no tenant)."""
     if role is Role.PLATFORM_ADMIN:
         if tenant is not None:
-            raise InvalidInput("platform-admin keys are not bound to a tenant; leave out --tenant")
+            raise InvalidInput("platform-admin keys are not bound to a tenant; leave the tenant out")
     elif tenant is None:
         raise InvalidInput(f"a {role.value} key needs a tenant")
     else:
@@ -188,6 +190,41 @@ def revoke_key(key_id: str, now: int) -> Callable[[sqlite3.Connection], ApiKey]:
         return _key(row)
 
     return op
+
+
+def key_info(key: ApiKey) -> KeyInfo:
+    return KeyInfo(id=key.id, tenant=key.tenant, role=key.role.value, description=key.description,
+                   created_at=ts(key.created_at), revoked_at=ts(key.revoked_at))  # type: ignore[arg-type]
+
+
+class KeyAdmin:
+    """Tenants and API keys in the engine's database, as the CLI (`--db`) and the API's
+    admin routes manage them; `client.ApiClient` offers the same calls over HTTP."""
+
+    def __init__(self, engine: "Engine") -> None:
+        self.engine = engine
+
+    async def create_tenant(self, name: str) -> TenantInfo:
+        now = self.engine.now()
+        await self.engine.write(create_tenant(name, now))
+        return TenantInfo(name=name, created_at=ts(now))  # type: ignore[arg-type]
+
+    async def tenants(self) -> list[TenantInfo]:
+        return [TenantInfo(name=name, created_at=ts(at)) for name, at in await self.engine.read(tenants_query())]  # type: ignore[arg-type]
+
+    async def issue_key(self, tenant: Optional[str], role: str, description: str = "") -> IssuedKeyInfo:
+        try:
+            chosen = Role(role)
+        except ValueError:
+            raise InvalidInput(f"unknown role {role!r}; one of {', '.join(r.value for r in Role)}") from None
+        issued = await self.engine.write(issue_key(tenant, chosen, self.engine.now(), description))
+        return IssuedKeyInfo(key=key_info(issued.key), token=issued.token)
+
+    async def keys(self, tenant: Optional[str] = None) -> list[KeyInfo]:
+        return [key_info(k) for k in await self.engine.read(keys_query(tenant))]
+
+    async def revoke_key(self, key_id: str) -> KeyInfo:
+        return key_info(await self.engine.write(revoke_key(key_id, self.engine.now())))
 
 
 class ApiKeyAuthorizer:

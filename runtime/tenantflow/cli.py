@@ -466,11 +466,24 @@ def deploy_command(path: Path, tenant: str | None, db: Path, as_json: bool) -> N
 
 
 def _admin(db: Path, op: Callable[[Any], Awaitable[Any]]) -> Any:
-    async def go() -> Any:
-        async with _open_engine(db) as engine:
-            return await op(engine)
+    """Run `op` on the tenants-and-keys admin: `auth.KeyAdmin` on --db, or the server's admin
+    routes with --url (a platform-admin key); both take the same calls."""
+    url, api_key = _remote()
+    if url:
+        from .client import ApiClient
 
-    return _run_async(go())
+        async def remote() -> Any:
+            async with ApiClient(url, api_key) as client:
+                return await op(client)
+
+        return _run_async(remote())
+    from .auth import KeyAdmin
+
+    async def local() -> Any:
+        async with _open_engine(db) as engine:
+            return await op(KeyAdmin(engine))
+
+    return _run_async(local())
 
 
 @main.group("tenants")
@@ -481,28 +494,25 @@ def tenants() -> None:
 @tenants.command("create")
 @click.argument("name")
 @DB_OPTION
+@REMOTE_OPTIONS
 def tenants_create(name: str, db: Path) -> None:
     """Create a tenant."""
-    from .auth import create_tenant
-
-    _admin(db, lambda engine: engine.write(create_tenant(name, engine.now())))
+    _admin(db, lambda admin: admin.create_tenant(name))
     click.echo(f"tenant {name} created")
 
 
 @tenants.command("list")
 @DB_OPTION
+@REMOTE_OPTIONS
 def tenants_list(db: Path) -> None:
     """List tenants."""
-    from .auth import tenants_query
-    from .models import ts
-
-    for name, created_at in _admin(db, lambda engine: engine.read(tenants_query())):
-        click.echo(f"{name}\tcreated {ts(created_at):%Y-%m-%d %H:%M:%S}")
+    for tenant in _admin(db, lambda admin: admin.tenants()):
+        click.echo(f"{tenant.name}\tcreated {tenant.created_at:%Y-%m-%d %H:%M:%S}")
 
 
 @main.group("keys")
 def keys() -> None:
-    """Issue, list and revoke API keys (stored hashed in the database)."""
+    """Issue, list and revoke API keys for `tenantflow serve` (on --db, or a server's with --url)."""
 
 
 @keys.command("issue")
@@ -510,12 +520,11 @@ def keys() -> None:
 @click.option("--role", type=click.Choice(["tenant-developer", "tenant-readonly", "platform-admin"]), default="tenant-developer", show_default=True)
 @click.option("--description", default="", help="A note to tell keys apart.")
 @DB_OPTION
+@REMOTE_OPTIONS
 @click.option("--json", "as_json", is_flag=True)
 def keys_issue(tenant: str | None, role: str, description: str, db: Path, as_json: bool) -> None:
     """Issue a key and print its token. The token is shown only this once."""
-    from .auth import Role, issue_key
-
-    issued = _admin(db, lambda engine: engine.write(issue_key(tenant, Role(role), engine.now(), description)))
+    issued = _admin(db, lambda admin: admin.issue_key(tenant, role, description))
     if as_json:
         click.echo(json.dumps({"id": issued.key.id, "tenant": tenant, "role": role, "token": issued.token}, indent=2))
         return
@@ -529,31 +538,33 @@ def keys_issue(tenant: str | None, role: str, description: str, db: Path, as_jso
 @keys.command("revoke")
 @click.argument("key_id")
 @DB_OPTION
+@REMOTE_OPTIONS
 def keys_revoke(key_id: str, db: Path) -> None:
     """Revoke a key; requests with it fail from the next request on."""
-    from .auth import revoke_key
-
-    key = _admin(db, lambda engine: engine.write(revoke_key(key_id, engine.now())))
+    key = _admin(db, lambda admin: admin.revoke_key(key_id))
     click.echo(f"key {key.id} revoked")
 
 
 @keys.command("list")
 @click.option("--tenant", default=None, help="Only this tenant's keys.")
 @DB_OPTION
+@REMOTE_OPTIONS
 @click.option("--json", "as_json", is_flag=True)
 def keys_list(tenant: str | None, db: Path, as_json: bool) -> None:
     """List keys (ids, tenants, roles; never tokens)."""
-    from .auth import keys_query
-    from .models import ts
-
-    found = _admin(db, lambda engine: engine.read(keys_query(tenant)))
+    found = _admin(db, lambda admin: admin.keys(tenant))
     if as_json:
-        click.echo(json.dumps([{"id": k.id, "tenant": k.tenant, "role": k.role.value, "description": k.description,
-                                "created_at": k.created_at, "revoked_at": k.revoked_at} for k in found], indent=2))
+        click.echo(json.dumps([{"id": k.id, "tenant": k.tenant, "role": k.role, "description": k.description,
+                                "created_at": _ms(k.created_at), "revoked_at": _ms(k.revoked_at)} for k in found], indent=2))
         return
     for k in found:
-        state = f"revoked {ts(k.revoked_at):%Y-%m-%d %H:%M:%S}" if k.revoked_at else "active"
-        click.echo(f"{k.id}  {k.tenant or '*':<20} {k.role.value:<17} {state:<28} {k.description}")
+        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M:%S}" if k.revoked_at else "active"
+        click.echo(f"{k.id}  {k.tenant or '*':<20} {k.role:<17} {state:<28} {k.description}")
+
+
+def _ms(at: Any) -> Any:
+    """Milliseconds since the epoch, as `keys list --json` has always printed them."""
+    return None if at is None else round(at.timestamp() * 1000)
 
 
 if __name__ == "__main__":

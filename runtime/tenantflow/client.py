@@ -13,7 +13,18 @@ from urllib.parse import quote
 
 import httpx
 
-from .api_models import BatchCreated, ControlResult, Created, UpgradeResults, WorkflowList
+from .api_models import (
+    BatchCreated,
+    ControlResult,
+    Created,
+    IssuedKeyInfo,
+    KeyInfo,
+    KeyList,
+    TenantInfo,
+    TenantList,
+    UpgradeResults,
+    WorkflowList,
+)
 from .errors import (
     ComponentError,
     Forbidden,
@@ -77,6 +88,24 @@ class ApiClient:
 
     def tenant(self, name: str) -> "RemoteTenant":
         return RemoteTenant(self, name)
+
+    # Platform administration (a platform-admin key): the calls of `auth.KeyAdmin`.
+    async def create_tenant(self, name: str) -> TenantInfo:
+        return TenantInfo.model_validate((await self.request("POST", "/v1/tenants", json={"name": name})).json())
+
+    async def tenants(self) -> list[TenantInfo]:
+        return TenantList.model_validate((await self.request("GET", "/v1/tenants")).json()).tenants
+
+    async def issue_key(self, tenant: Optional[str], role: str, description: str = "") -> IssuedKeyInfo:
+        body = {"tenant": tenant, "role": role, "description": description}
+        return IssuedKeyInfo.model_validate((await self.request("POST", "/v1/keys", json=body)).json())
+
+    async def keys(self, tenant: Optional[str] = None) -> list[KeyInfo]:
+        params = {"tenant": tenant} if tenant is not None else {}
+        return KeyList.model_validate((await self.request("GET", "/v1/keys", params=params)).json()).keys
+
+    async def revoke_key(self, key_id: str) -> KeyInfo:
+        return KeyInfo.model_validate((await self.request("POST", f"/v1/keys/{_q(key_id)}/revoke")).json())
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

@@ -38,17 +38,24 @@ from .api_models import (
     CreateBatch,
     Created,
     CreateInstance,
+    CreateTenant,
     ErrorResponse,
     EventAccepted,
     Health,
+    IssuedKeyInfo,
+    IssueKey,
+    KeyInfo,
+    KeyList,
     LogPage,
+    TenantInfo,
+    TenantList,
     UpgradeRequest,
     UpgradeResults,
     WorkflowInfo,
     WorkflowList,
     WorkflowVersion,
 )
-from .auth import Action, ApiKeyAuthorizer, Authorizer, Principal
+from .auth import Action, ApiKeyAuthorizer, Authorizer, KeyAdmin, Principal
 from .engine import Engine, TenantBinding
 from .errors import (
     ComponentError,
@@ -366,6 +373,42 @@ def create_app(
         `upgraded` (with `apply`) when every recorded call matches, else `diverged` with the
         first divergence (the instance is left as it was), or `busy` while it runs (retry)."""
         return UpgradeResults(results=await binding.upgrade(workflow, spec.digest, apply=spec.apply, instance_ids=spec.instance_ids))
+
+    # ---- platform administration: tenants and keys (platform-admin) ---------------------
+    # Only where keys live in this engine's database: another authorizer has its own.
+    if isinstance(authorizer, ApiKeyAuthorizer):
+        admin_deps = [Depends(_admin_dependency(authorizer, principal))]
+        keys = KeyAdmin(engine)
+
+        @app.post("/v1/tenants", status_code=201, response_model=TenantInfo, tags=["admin"], dependencies=admin_deps,
+                  responses=_errors(*common, 409))
+        async def create_tenant(spec: CreateTenant) -> TenantInfo:
+            """Create a tenant (keys are issued per tenant)."""
+            return await keys.create_tenant(spec.name)
+
+        @app.get("/v1/tenants", response_model=TenantList, tags=["admin"], dependencies=admin_deps, responses=_errors(400, 401, 403))
+        async def list_tenants() -> TenantList:
+            """Every tenant, by name."""
+            return TenantList(tenants=await keys.tenants())
+
+        @app.post("/v1/keys", status_code=201, response_model=IssuedKeyInfo, tags=["admin"], dependencies=admin_deps,
+                  responses=_errors(*common))
+        async def issue_api_key(spec: IssueKey) -> IssuedKeyInfo:
+            """Issue a key; its token is in this answer only (only its hash is stored)."""
+            return await keys.issue_key(spec.tenant, spec.role, spec.description)
+
+        @app.get("/v1/keys", response_model=KeyList, tags=["admin"], dependencies=admin_deps, responses=_errors(400, 401, 403))
+        async def list_api_keys(
+            tenant: Annotated[Optional[str], Query(pattern=TENANT_PATTERN, description="Only this tenant's keys.")] = None,
+        ) -> KeyList:
+            """Keys with their tenant, role and state; never tokens."""
+            return KeyList(keys=await keys.keys(tenant))
+
+        @app.post("/v1/keys/{key_id}/revoke", response_model=KeyInfo, tags=["admin"], dependencies=admin_deps,
+                  responses=_errors(400, 401, 403, 404))
+        async def revoke_api_key(key_id: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="The key's id.")]) -> KeyInfo:
+            """Revoke a key: requests with it fail from the next one on (revoking twice is harmless)."""
+            return await keys.revoke_key(key_id)
 
     # ---- operations ---------------------------------------------------------------------
     @app.get("/healthz", response_model=Health, tags=["operations"], responses=_errors(400))
