@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from enginekit import open_engine
 
 from tenantflow.clock import ManualClock
+from tenantflow.errors import InstanceNotFound
 
 
 async def test_fan_out_of_20_children_awaited_by_a_parent(tmp_path: Path) -> None:
@@ -18,13 +20,24 @@ async def test_fan_out_of_20_children_awaited_by_a_parent(tmp_path: Path) -> Non
         assert (await t.status(parent)).status == "waiting"
         children = [i for i in (await t.list(workflow="Child", limit=100)).instances]
         assert len(children) == 20 and all(c.status == "waiting" for c in children)
+        small = await t.create("FanOut", {"n": 2, "sleep": "1 minute"}, id="small")
+        await engine.scheduler.quiesce()
+        assert {c.id for c in (await t.list(parent="parent", limit=100)).instances} == {c.id for c in children}
+        assert len((await t.list(parent=small)).instances) == 2
+        page = await t.list(parent="parent", limit=15)  # pages like any list
+        rest = await t.list(parent="parent", limit=15, cursor=page.next_cursor)
+        assert len(page.instances) == 15 and len(rest.instances) == 5 and rest.next_cursor is None
+        with pytest.raises(InstanceNotFound):
+            await t.list(parent="nobody")
+        with pytest.raises(InstanceNotFound):  # another tenant's instance is as missing as any
+            await engine.tenant("other").list(parent="parent")
         clock.advance(60)
         status = await t.wait(parent, timeout=120)
         assert status.status == "complete"
         assert status.output == {"sum": sum(i * i for i in range(20)), "squares": [i * i for i in range(20)]}
         assert [s.kind for s in status.steps] == ["children", "join"]
         # replays did not create children twice
-        assert len((await t.list(workflow="Child", limit=100)).instances) == 20
+        assert len((await t.list(parent="parent", limit=100)).instances) == 20
 
 
 async def test_join_reports_failed_children_and_result_raises(tmp_path: Path) -> None:

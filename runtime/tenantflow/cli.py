@@ -214,14 +214,16 @@ def _binding_call(db: Path, tenant: str, action: Callable[[Any], Awaitable[Any]]
 @click.option("--status", default=None, help="Only instances with this status.")
 @click.option("--limit", default=50, show_default=True)
 @click.option("--cursor", default=None, help="Continue from a previous page.")
+@click.option("--parent", default=None, help="Only the children this instance started.")
 @click.option("--json", "as_json", is_flag=True)
-def list_command(db: Path, tenant: str, workflow: str | None, status: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
+def list_command(db: Path, tenant: str, workflow: str | None, status: str | None, limit: int, cursor: str | None, parent: str | None,
+                 as_json: bool) -> None:
     """List instances, newest first."""
     from rich.table import Table
 
     from .console import STATUS_STYLE, make_console
 
-    page = _binding_call(db, tenant, lambda b: b.list(workflow=workflow, status=status, limit=limit, cursor=cursor))
+    page = _binding_call(db, tenant, lambda b: b.list(workflow=workflow, status=status, limit=limit, cursor=cursor, parent=parent))
     if as_json:
         click.echo(page.model_dump_json(indent=2))
         return

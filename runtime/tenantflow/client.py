@@ -173,9 +173,11 @@ class RemoteTenant:
         await self.client.request("POST", self._instance(instance_id, f"/events/{_q(event_type)}"), json=payload)
 
     async def list(
-        self, *, workflow: Optional[str] = None, status: Optional[str] = None, limit: int = 50, cursor: Optional[str] = None
+        self, *, workflow: Optional[str] = None, status: Optional[str] = None, limit: int = 50, cursor: Optional[str] = None,
+        parent: Optional[str] = None,
     ) -> InstancePage:
-        params = {k: v for k, v in {"workflow": workflow, "status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
+        given = {"workflow": workflow, "status": status, "limit": limit, "cursor": cursor, "parent": parent}
+        params = {k: v for k, v in given.items() if v is not None}
         return InstancePage.model_validate((await self.client.request("GET", f"{self._base}/instances", params=params)).json())
 
     async def logs(self, instance_id: str, limit: int = 1000) -> builtins.list[LogLine]:

@@ -535,15 +535,18 @@ class TenantBinding:
                 self.engine.scheduler.make_ready(sent.pk, self.name)
 
     async def list(
-        self, *, workflow: Optional[str] = None, status: Optional[str] = None, limit: int = 50, cursor: Optional[str] = None
+        self, *, workflow: Optional[str] = None, status: Optional[str] = None, limit: int = 50, cursor: Optional[str] = None,
+        parent: Optional[str] = None,
     ) -> InstancePage:
+        """Instances newest first, a page at a time; `parent`: only the children that instance started."""
         await self._allow(Action.READ)
         if status is not None and status not in jn.STATUSES:
             raise InvalidInput(f"unknown status {status!r}; one of {', '.join(jn.STATUSES)}")
         if not 1 <= limit <= 1000:
             raise InvalidInput("limit must be between 1 and 1000")
         before = _decode_cursor(cursor) if cursor else None
-        rows = await self.engine.read(jn.list_query(self.name, workflow, status, before, limit + 1))
+        parent_pk = (await self._row(parent)).pk if parent is not None else None  # another tenant's: not found
+        rows = await self.engine.read(jn.list_query(self.name, workflow, status, before, limit + 1, parent_pk))
         page = rows[:limit]
         return InstancePage(
             instances=[

@@ -184,16 +184,17 @@ def active_instances_query() -> Query[list[tuple[int, str, str, Optional[int], i
     )
 
 
-def list_query(tenant: str, workflow: Optional[str], status: Optional[str], before_pk: Optional[int], limit: int) -> Query[list[InstanceRow]]:
-    """Newest first; `before_pk` is the cursor."""
-    where, params = ["tenant=?"], [tenant]
-    for column, value in (("workflow", workflow), ("status", status)):
+def list_query(
+    tenant: str, workflow: Optional[str], status: Optional[str], before_pk: Optional[int], limit: int, parent_pk: Optional[int] = None
+) -> Query[list[InstanceRow]]:
+    """Newest first; `before_pk` is the cursor; `parent_pk` keeps that instance's children."""
+    where: list[str] = ["tenant=?"]
+    params: list[object] = [tenant]
+    filters: tuple[tuple[str, object], ...] = (("workflow", workflow), ("status", status), ("parent_pk", parent_pk), ("before", before_pk))
+    for column, value in filters:
         if value is not None:
-            where.append(f"{column}=?")
+            where.append("pk<?" if column == "before" else f"{column}=?")
             params.append(value)
-    if before_pk is not None:
-        where.append("pk<?")
-        params.append(str(before_pk))
     sql = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE {' AND '.join(where)} ORDER BY pk DESC LIMIT ?"
     return Query(sql, (*params, limit), lambda rows: [_instance(r) for r in rows])
 

@@ -272,16 +272,17 @@ def create_app(
         ids = await binding.create_batch([item.model_dump(exclude_none=False) for item in batch.instances])
         return BatchCreated(ids=ids)
 
-    @app.get(f"{base}/instances", response_model=InstancePage, tags=["instances"], responses=_errors(*common))
+    @app.get(f"{base}/instances", response_model=InstancePage, tags=["instances"], responses=_errors(*common, 404))
     async def list_instances(
         binding: Annotated[TenantBinding, Depends(tenant_scope(Action.READ))],
         workflow: Annotated[Optional[str], Query(min_length=1, max_length=128, description="Only instances of this workflow.")] = None,
         status: Annotated[Optional[Status], Query(description="Only instances with this status.")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         cursor: Annotated[Optional[str], Query(min_length=1, max_length=200, description="`next_cursor` of the previous page.")] = None,
+        parent: Annotated[Optional[str], Query(pattern=INSTANCE_ID_PATTERN, max_length=100, description="Only the children this instance started.")] = None,
     ) -> InstancePage:
         """Instances of the tenant, newest first, a page at a time."""
-        return await binding.list(workflow=workflow, status=status, limit=limit, cursor=cursor)
+        return await binding.list(workflow=workflow, status=status, limit=limit, cursor=cursor, parent=parent)
 
     @app.get(f"{base}/instances/{{instance_id}}", response_model=InstanceStatus, tags=["instances"], responses=_errors(*common, 404))
     async def get_instance(instance_id: InstanceId, binding: Annotated[TenantBinding, Depends(instance_scope(Action.READ))]) -> InstanceStatus:
