@@ -23,6 +23,8 @@ async def test_fan_out_of_20_children_awaited_by_a_parent(tmp_path: Path) -> Non
         small = await t.create("FanOut", {"n": 2, "sleep": "1 minute"}, id="small")
         await engine.scheduler.quiesce()
         assert {c.id for c in (await t.list(parent="parent", limit=100)).instances} == {c.id for c in children}
+        assert {(await t.status(c.id)).parent for c in children} == {"parent"}  # a child names its parent
+        assert (await t.status(parent)).parent is None
         assert len((await t.list(parent=small)).instances) == 2
         page = await t.list(parent="parent", limit=15)  # pages like any list
         rest = await t.list(parent="parent", limit=15, cursor=page.next_cursor)

@@ -97,6 +97,8 @@ def render_describe(status: InstanceStatus, console: Console) -> None:
         ("code", f"sha256:{status.digest[:16]}…"),
         ("created", f"{status.created_at:%Y-%m-%d %H:%M:%S}"),
     ]
+    if status.parent is not None:
+        rows.append(("parent", status.parent))
     if status.ended_at is not None:
         rows.append(("ended", f"{status.ended_at:%Y-%m-%d %H:%M:%S}  ({duration(status.created_at, status.ended_at)})"))
     if status.waiting_for:

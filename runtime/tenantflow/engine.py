@@ -488,8 +488,7 @@ class TenantBinding:
         snapshot = self.engine.read_now(jn.status_snapshot(self.name, check_instance_id(instance_id), settled))
         if snapshot is None:
             raise InstanceNotFound(instance_id)
-        row, steps = snapshot
-        return None if steps is None else instance_status(row, steps)
+        return None if snapshot.journal is None else instance_status(snapshot.row, snapshot.journal, snapshot.parent_id)
 
     def get(self, instance_id: str) -> "Instance":
         return Instance(self, check_instance_id(instance_id))

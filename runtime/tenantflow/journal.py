@@ -146,21 +146,33 @@ def journal_query(pk: int) -> Query[list[JournalEntry]]:
     return Query(f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE instance_pk=? ORDER BY seq", (pk,), lambda rows: [_entry(r) for r in rows])
 
 
+@dataclass(frozen=True)
+class StatusSnapshot:
+    row: InstanceRow
+    journal: Optional[list[JournalEntry]]  # None: not read (the status is not settled yet)
+    parent_id: Optional[str] = None  # the instance that started this one as a child
+
+
 def status_snapshot(
     tenant: str, instance_id: str, settled: Optional[frozenset[str]] = None
-) -> Callable[[sqlite3.Connection], Optional[tuple[InstanceRow, Optional[list[JournalEntry]]]]]:
-    """An instance's row and its journal, read together (one read transaction); with
-    `settled`, the journal only when the status is one of those (`wait` polling)."""
+) -> Callable[[sqlite3.Connection], Optional[StatusSnapshot]]:
+    """An instance's row, its journal and its parent's id, read together (one read
+    transaction); with `settled`, the journal only when the status is one of those (`wait`
+    polling)."""
 
-    def read(conn: sqlite3.Connection) -> Optional[tuple[InstanceRow, Optional[list[JournalEntry]]]]:
+    def read(conn: sqlite3.Connection) -> Optional[StatusSnapshot]:
         conn.execute("BEGIN")
         try:
             row = instance_query(tenant, instance_id).run(conn)
             if row is None:
                 return None
             if settled is not None and row.status not in settled:
-                return row, None
-            return row, journal_query(row.pk).run(conn)
+                return StatusSnapshot(row, None)
+            parent = None
+            if row.parent_pk is not None:  # a child's parent is always of its tenant
+                found = conn.execute("SELECT id FROM instances WHERE pk=?", (row.parent_pk,)).fetchone()
+                parent = str(found[0]) if found else None
+            return StatusSnapshot(row, journal_query(row.pk).run(conn), parent)
         finally:
             conn.execute("COMMIT")
 

@@ -67,6 +67,7 @@ class InstanceStatus(BaseModel):
     waiting_for: Optional[str] = None
     steps: list[StepInfo] = Field(default_factory=list)
     log_dropped_bytes: int = 0
+    parent: Optional[str] = Field(default=None, description="The instance that started this one as a child workflow.")
 
 
 class InstancePage(BaseModel):
@@ -125,7 +126,7 @@ def step_info(e: JournalEntry) -> StepInfo:
     )
 
 
-def instance_status(row: InstanceRow, journal: list[JournalEntry]) -> InstanceStatus:
+def instance_status(row: InstanceRow, journal: list[JournalEntry], parent: Optional[str] = None) -> InstanceStatus:
     return InstanceStatus(
         id=row.id,
         tenant=row.tenant,
@@ -142,4 +143,5 @@ def instance_status(row: InstanceRow, journal: list[JournalEntry]) -> InstanceSt
         waiting_for=row.waiting_for,
         steps=[step_info(e) for e in journal],
         log_dropped_bytes=row.log_dropped,
+        parent=parent,
     )
