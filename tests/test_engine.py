@@ -577,3 +577,27 @@ async def test_finished_invocations_free_their_wasm_stores(tmp_path: Path, clock
         assert (status := await t.status(waiter)).status == "waiting", status.error
         tiers = 2 if engine.executor.hot is not None else 1  # a warm pool per engine (hot.py)
         assert live_stores() <= engine.warm_instances * tiers  # only warm instances prepared for the next run
+
+
+async def test_a_long_invocation_keeps_renewing_its_claim(tmp_path: Path) -> None:
+    """Past half its lease a running invocation extends it (with its next commit), so a long
+    run never looks abandoned; the claim is cleared when it ends."""
+    db = tmp_path / "flows.db"
+    async with open_engine(db, clock=SystemClock(), deploy={"t": "basics"}) as engine:
+        engine.executor.lease_ms = 200
+        t = engine.tenant("t")
+        iid = await t.create("Steps", {"n": 5000})  # seconds of durable steps, far past 200 ms
+        seen: list[tuple[str, int]] = []
+        with sqlite3.connect(db) as conn:
+            while True:
+                status, owner, lease_until = conn.execute("SELECT status, claim_owner, lease_until FROM instances WHERE id=?", (iid,)).fetchone()
+                if status != "running" and seen:
+                    break
+                if status == "running" and lease_until is not None:
+                    seen.append((owner, lease_until))
+                await asyncio.sleep(0.03)
+            assert (status, owner, lease_until) == ("complete", None, None)
+        assert (await t.wait(iid)).output == {"total": sum(range(5000))}
+        assert {owner for owner, _ in seen} == {engine.host_id}
+        leases = [lease for _, lease in seen]
+        assert leases == sorted(leases) and len(set(leases)) >= 3, leases  # extended again and again

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -225,6 +226,7 @@ class Invocation:
         self.out_of_memory = False  # the guest reported running out of memory on stderr
         self.in_flight: Optional[Future[Any]] = None  # a step result queued to commit
         self.prefix_len = -1  # steps handed to the guest by recorded-steps (-1: not asked)
+        self.renew_at = sys.maxsize  # when the claim is extended next (never, unless `invoke` claimed it)
         self.limits = executor.limits
         # sha256 of "tenant\0id\0generation\0" so far: each key hashes only its seq on top.
         self.key_prefix = hashlib.sha256(f"{row.tenant}\0{row.id}\0{row.generation}\0".encode())
@@ -269,6 +271,15 @@ class Invocation:
             except jn.Fenced:
                 raise Unwind("cancelled") from None
 
+    def renew_lease(self) -> None:
+        """Past half its lease, a running invocation extends its claim; the write rides with
+        its next commit (a long invocation must not look abandoned to another host)."""
+        now = self.now()
+        if now >= self.renew_at:
+            x = self.x
+            self.renew_at = now + x.lease_ms // 2
+            x.writer.defer(jn.renew_lease(self.row.pk, self.generation, x.host_id, now + x.lease_ms))
+
     def detach_warm(self) -> None:
         """Unlink the warm instance's binding from this invocation (see `Executor.invoke`)."""
         if self.warm_binding is not None:
@@ -289,6 +300,7 @@ class Invocation:
         """Take the next sequence number; the recorded entry there, checked for determinism."""
         self.await_durable()
         self.check_control()
+        self.renew_lease()
         if self.step is not None:
             raise self.fatal(
                 "InvalidDurableCall",
@@ -914,6 +926,7 @@ class Executor:
         now = self.clock.now_ms()
         # Status and lease are bookkeeping: they ride along with the invocation's first commit.
         self.writer.defer(jn.start_invocation(pk, row.generation, self.host_id, now + self.lease_ms, now))
+        inv.renew_at = now + self.lease_ms // 2
         inv.deadline_ms = inv.now_wall() + self.limits.invocation_timeout_ms
         _current.invocation = inv
         self.cache.stats.live_instances += 1

@@ -289,6 +289,16 @@ def _start_invocation(pk: int, generation: int, owner: str, lease_until: int, no
     )
 
 
+def renew_lease(pk: int, generation: int, owner: str, lease_until: int) -> WriteOp[None]:
+    """Extend a running invocation's claim. Only its own: a claim another host took (or a
+    new generation) is left alone, and the invocation's next write is fenced anyway."""
+    return partial(_renew_lease, pk, generation, owner, lease_until)
+
+
+def _renew_lease(pk: int, generation: int, owner: str, lease_until: int, conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE instances SET lease_until=? WHERE pk=? AND generation=? AND claim_owner=?", (lease_until, pk, generation, owner))
+
+
 # The entry is written only while the invocation still owns the instance (the `_fence`
 # condition, folded into the write: one statement per step result). `<>` rather than
 # NOT IN: SQLite builds an ephemeral table for an IN list on every run.
