@@ -2043,7 +2043,7 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
     add("## Reproduce")
     add("")
     add("```sh")
-    add("make bench                                   # full suite + peers + BENCHMARKS.md + plots (~25 min on 2 cores)")
+    add("make bench                                   # full suite + peers + BENCHMARKS.md + plots (~35 min on 2 cores)")
     add("make bench BENCH_ARGS=--quick                # smoke run, results under bench/results/*-quick.*")
     add(".venv/bin/python bench/run.py --only replay --peers reuse   # one workload, reusing the last peer JSON")
     add(".venv/bin/python bench/run.py --render-only  # re-render BENCHMARKS.md and the plots from the JSON")
