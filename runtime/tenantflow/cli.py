@@ -355,11 +355,15 @@ def _remote() -> tuple[str | None, str | None]:
     return ctx.meta.get("tenantflow.url"), ctx.meta.get("tenantflow.api_key")
 
 
-async def _remote_call(url: str, api_key: str | None, tenant: str, action: Callable[[Any], Awaitable[Any]]) -> Any:
+async def _with_client(url: str, api_key: str | None, op: Callable[[Any], Awaitable[Any]]) -> Any:
     from .client import ApiClient
 
     async with ApiClient(url, api_key) as client:
-        return await action(client.tenant(tenant))
+        return await op(client)
+
+
+async def _remote_call(url: str, api_key: str | None, tenant: str, action: Callable[[Any], Awaitable[Any]]) -> Any:
+    return await _with_client(url, api_key, lambda client: action(client.tenant(tenant)))
 
 
 def _open_engine(db: Path) -> Any:
@@ -472,13 +476,7 @@ def _admin(db: Path, op: Callable[[Any], Awaitable[Any]]) -> Any:
     routes with --url (a platform-admin key); both take the same calls."""
     url, api_key = _remote()
     if url:
-        from .client import ApiClient
-
-        async def remote() -> Any:
-            async with ApiClient(url, api_key) as client:
-                return await op(client)
-
-        return _run_async(remote())
+        return _run_async(_with_client(url, api_key, op))
     from .auth import KeyAdmin
 
     async def local() -> Any:

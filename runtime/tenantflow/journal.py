@@ -202,11 +202,14 @@ def list_query(
     """Newest first; `before_pk` is the cursor; `parent_pk` keeps that instance's children."""
     where: list[str] = ["tenant=?"]
     params: list[object] = [tenant]
-    filters: tuple[tuple[str, object], ...] = (("workflow", workflow), ("status", status), ("parent_pk", parent_pk), ("before", before_pk))
+    filters: tuple[tuple[str, object], ...] = (("workflow", workflow), ("status", status), ("parent_pk", parent_pk))
     for column, value in filters:
         if value is not None:
-            where.append("pk<?" if column == "before" else f"{column}=?")
+            where.append(f"{column}=?")
             params.append(value)
+    if before_pk is not None:
+        where.append("pk<?")
+        params.append(before_pk)
     sql = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE {' AND '.join(where)} ORDER BY pk DESC LIMIT ?"
     return Query(sql, (*params, limit), lambda rows: [_instance(r) for r in rows])
 

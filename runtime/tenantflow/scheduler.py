@@ -242,8 +242,7 @@ class Scheduler:
         self._wake.set()
         listeners, self._listeners = self._listeners, []
         for listener in listeners:  # resolved here, in this callback: no task, no lock
-            if not listener.done():
-                listener.set_result(None)
+            _set_if_pending(listener)
 
     def _route(self, pk: int, tenant: str, result: InvocationResult, dirty: bool) -> None:
         if result.parent is not None:  # a finished child wakes its parent (a join re-checks)

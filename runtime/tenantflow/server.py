@@ -377,8 +377,8 @@ def create_app(
 
     # ---- platform administration: tenants and keys (platform-admin) ---------------------
     # Only where keys live in this engine's database: another authorizer has its own.
+    admin_deps = [Depends(_admin_dependency(authorizer, principal))]
     if isinstance(authorizer, ApiKeyAuthorizer):
-        admin_deps = [Depends(_admin_dependency(authorizer, principal))]
         keys = KeyAdmin(engine)
 
         @app.post("/v1/tenants", status_code=201, response_model=TenantInfo, tags=["admin"], dependencies=admin_deps,
@@ -433,7 +433,7 @@ def create_app(
         body = Health(status="ready" if ready else "unavailable", checks=checks)
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
-    metrics_deps = [] if public_metrics else [Depends(_admin_dependency(authorizer, principal))]
+    metrics_deps = [] if public_metrics else admin_deps
     # Errors are JSON even on this text/plain route; with `model=` FastAPI would document them as text/plain.
     error_json = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
     metrics_errors = _errors(400) if public_metrics else _errors(400, 401, 403)
