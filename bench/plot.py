@@ -5,6 +5,8 @@
 Writes, under bench/results/ (with a `-quick` suffix for quick runs):
   throughput.png  sequential and aggregate steps/s per system, with the raw SQLite commit limit
   latency.png     one-step p50/p99, event wake-up p50, sleep overshoot p50 per system (log scale)
+  memory.png      memory with 10,000 workflows waiting, per system
+  replay.png      replay cost per recorded step, per system (log scale)
   tenantflow.png  tenantflow against the issue's targets (measured / target)
 matplotlib is installed into the repo venv by `make bench` (it is not a tenantflow dependency).
 """
@@ -127,6 +129,20 @@ def plot_memory(tf: dict[str, Any], peers: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def plot_replay(tf: dict[str, Any], peers: dict[str, Any], out: Path) -> None:
+    history = tf.get("sizes", {}).get("replay_history", 1000)
+    fig, ax = plt.subplots(figsize=(6, 4.8))
+    groups = [("replay", "us_per_step", f"going through {history:,} recorded\nsteps again, per step")]
+    grouped_bars(ax, groups, tf, peers, "µs per recorded step (log)")
+    ax.hlines(20, -0.45, 0.45, colors="red", linestyles=":", linewidth=1)
+    ax.annotate("target 20 µs", (0.45, 20), fontsize=7, color="red", ha="right", xytext=(0, 3), textcoords="offset points")
+    ax.set_title("Replay cost (lower is better)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def plot_targets(tf: dict[str, Any], out: Path) -> None:
     targets = [t for t in tf.get("targets", []) if t.get("value") is not None]
     if not targets:
@@ -174,8 +190,9 @@ def main() -> int:
     plot_throughput(tf, peers, out_dir / f"throughput{suffix}.png")
     plot_latency(tf, peers, out_dir / f"latency{suffix}.png")
     plot_memory(tf, peers, out_dir / f"memory{suffix}.png")
+    plot_replay(tf, peers, out_dir / f"replay{suffix}.png")
     plot_targets(tf, out_dir / f"tenantflow{suffix}.png")
-    print(f"[plot] wrote {', '.join(f'{n}{suffix}.png' for n in ('throughput', 'latency', 'memory', 'tenantflow'))} under {out_dir}")
+    print(f"[plot] wrote {', '.join(f'{n}{suffix}.png' for n in ('throughput', 'latency', 'memory', 'replay', 'tenantflow'))} under {out_dir}")
     return 0
 
 

@@ -1405,6 +1405,7 @@ COMPARED = [
     ("wakeup_latency", "signal_p99_ms", "5. event sent → next step running, p99"),
     ("wakeup_latency", "sleep_overshoot_p50_ms", "5. sleep({sleep_ms} ms) overshoot (step → sleep → step), p50"),
     ("wakeup_latency", "sleep_overshoot_p99_ms", "5. sleep({sleep_ms} ms) overshoot, p99"),
+    ("replay", "us_per_step", "5. replay: cost per recorded step of going through a history of {replay_history:,} steps again"),
     ("footprint_waiting", "rss_mib", "6. {waiting_instances:,} workflows waiting on an event: memory (RSS of every process it runs on), once all wait"),
     ("footprint_waiting", "rss_settled_mib", "6. the same after 42 s idle"),
 ]
@@ -1442,6 +1443,14 @@ linear-interpolated, as in the peer harness.
   invoked directly with `engine.executor.invoke(pk, Control())` on a worker thread; each
   invocation loads the journal, instantiates, replays all N steps, hits the sleep and suspends
   again. Per-step cost = (median T(N) − median T(0)) / N, wall and thread CPU time.
+- *Replay, side by side*: each peer finishes a workflow of N steps and a final step, then goes
+  through it again from its recorded history by its own recovery path: DBOS `fork_workflow`
+  from the final step (timed from the re-run's entry into the workflow function, after DBOS's
+  internal queue dispatched it, to the final step), Temporal the history fetched from the server
+  and `Replayer.replay_workflow` (a worker without the workflow in its cache does both), Restate
+  restart-as-new from the journal prefix up to the final step (to the new invocation's result);
+  (T(N) − T(0)) / N as for tenantflow, whose figure is its replay workload above (an invocation
+  that replays its journal, the path every wake-up takes).
 - *Footprint, waiting*: 100 tenants, each deploying its own component version, each parking
   100 `Park` instances (one step, then an event wait with a 1-day timeout, so each also holds a
   timer); RSS (`/proc/self/status` VmRSS) of the whole host process once all 10,000 wait, with
@@ -1767,7 +1776,26 @@ guests, paid once per (digest, engine configuration) thanks to the artifact cach
 invocation: commit, new instance, guest start-up, replay of the steps before (in the guest),
 then the next step. DBOS's event wake-up is poll-bound (its 1 s SQLite notification poll),
 Temporal's timers fire no earlier than 1 s (its `timerProcessorMaxTimeShift`).
+
+**Replay, against the peers.** Going through {replay_history} recorded steps again costs
+tenantflow {replay_us} µs per step in this run, against {replay_peers}. tenantflow reads the
+journal in one query and hands its leading run of finished steps to the guest in one host call
+(`recorded-steps`); the guest's SDK answers each of those steps itself, checking its name, with
+no host call per step. DBOS's workflow function asks its system database for each step's
+recorded output as it reaches it (a query per step); Temporal's worker replays the history one
+workflow task at a time (a task per activity here), each an activation of the workflow in its
+sandbox; Restate's server sends the journal to the SDK service, whose state machine replays
+each entry and answers each step from it.
 """
+
+
+def peer_replay_text(peers: Json) -> str:
+    parts = []
+    for p in PEERS:
+        v = _m(_peer_section(peers, p, "replay"), "us_per_step")
+        if v is not None:
+            parts.append(f"{PEER_NAMES[p]} {v:,.0f} µs")
+    return ", ".join(parts) if parts else "no peer measured it in this run"
 
 
 def peer_footprint_text(peers: Json) -> str:
@@ -1819,6 +1847,8 @@ def analysis_values(tf: Json, peers: Optional[Json] = None) -> dict[str, str]:
         "fp_tf": num("footprint_waiting", "rss_mib"),
         "fp_tf_settled": num("footprint_waiting", "rss_settled_mib"),
         "fp_peers": peer_footprint_text(peers or {}),
+        "replay_peers": peer_replay_text(peers or {}),
+        "replay_history": f"{tf.get('sizes', {}).get('replay_history', 1000):,}",
     }
 
 
@@ -1948,7 +1978,7 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
         add("")
 
     # -- plots
-    pngs = [p for p in ("throughput", "latency", "memory", "tenantflow") if (RESULTS / f"{p}{'-quick' if quick else ''}.png").exists()]
+    pngs = [p for p in ("throughput", "latency", "memory", "replay", "tenantflow") if (RESULTS / f"{p}{'-quick' if quick else ''}.png").exists()]
     if pngs:
         add("## Plots")
         add("")

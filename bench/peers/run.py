@@ -81,6 +81,19 @@ WORKLOAD_DOC: Json = {
             "sleep_overshoot_p99_ms": "per-repeat p99",
         },
     },
+    "replay": {
+        "what": (
+            "a finished workflow of N steps and one final step is gone through again from its recorded history by "
+            "the peer's own recovery path (DBOS fork_workflow from the final step, Temporal's Replayer over the "
+            "history fetched from the server, Restate restart-as-new from the journal prefix); "
+            "per step = (T(N) - T(0)) / N, T from the call that starts the re-run to its end"
+        ),
+        "metrics": {
+            "us_per_step": "(median T(N) - median T(0)) / N per repeat",
+            "replay_ms": "median T(N)",
+            "empty_replay_ms": "median T(0)",
+        },
+    },
     "footprint_waiting": {
         "what": (
             "N workflows each run one step and then wait for an event with a day's timeout, all at once (run last: "

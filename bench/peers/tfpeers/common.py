@@ -48,6 +48,10 @@ class Sizes:
     """footprint_waiting: idle time before the `settled` reading (tenantflow's is 42 s)."""
     park_budget_s: float = 1500.0
     """footprint_waiting: time allowed for parking them all."""
+    replay_steps: int = 1000
+    """replay: recorded steps the re-run goes through (tenantflow's replay workload: 1,000)."""
+    replay_runs: int = 5
+    """replay: re-runs per repeat, of the long workflow and of the 0-step one each."""
 
     @staticmethod
     def full() -> Sizes:
@@ -82,6 +86,8 @@ class Sizes:
             park_workflows=200,
             park_settle_s=3.0,
             park_budget_s=120.0,
+            replay_steps=100,
+            replay_runs=2,
         )
 
     def to_json(self) -> Json:
@@ -140,6 +146,14 @@ class Peer(abc.ABC):
     async def sleep_gap(self, sleep_ms: int) -> float:
         """Run a workflow step -> durable sleep(sleep_ms) -> step; return seconds from the end of the
         first step to the start of the second."""
+
+    @abc.abstractmethod
+    async def replay(self, steps: int) -> float:
+        """Have the peer go through a finished workflow of `steps` steps and one final step again
+        from its recorded history, by its own recovery path (each recorded step answered from the
+        history, not run), up to the final step; return the seconds from the call that starts the
+        re-run to its end. The first call for a given `steps` runs that workflow (untimed); later
+        calls re-run the same one."""
 
     @abc.abstractmethod
     async def park(self, count: int) -> None:

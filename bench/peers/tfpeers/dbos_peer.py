@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import itertools
 import os
 import sqlite3
 import threading
@@ -24,6 +25,26 @@ def tf_step(x: int) -> int:
 @DBOS.step()
 def tf_stamp() -> float:
     return time.monotonic()
+
+
+_replay_step_runs = itertools.count()  # next() is atomic: how many times tf_replay_step ran
+
+
+@DBOS.step()
+def tf_replay_step(x: int) -> int:
+    next(_replay_step_runs)
+    return x + 1
+
+
+@DBOS.workflow()
+def tf_replay(n: int) -> list[float]:
+    """n steps, then a final one (replay). `entered` is not a step: each run of the function
+    takes it anew, so a re-run reports when it began going through the recorded steps."""
+    entered = time.monotonic()
+    acc = 0
+    for _ in range(n):
+        acc = tf_replay_step(acc)
+    return [entered, tf_stamp()]
 
 
 PARK_TIMEOUT_S = 86_400.0
@@ -81,6 +102,7 @@ class DbosPeer(Peer):
         self._recv_timeout_s = min(call_timeout_s, 60.0)
         self._db: Path | None = None
         self._launched = False
+        self._replay_originals: dict[int, tuple[str, int]] = {}  # steps -> (workflow id, its final step's id)
 
     async def start(self, workdir: Path) -> None:
         self._db = workdir / "dbos_system.sqlite"
@@ -164,6 +186,23 @@ class DbosPeer(Peer):
         t0, t1 = DBOS.start_workflow(tf_sleep, sleep_ms).get_result()
         return t1 - t0
 
+    def _replay_sync(self, steps: int) -> float:
+        """DBOS re-runs a workflow from its recorded steps when it recovers one; fork_workflow
+        from the final step takes that path on demand (the steps before it are copied to a new
+        workflow, whose function then finds each recorded). The fork is dispatched through DBOS's
+        internal queue, polled every second: timed from the re-run's start, not the fork call."""
+        if steps not in self._replay_originals:
+            first = DBOS.start_workflow(tf_replay, steps)
+            first.get_result()
+            workflow_id = first.get_workflow_id()
+            self._replay_originals[steps] = (workflow_id, DBOS.list_workflow_steps(workflow_id)[-1]["function_id"])
+        workflow_id, final_step = self._replay_originals[steps]
+        runs_before = next(_replay_step_runs)
+        entered, stamped = DBOS.fork_workflow(workflow_id, final_step).get_result(polling_interval_sec=0.01)
+        if next(_replay_step_runs) != runs_before + 1:
+            raise RuntimeError("the fork ran recorded steps again: not a replay")
+        return float(stamped) - float(entered)
+
     async def one_step(self) -> float:
         return await asyncio.to_thread(self._one_step_sync)
 
@@ -178,6 +217,9 @@ class DbosPeer(Peer):
 
     async def sleep_gap(self, sleep_ms: int) -> float:
         return await asyncio.to_thread(self._sleep_sync, sleep_ms)
+
+    async def replay(self, steps: int) -> float:
+        return await asyncio.to_thread(self._replay_sync, steps)
 
     async def park(self, count: int) -> None:
         target = _parked[0] + count

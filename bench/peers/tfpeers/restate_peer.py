@@ -1,5 +1,10 @@
 """Restate: the single-node server from npm (@restatedev/restate-server) with default RocksDB storage
-under a temp dir, the Python SDK services in a separate hypercorn process, driven over HTTP ingress."""
+under a temp dir, the Python SDK services in a separate hypercorn process, driven over HTTP ingress.
+
+replay re-runs a finished invocation with the admin API's restart-as-new from a journal prefix:
+the server copies the recorded steps into a new invocation and the SDK replays them. A prefix past
+the input needs service protocol V6+ (SDK 1.3.0 offers V5-V7; server 1.7 pins V6, V7 being opt-in)
+and the completed invocation's journal, which Restate keeps for `default-journal-retention` (1 day)."""
 
 from __future__ import annotations
 
@@ -66,6 +71,10 @@ class RestatePeer(Peer):
         self._server_version = "unknown"
         self._effective: dict[str, Any] = {}
         self._park_counter: Path | None = None
+        self._replay_counter: Path | None = None
+        self._admin_url = ""
+        self._admin: httpx.AsyncClient | None = None
+        self._replay_originals: dict[int, tuple[str, int]] = {}  # steps -> (finished invocation, restart index)
 
     async def start(self, workdir: Path) -> None:
         if self._bin is None:
@@ -101,7 +110,7 @@ class RestatePeer(Peer):
             server_log,
             cwd=workdir,
         )
-        admin = f"http://127.0.0.1:{admin_port}"
+        admin = self._admin_url = f"http://127.0.0.1:{admin_port}"
         async with httpx.AsyncClient(timeout=5) as probe:
             deadline = time.monotonic() + 90
             while True:
@@ -118,12 +127,17 @@ class RestatePeer(Peer):
 
             svc_log = workdir / "restate-service.log"
             self._park_counter = workdir / "park-steps"
+            self._replay_counter = workdir / "replay-steps"
             self._service = self._procs.start(
                 "restate service (hypercorn)",
                 [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{svc_port}", "--workers", "1", SERVICE_APP],
                 svc_log,
                 cwd=PEERS_DIR,
-                env={**os.environ, "TF_PEERS_PARK_COUNTER": str(self._park_counter)},
+                env={
+                    **os.environ,
+                    "TF_PEERS_PARK_COUNTER": str(self._park_counter),
+                    "TF_PEERS_REPLAY_COUNTER": str(self._replay_counter),
+                },
             )
             await asyncio.to_thread(wait_tcp, svc_port, 60.0, self._service)
 
@@ -134,6 +148,7 @@ class RestatePeer(Peer):
                 raise RuntimeError(f"registering the deployment failed: {resp.status_code} {resp.text}")
         log(f"restate up: ingress 127.0.0.1:{ingress_port}, admin {admin_port}, service {svc_port}")
 
+        self._admin = httpx.AsyncClient(base_url=admin, timeout=httpx.Timeout(60.0))
         self._http = httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{ingress_port}",
             timeout=httpx.Timeout(300.0),
@@ -150,9 +165,11 @@ class RestatePeer(Peer):
             await asyncio.sleep(0.2)
 
     async def stop(self) -> None:
-        if self._http is not None:
-            http, self._http = self._http, None
-            await http.aclose()
+        for attr in ("_http", "_admin"):
+            client: httpx.AsyncClient | None = getattr(self, attr)
+            if client is not None:
+                setattr(self, attr, None)
+                await client.aclose()
         for attr in ("_service", "_server"):
             proc: subprocess.Popen[bytes] | None = getattr(self, attr)
             if proc is not None:
@@ -231,6 +248,68 @@ class RestatePeer(Peer):
     async def sleep_gap(self, sleep_ms: int) -> float:
         t0, t1 = await self._call("/TfBench/sleep", sleep_ms)
         return float(t1) - float(t0)
+
+    def _a(self) -> httpx.AsyncClient:
+        if self._admin is None:
+            raise RuntimeError("restate peer not started")
+        return self._admin
+
+    async def _query(self, sql: str) -> list[Json]:
+        """Rows of the admin API's SQL introspection (sys_journal, sys_invocation, ...)."""
+        resp = await self._a().post("/query", json={"query": sql}, headers={"Accept": "application/json"})
+        if resp.status_code != 200:
+            raise RuntimeError(f"admin query {sql!r}: {resp.status_code} {resp.text[:300]}")
+        rows: list[Json] = resp.json()["rows"]
+        return rows
+
+    async def _replay_prefix(self, invocation_id: str, steps: int) -> int:
+        """Journal index to restart `invocation_id` from: the entry just before the "final" Run command.
+
+        A v2 journal reads Input, then per ctx.run a Run command and its Run notification (the
+        result), then Output; `from` copies entries 0..from, so this copies the input and every
+        step with its result, and the re-run executes "final" anew.
+        """
+        rows = await self._query(
+            f"SELECT index, name FROM sys_journal WHERE id = '{invocation_id}' AND entry_type = 'Command: Run' "
+            "ORDER BY index"
+        )
+        names = [r["name"] for r in rows]
+        if names != ["step"] * steps + ["final"]:
+            raise RuntimeError(f"unexpected journal of {invocation_id}: Run commands {names[:5]}... ({len(names)})")
+        return int(rows[-1]["index"]) - 1
+
+    def _replay_executed(self) -> int:
+        assert self._replay_counter is not None
+        return self._replay_counter.stat().st_size if self._replay_counter.exists() else 0
+
+    async def replay(self, steps: int) -> float:
+        if steps not in self._replay_originals:
+            resp = await self._h().post("/TfBench/replay", json=steps)
+            if resp.status_code != 200 or resp.json()[0] != steps:
+                raise RuntimeError(f"POST /TfBench/replay: {resp.status_code} {resp.text[:300]}")
+            invocation_id = resp.headers["x-restate-id"]
+            self._replay_originals[steps] = (invocation_id, await self._replay_prefix(invocation_id, steps))
+        old_id, prefix = self._replay_originals[steps]
+        executed = self._replay_executed()
+
+        t0 = time.monotonic()
+        patch = await self._a().patch(f"/invocations/{old_id}/restart-as-new", params={"from": prefix})
+        if patch.status_code >= 300:
+            raise RuntimeError(f"restart-as-new of {old_id} from {prefix}: {patch.status_code} {patch.text[:300]}")
+        new_id = patch.json()["new_invocation_id"]
+        res = await self._h().get(f"/restate/invocation/{new_id}/attach")
+        t1 = time.monotonic()
+
+        if res.status_code != 200:
+            raise RuntimeError(f"attaching to {new_id}: {res.status_code} {res.text[:300]}")
+        acc, stamp = res.json()
+        # The steps' results must come from the copied journal (none run again), "final" must run anew.
+        if acc != steps or self._replay_executed() != executed or not t0 < stamp < t1:
+            raise RuntimeError(
+                f"re-run {new_id} did not replay: result {res.text[:100]}, "
+                f"{self._replay_executed() - executed} steps executed again"
+            )
+        return t1 - t0
 
     def _parked(self) -> int:
         assert self._park_counter is not None

@@ -19,6 +19,16 @@ waiter = restate.Workflow("TfWaitSignal")
 parker = restate.Workflow("TfPark")
 # footprint_waiting counts park steps across processes: one byte appended per step run.
 PARK_COUNTER = os.environ.get("TF_PEERS_PARK_COUNTER", "")
+# replay counts its recorded steps' executions the same way: a re-run from the journal adds none.
+REPLAY_COUNTER = os.environ.get("TF_PEERS_REPLAY_COUNTER", "")
+
+
+def _append_byte(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
 
 
 async def _step(x: int) -> int:
@@ -45,6 +55,20 @@ async def sleep(ctx: restate.Context, sleep_ms: int) -> list[float]:
     return [t0, t1]
 
 
+async def _replay_step(x: int) -> int:
+    _append_byte(REPLAY_COUNTER)
+    return x + 1
+
+
+@bench.handler()
+async def replay(ctx: restate.Context, n: int) -> list[float]:
+    """n recorded steps, then "final": the peer restarts it from the journal prefix before "final"."""
+    acc = 0
+    for _ in range(n):
+        acc = await ctx.run_typed("step", _replay_step, x=acc)
+    return [acc, await ctx.run_typed("final", _stamp)]
+
+
 @waiter.main()
 async def run(ctx: restate.WorkflowContext) -> float:
     await ctx.promise("wake", type_hint=str).value()
@@ -57,11 +81,7 @@ async def wake(ctx: restate.WorkflowSharedContext) -> None:
 
 
 async def _park_step() -> int:
-    fd = os.open(PARK_COUNTER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, b"x")
-    finally:
-        os.close(fd)
+    _append_byte(PARK_COUNTER)
     return 1
 
 

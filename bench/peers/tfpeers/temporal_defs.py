@@ -23,6 +23,19 @@ class StepsWorkflow:
         return acc
 
 
+@workflow.defn(name="TfReplay")
+class ReplayWorkflow:
+    """n steps, then a final one (replay)."""
+
+    @workflow.run
+    async def run(self, steps: int) -> float:
+        acc = 0
+        for _ in range(steps):
+            acc = await workflow.execute_activity("tf_step", acc, start_to_close_timeout=STEP_TIMEOUT, result_type=int)
+        stamp: float = await workflow.execute_activity("tf_stamp", start_to_close_timeout=STEP_TIMEOUT, result_type=float)
+        return stamp
+
+
 class _Wakeable:
     """A workflow that a `wake` signal lets go on."""
 

@@ -11,14 +11,15 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Replayer, Worker
 
 from .common import Json, Peer, ProcessGroup, free_port, log, tail
 from .locate import temporal_binary
-from .temporal_defs import ParkWorkflow, SleepWorkflow, StepsWorkflow, WaitSignalWorkflow
+from .temporal_defs import ParkWorkflow, ReplayWorkflow, SleepWorkflow, StepsWorkflow, WaitSignalWorkflow
 
 TASK_QUEUE = "tf-peers-bench"
 LIFTED_THROTTLES: dict[str, int] = {
@@ -72,6 +73,7 @@ class TemporalPeer(Peer):
         self._worker_task: asyncio.Task[None] | None = None
         self._db: Path | None = None
         self._cli_version = "unknown"
+        self._replay_originals: dict[int, WorkflowHandle[Any, Any]] = {}
 
     async def start(self, workdir: Path) -> None:
         if self._bin is None:
@@ -124,10 +126,11 @@ class TemporalPeer(Peer):
         self._worker = Worker(
             self._client,
             task_queue=TASK_QUEUE,
-            workflows=[StepsWorkflow, WaitSignalWorkflow, SleepWorkflow, ParkWorkflow],
+            workflows=[StepsWorkflow, WaitSignalWorkflow, SleepWorkflow, ParkWorkflow, ReplayWorkflow],
             activities=[tf_step, tf_stamp, tf_park_step],
         )
         self._worker_task = asyncio.create_task(self._worker.run())
+        self._replayer = Replayer(workflows=[ReplayWorkflow])
 
     async def stop(self) -> None:
         if self._worker is not None:
@@ -222,6 +225,26 @@ class TemporalPeer(Peer):
             SleepWorkflow.run, sleep_ms, id=f"tf-sleep-{uuid.uuid4()}", task_queue=TASK_QUEUE
         )
         return t1 - t0
+
+    async def replay(self, steps: int) -> float:
+        """A worker whose cache does not hold a workflow fetches its history from the server and
+        replays it (after a restart, an eviction from the sticky cache): the history fetch and
+        `Replayer.replay_workflow`, which runs the same workflow code against it (every activity
+        answered from its recorded result), are that path without a live task queue."""
+        handle = self._replay_originals.get(steps)
+        if handle is None:
+            handle = await self._c().start_workflow(
+                ReplayWorkflow.run, steps, id=f"tf-replay-{uuid.uuid4()}", task_queue=TASK_QUEUE
+            )
+            await handle.result()
+            self._replay_originals[steps] = handle
+        t0 = time.perf_counter()
+        history = await handle.fetch_history()
+        result = await self._replayer.replay_workflow(history)
+        dt = time.perf_counter() - t0
+        if result.replay_failure is not None:
+            raise RuntimeError(f"replay failed: {result.replay_failure!r}")
+        return dt
 
     async def park(self, count: int) -> None:
         client = self._c()

@@ -9,12 +9,12 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from .common import Json, Peer, Sizes, log, metric, percentile
+from .common import Json, Peer, Sizes, log, median, metric, percentile
 
 T = TypeVar("T")
 
 # footprint_waiting runs last: the workflows it parks stay parked until the peer stops.
-WORKLOADS = ("sequential_steps", "aggregate_steps", "one_step_latency", "wakeup_latency", "footprint_waiting")
+WORKLOADS = ("sequential_steps", "aggregate_steps", "one_step_latency", "wakeup_latency", "replay", "footprint_waiting")
 
 
 async def _bounded(coro: Awaitable[T], sizes: Sizes) -> T:
@@ -151,6 +151,37 @@ async def _wakeup(peer: Peer, sizes: Sizes, repeats: int) -> Json:
     }
 
 
+async def _replay(peer: Peer, sizes: Sizes, repeats: int) -> Json:
+    """Cost per recorded step of going through a workflow's history again, as tenantflow's
+    replay workload measures it: (T(N) - T(0)) / N, with T the re-run of a finished workflow of
+    N steps (and of 0 steps) and one final step; re-runs of both alternate."""
+    n = sizes.replay_steps
+    per_step: list[float] = []
+    long_ms: list[float] = []
+    empty_ms: list[float] = []
+    raw: list[dict[str, list[float]]] = []
+    for r in range(repeats):
+        with_n: list[float] = []
+        with_0: list[float] = []
+        for _ in range(sizes.replay_runs):
+            with_n.append(await _bounded(peer.replay(n), sizes) * 1000.0)
+            with_0.append(await _bounded(peer.replay(0), sizes) * 1000.0)
+        long_ms.append(median(with_n))
+        empty_ms.append(median(with_0))
+        per_step.append((long_ms[-1] - empty_ms[-1]) * 1000.0 / n)
+        raw.append({"replay_ms": [round(x, 3) for x in with_n], "empty_replay_ms": [round(x, 3) for x in with_0]})
+        log(f"{peer.name} replay repeat {r + 1}/{repeats}: {long_ms[-1]:.1f} ms with {n} steps, {empty_ms[-1]:.1f} ms with 0: {per_step[-1]:.1f} us per step")
+    return {
+        "params": {"steps": n, "runs_per_repeat": sizes.replay_runs},
+        "metrics": {
+            "us_per_step": metric(per_step, "us", "lower"),
+            "replay_ms": metric(long_ms, "ms", "lower"),
+            "empty_replay_ms": metric(empty_ms, "ms", "lower"),
+        },
+        "raw": {"runs": raw},
+    }
+
+
 def _tree(roots: list[int]) -> list[int]:
     """`roots` and all their descendants that are alive now."""
     children: dict[int, list[int]] = {}
@@ -234,6 +265,7 @@ _RUNNERS: dict[str, Callable[[Peer, Sizes, int], Awaitable[Json]]] = {
     "aggregate_steps": _aggregate,
     "one_step_latency": _one_step,
     "wakeup_latency": _wakeup,
+    "replay": _replay,
     "footprint_waiting": _footprint_waiting,
 }
 
