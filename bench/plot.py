@@ -4,7 +4,7 @@
 
 Writes, under bench/results/ (with a `-quick` suffix for quick runs):
   throughput.png  sequential and aggregate steps/s per system, with the raw SQLite commit limit
-  latency.png     one-step p50/p99, event wake-up p50, sleep overshoot p50 per system (log scale)
+  latency.png     one-step p50/p99, event wake-up p50, sleep overshoot p50, cold start per system (log scale)
   memory.png      memory with 10,000 workflows waiting, per system
   replay.png      replay cost per recorded step, per system (log scale)
   tenantflow.png  tenantflow against the issue's targets (measured / target)
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import matplotlib
 
@@ -45,14 +45,16 @@ def section_of(tf: dict[str, Any], peers: dict[str, Any], system: str, workload:
     return peer
 
 
-def grouped_bars(ax: Any, groups: list[tuple[str, str, str]], tf: dict[str, Any], peers: dict[str, Any], unit: str) -> None:
-    """One group of bars per (workload, metric, label), one bar per system, values printed."""
+def grouped_bars(ax: Any, groups: Sequence[tuple[str, ...]], tf: dict[str, Any], peers: dict[str, Any], unit: str) -> None:
+    """One group of bars per (workload, metric, label[, the peers' metric]), one bar per system,
+    values printed."""
     systems = [s for s in SYSTEMS if s[0] == "tenantflow" or s[0] in peers.get("peers", {})]
     width = 0.8 / len(systems)
     for i, (system, label, color) in enumerate(systems):
         xs, ys = [], []
-        for g, (workload, name, _) in enumerate(groups):
-            v = value(section_of(tf, peers, system, workload), name)
+        for g, (workload, name, _, *peer_name) in enumerate(groups):
+            metric = peer_name[0] if peer_name and system != "tenantflow" else name
+            v = value(section_of(tf, peers, system, workload), metric)
             if v is not None and v > 0:
                 xs.append(g + (i - (len(systems) - 1) / 2) * width)
                 ys.append(v)
@@ -98,6 +100,7 @@ def plot_latency(tf: dict[str, Any], peers: dict[str, Any], out: Path) -> None:
         ("one_step_latency", "p99_ms", "one-step\nworkflow p99"),
         ("wakeup_latency", "signal_p50_ms", "event → next\nstep p50"),
         ("wakeup_latency", "sleep_overshoot_p50_ms", f"sleep({sleep_ms} ms)\novershoot p50"),
+        ("cold_start", "disk_artifact_ms", "cold start:\nnew tenant's\nfirst step", "first_step_ms"),
     ]
     grouped_bars(ax, groups, tf, peers, "ms (log)")
     ax.hlines(3, -0.45, 0.45, colors="red", linestyles=":", linewidth=1)

@@ -1396,11 +1396,14 @@ PEERS = ("dbos", "temporal", "restate")
 PEER_NAMES = {"dbos": "DBOS", "temporal": "Temporal", "restate": "Restate"}
 
 # (workload, metric, label) compared with every peer, in the peers' metric names.
-COMPARED = [
+# (workload, tenantflow's metric, label[, the peers' metric when its name differs])
+COMPARED: list[tuple[str, ...]] = [
     ("sequential_steps", "steps_per_s", "1. sequential: one workflow of {seq_steps} steps"),
     ("aggregate_steps", "total_steps_per_s", "2. aggregate: {agg_workflows} workflows × {agg_steps} steps"),
     ("one_step_latency", "p50_ms", "3. one-step workflow, start to result, p50"),
     ("one_step_latency", "p99_ms", "3. one-step workflow, start to result, p99"),
+    ("cold_start", "disk_artifact_ms", "4. cold start: a tenant whose code runs nowhere yet, to its first step "
+     "(tenantflow: its artifact on disk, loaded by the running host; a peer: a new process with the tenant's code)", "first_step_ms"),
     ("wakeup_latency", "signal_p50_ms", "5. event sent → next step running, p50"),
     ("wakeup_latency", "signal_p99_ms", "5. event sent → next step running, p99"),
     ("wakeup_latency", "sleep_overshoot_p50_ms", "5. sleep({sleep_ms} ms) overshoot (step → sleep → step), p50"),
@@ -1596,6 +1599,16 @@ runs), on 2 cores shared with other jobs (±30%).
 
 ### What changed this round
 
+- **Replay and cold start are compared with every peer** (workloads 5 and 4, side by side above,
+  `replay.png` and the cold start in `latency.png`). Replay: each peer goes through a finished
+  workflow of 1,000 steps again by its own recovery path (DBOS `fork_workflow`, Temporal's
+  history fetch and `Replayer`, Restate's restart-as-new from the journal prefix), checked not
+  to run the recorded steps again. Cold start: for a peer, a tenant whose code runs nowhere yet
+  is a new process serving that tenant's code; tenantflow loads the tenant's artifact into the
+  running host. What bounds each is under [What bounds the remaining gaps](#what-bounds-the-remaining-gaps).
+
+### The round before
+
 - **Memory with 10,000 waiting workflows is compared with every peer** (workload 6, side by
   side above and in `memory.png`): each peer parks the same one-step-then-wait workflows and its
   figure is every process it runs on. What bounds each is under
@@ -1610,7 +1623,7 @@ runs), on 2 cores shared with other jobs (±30%).
   lanes or more (4, 16 instead of 8) and pinning the engine's threads to the other core did not
   raise aggregate throughput.
 
-### The round before
+### Two rounds ago
 
 - **A new instance starts from the row it was created with, in-process too** (`Prepared`; with
   runners it already did). The worker no longer reads back a row, a journal and events that
@@ -1638,7 +1651,7 @@ runs), on 2 cores shared with other jobs (±30%).
   committing thread (sequential ~3,100 → ~2,100 steps/s: the database file's fsyncs then run
   beside every commit's; latency no better, 4 alternating runs each).
 
-### Two rounds ago
+### Three rounds ago
 
 - **Runner processes** (`Engine(processes=N)`, `serve --processes N`; `runners.py`,
   `runner.py`). The cost that dominated concurrent work was not Python itself but threads of one
@@ -1772,6 +1785,16 @@ instantiation and the first pass with its page faults. **With nothing cached** i
 compiling the ~18 MB CPython component ({compile_s} s in this run): inherent to componentize-py
 guests, paid once per (digest, engine configuration) thanks to the artifact cache.
 
+**Cold start, against the peers.** A tenant whose code is not in memory gets its first step
+after {cold_tf} ms here, against {cold_peers} for a new process that serves that tenant's
+code with the peer's SDK (what running each tenant's code in a process of its own costs; the
+peers have no other way to load a tenant's code). That process's time is the interpreter and
+the SDK's imports, then DBOS launching on the tenant's system database, Temporal's worker
+connecting and polling the tenant's task queue, Restate's service listening and being
+registered as a deployment, before the workflow's first step. It is also what tenant churn
+(workload 7) would cost a peer on every miss of a bounded set of live tenant processes; tenantflow
+pays an artifact mmap instead.
+
 **Wake-ups.** An event (or a sleep longer than `sleep_in_place_ms`) resumes in a new
 invocation: commit, new instance, guest start-up, replay of the steps before (in the guest),
 then the next step. DBOS's event wake-up is poll-bound (its 1 s SQLite notification poll),
@@ -1789,12 +1812,13 @@ each entry and answers each step from it.
 """
 
 
-def peer_replay_text(peers: Json) -> str:
+def peer_values_text(peers: Json, workload: str, metric: str, unit: str) -> str:
+    """"DBOS 436 µs, Temporal 2,978 µs, ..." for one metric of every peer that measured it."""
     parts = []
     for p in PEERS:
-        v = _m(_peer_section(peers, p, "replay"), "us_per_step")
+        v = _m(_peer_section(peers, p, workload), metric)
         if v is not None:
-            parts.append(f"{PEER_NAMES[p]} {v:,.0f} µs")
+            parts.append(f"{PEER_NAMES[p]} {v:,.0f} {unit}")
     return ", ".join(parts) if parts else "no peer measured it in this run"
 
 
@@ -1847,7 +1871,9 @@ def analysis_values(tf: Json, peers: Optional[Json] = None) -> dict[str, str]:
         "fp_tf": num("footprint_waiting", "rss_mib"),
         "fp_tf_settled": num("footprint_waiting", "rss_settled_mib"),
         "fp_peers": peer_footprint_text(peers or {}),
-        "replay_peers": peer_replay_text(peers or {}),
+        "replay_peers": peer_values_text(peers or {}, "replay", "us_per_step", "µs"),
+        "cold_peers": peer_values_text(peers or {}, "cold_start", "first_step_ms", "ms"),
+        "cold_tf": num("cold_start", "disk_artifact_ms", 1),
         "replay_history": f"{tf.get('sizes', {}).get('replay_history', 1000):,}",
     }
 
@@ -1904,12 +1930,12 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
     head = "| workload | tenantflow | " + " | ".join(PEER_NAMES[p] for p in PEERS) + " | " + " | ".join(f"tf / {PEER_NAMES[p]}" for p in PEERS) + " |"
     add(head)
     add("|" + " --- |" * (2 + 2 * len(PEERS)))
-    for workload, name, label in COMPARED:
+    for workload, name, label, *peer_name in COMPARED:
         section = w.get(workload)
         entry = (section or {}).get("metrics", {}).get(name, {})
         unit, better = entry.get("unit", ""), entry.get("better", "higher")
         tfv = _m(section, name)
-        peer_vals = [_m(_peer_section(peers, p, workload), name) for p in PEERS]
+        peer_vals = [_m(_peer_section(peers, p, workload), peer_name[0] if peer_name else name) for p in PEERS]
         label = label.format(**sizes)
         if workload == "aggregate_steps" and section:
             label += f" (tenantflow: {agg_config_text(section)})"

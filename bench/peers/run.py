@@ -94,6 +94,15 @@ WORKLOAD_DOC: Json = {
             "empty_replay_ms": "median T(0)",
         },
     },
+    "cold_start": {
+        "what": (
+            "a tenant whose code runs nowhere yet: a new process serving its workflow code alone (fresh interpreter, "
+            "the peer's SDK, connected under the tenant's own name: DBOS its own system database, Temporal its own "
+            "task queue, Restate its own service, registered as a new deployment), a one-step workflow started at "
+            "once; latency = from just before spawning the process to the start of the step"
+        ),
+        "metrics": {"first_step_ms": "median per repeat"},
+    },
     "footprint_waiting": {
         "what": (
             "N workflows each run one step and then wait for an event with a day's timeout, all at once (run last: "
@@ -362,7 +371,7 @@ def _make_peer(name: str, procs: ProcessGroup, cfg: Json, sizes: Sizes) -> Peer:
     if name == "dbos":
         from tfpeers.dbos_peer import DbosPeer
 
-        return DbosPeer(cfg.get("dbos_notification_poll_s"), bool(cfg.get("sqlite_wal")), sizes.call_timeout_s)
+        return DbosPeer(procs, cfg.get("dbos_notification_poll_s"), bool(cfg.get("sqlite_wal")), sizes.call_timeout_s)
     if name == "temporal":
         from tfpeers.temporal_peer import TemporalPeer
 

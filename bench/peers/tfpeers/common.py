@@ -52,6 +52,8 @@ class Sizes:
     """replay: recorded steps the re-run goes through (tenantflow's replay workload: 1,000)."""
     replay_runs: int = 5
     """replay: re-runs per repeat, of the long workflow and of the 0-step one each."""
+    cold_runs: int = 5
+    """cold_start: new tenant processes started per repeat."""
 
     @staticmethod
     def full() -> Sizes:
@@ -88,6 +90,7 @@ class Sizes:
             park_budget_s=120.0,
             replay_steps=100,
             replay_runs=2,
+            cold_runs=2,
         )
 
     def to_json(self) -> Json:
@@ -154,6 +157,16 @@ class Peer(abc.ABC):
         history, not run), up to the final step; return the seconds from the call that starts the
         re-run to its end. The first call for a given `steps` runs that workflow (untimed); later
         calls re-run the same one."""
+
+    @abc.abstractmethod
+    async def cold_start(self, tenant: str) -> float:
+        """A tenant whose code is not running anywhere yet: start a new process serving its
+        workflow code alone (a fresh interpreter importing the peer's SDK and the workflow
+        definitions, connected to this peer's server or database under the name `tenant`, as a
+        platform running each tenant's code in a process of its own would), start a one-step
+        workflow for it at once, and return the seconds from just before the process was spawned
+        to the start of that step (a `time.monotonic()` taken inside it). The process is stopped
+        before returning."""
 
     @abc.abstractmethod
     async def park(self, count: int) -> None:

@@ -6,7 +6,9 @@ import asyncio
 import importlib.metadata
 import itertools
 import os
+import shutil
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from dbos import DBOS, DBOSConfig, SetWorkflowID
 
-from .common import Json, Peer
+from .common import PEERS_DIR, Json, Peer, ProcessGroup
 
 
 @DBOS.step()
@@ -96,7 +98,10 @@ class DbosPeer(Peer):
 
     name = "dbos"
 
-    def __init__(self, notification_poll_s: float | None, sqlite_wal: bool, call_timeout_s: float) -> None:
+    def __init__(self, procs: ProcessGroup, notification_poll_s: float | None, sqlite_wal: bool, call_timeout_s: float) -> None:
+        self._procs = procs
+        self._workdir: Path | None = None
+        self._tenant_db_template: Path | None = None
         self._poll = notification_poll_s
         self._wal = sqlite_wal
         self._recv_timeout_s = min(call_timeout_s, 60.0)
@@ -105,6 +110,7 @@ class DbosPeer(Peer):
         self._replay_originals: dict[int, tuple[str, int]] = {}  # steps -> (workflow id, its final step's id)
 
     async def start(self, workdir: Path) -> None:
+        self._workdir = workdir
         self._db = workdir / "dbos_system.sqlite"
         if self._wal:
             # journal_mode=WAL is stored in the file, so DBOS's own connections inherit it.
@@ -220,6 +226,44 @@ class DbosPeer(Peer):
 
     async def replay(self, steps: int) -> float:
         return await asyncio.to_thread(self._replay_sync, steps)
+
+    async def _run_tenant(self, system_db: Path, name: str) -> float:
+        """Run the tenant process of `dbos_tenant.py` on `system_db`; the stamp its step took."""
+        assert self._workdir is not None
+        stamp_file = self._workdir / "tenants" / f"{name}.stamp"
+        proc = self._procs.start(
+            f"dbos tenant {name}",
+            [sys.executable, "-m", "tfpeers.dbos_tenant", str(system_db), str(stamp_file)],
+            self._workdir / "tenants" / f"{name}.log",
+            cwd=PEERS_DIR,
+        )
+        try:
+            code = await asyncio.to_thread(proc.wait)
+        finally:
+            self._procs.stop(proc)
+        if code != 0 or not stamp_file.exists():
+            raise RuntimeError(f"DBOS tenant process {name} exited with {code} (log: tenants/{name}.log)")
+        return float(stamp_file.read_text())
+
+    async def cold_start(self, tenant: str) -> float:
+        """A tenant's application process on the tenant's existing system database (copied from
+        one that a first, untimed tenant process created: its schema is there, as for a tenant
+        that ran before), from spawn to the start of its first workflow's step."""
+        assert self._workdir is not None
+        tenants = self._workdir / "tenants"
+        if self._tenant_db_template is None:
+            tenants.mkdir(exist_ok=True)
+            template = tenants / "template.sqlite"
+            await self._run_tenant(template, "template")
+            if self._wal:  # as for the harness's own system database
+                with sqlite3.connect(template) as c:
+                    c.execute("PRAGMA journal_mode=WAL")
+            self._tenant_db_template = template
+        system_db = tenants / f"{tenant}.sqlite"
+        shutil.copyfile(self._tenant_db_template, system_db)
+        t0 = time.monotonic()
+        stamp = await self._run_tenant(system_db, tenant)
+        return stamp - t0
 
     async def park(self, count: int) -> None:
         target = _parked[0] + count

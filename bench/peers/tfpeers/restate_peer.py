@@ -4,13 +4,21 @@ under a temp dir, the Python SDK services in a separate hypercorn process, drive
 replay re-runs a finished invocation with the admin API's restart-as-new from a journal prefix:
 the server copies the recorded steps into a new invocation and the SDK replays them. A prefix past
 the input needs service protocol V6+ (SDK 1.3.0 offers V5-V7; server 1.7 pins V6, V7 being opt-in)
-and the completed invocation's journal, which Restate keeps for `default-journal-retention` (1 day)."""
+and the completed invocation's journal, which Restate keeps for `default-journal-retention` (1 day).
+
+cold_start spawns a hypercorn process per tenant serving only that tenant's service
+(tfpeers.restate_tenant, named after the tenant), registers it as a deployment with the admin API and
+invokes its one-step handler through the ingress; afterwards the process is stopped and the deployment
+deleted (DELETE /deployments/{id}?force=true), so the server later parks footprint_waiting's workflows
+without the cold tenants' deployments in its schema."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.metadata
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +33,8 @@ from .common import PEERS_DIR, Json, Peer, ProcessGroup, free_port, log, tail, w
 from .locate import restate_binary
 
 SERVICE_APP = "tfpeers.restate_service:app"
+TENANT_APP = "tfpeers.restate_tenant:app"
+COLD_POLL_S = 0.005  # cold_start's polls (port, ingress): fine enough not to add to what it measures
 PARK_SENDS_IN_FLIGHT = 64
 
 
@@ -48,6 +58,29 @@ disable-web-ui = true
 [ingress]
 bind-address = "127.0.0.1:{ingress_port}"
 """
+
+
+def _service_name(tenant: str) -> str:
+    """A Restate service name (an identifier) for a tenant: tf-cold-0-3-12345 -> TfCold_0_3_12345."""
+    parts = re.findall(r"[A-Za-z]+|[0-9]+", tenant)
+    name = "".join(p.capitalize() if p.isalpha() else f"_{p}" for p in parts)
+    return name if name[:1].isalpha() else f"T{name}"
+
+
+async def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Like common.wait_tcp but polling every COLD_POLL_S (wait_tcp sleeps 50 ms between tries)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return  # loopback: a refused connect returns at once, so this blocks the loop only briefly
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s:.0f}s")
+        await asyncio.sleep(COLD_POLL_S)
 
 
 def _get(cfg: dict[str, Any], dotted: str) -> Any:
@@ -75,6 +108,7 @@ class RestatePeer(Peer):
         self._admin_url = ""
         self._admin: httpx.AsyncClient | None = None
         self._replay_originals: dict[int, tuple[str, int]] = {}  # steps -> (finished invocation, restart index)
+        self._workdir: Path | None = None
 
     async def start(self, workdir: Path) -> None:
         if self._bin is None:
@@ -82,6 +116,7 @@ class RestatePeer(Peer):
         self._server_version = subprocess.run(
             [str(self._bin), "--version"], capture_output=True, text=True, timeout=30, check=True
         ).stdout.strip()
+        self._workdir = workdir
         node_port, admin_port, ingress_port, svc_port = free_port(), free_port(), free_port(), free_port()
         cfg = workdir / "restate.toml"
         cfg.write_text(_config_toml(node_port, admin_port, ingress_port))
@@ -310,6 +345,50 @@ class RestatePeer(Peer):
                 f"{self._replay_executed() - executed} steps executed again"
             )
         return t1 - t0
+
+    async def cold_start(self, tenant: str) -> float:
+        assert self._workdir is not None
+        service, port = _service_name(tenant), free_port()
+        deployment = ""
+        t0 = time.monotonic()
+        # --workers 1 as for the benchmark's service: the master spawns a second interpreter for the
+        # worker (~200 ms of this), but --workers 0 ignores SIGTERM here (stop() would wait 15 s).
+        proc = self._procs.start(
+            f"restate tenant {tenant} (hypercorn)",
+            [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", TENANT_APP],
+            self._workdir / "cold" / f"{tenant}.log",
+            cwd=PEERS_DIR,
+            env={**os.environ, "TF_PEERS_TENANT_SERVICE": service},
+        )
+        try:
+            await _wait_listening(port, proc, 60.0)
+            t_listen = time.monotonic()
+            # hypercorn's master only binds; its (spawned) worker listens once it imported the app and
+            # ran the ASGI startup, so the server's discovery request finds the service ready.
+            resp = await self._a().post("/deployments", json={"uri": f"http://127.0.0.1:{port}", "force": True})
+            if resp.status_code >= 300:
+                raise RuntimeError(f"registering {tenant}'s deployment: {resp.status_code} {resp.text[:300]}")
+            deployment = resp.json()["id"]
+            t_registered = time.monotonic()
+            # The new service can reach the ingress a moment after registration: it answers 404 until then.
+            deadline = t_registered + 60
+            while (res := await self._h().post(f"/{service}/first")).status_code == 404 and time.monotonic() < deadline:
+                await asyncio.sleep(COLD_POLL_S)
+            if res.status_code != 200:
+                raise RuntimeError(f"invoking {service}/first: {res.status_code} {res.text[:300]}")
+            stamp, imported = (float(x) for x in res.json())
+            log(
+                f"restate cold_start {tenant}: listening +{(t_listen - t0) * 1e3:.0f} ms, app imported "
+                f"+{(imported - t0) * 1e3:.0f}, registered +{(t_registered - t0) * 1e3:.0f}, "
+                f"step +{(stamp - t0) * 1e3:.0f}"
+            )
+            return stamp - t0
+        finally:
+            self._procs.stop(proc)
+            if deployment:
+                resp = await self._a().delete(f"/deployments/{deployment}", params={"force": "true"})
+                if resp.status_code >= 300:
+                    log(f"restate: deleting {tenant}'s deployment {deployment}: {resp.status_code} {resp.text[:300]}")
 
     def _parked(self) -> int:
         assert self._park_counter is not None

@@ -8,6 +8,7 @@ import importlib.metadata
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +18,7 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Replayer, Worker
 
-from .common import Json, Peer, ProcessGroup, free_port, log, tail
+from .common import PEERS_DIR, Json, Peer, ProcessGroup, free_port, log, tail
 from .locate import temporal_binary
 from .temporal_defs import ParkWorkflow, ReplayWorkflow, SleepWorkflow, StepsWorkflow, WaitSignalWorkflow
 
@@ -57,6 +58,13 @@ async def tf_park_step() -> int:
 
 
 PARK_STARTS_IN_FLIGHT = 64
+TENANT_STOP_TIMEOUT_S = 5.0
+"""A tenant worker shuts down within a second or so once SIGTERMed; past this it is killed."""
+
+
+async def _exited(proc: subprocess.Popen[bytes]) -> None:
+    while proc.poll() is None:
+        await asyncio.sleep(0.05)
 
 
 class TemporalPeer(Peer):
@@ -72,6 +80,8 @@ class TemporalPeer(Peer):
         self._worker: Worker | None = None
         self._worker_task: asyncio.Task[None] | None = None
         self._db: Path | None = None
+        self._workdir: Path | None = None
+        self._address = ""
         self._cli_version = "unknown"
         self._replay_originals: dict[int, WorkflowHandle[Any, Any]] = {}
 
@@ -81,7 +91,9 @@ class TemporalPeer(Peer):
         self._cli_version = subprocess.run(
             [str(self._bin), "--version"], capture_output=True, text=True, timeout=30, check=True
         ).stdout.strip()
+        self._workdir = workdir
         port, http_port, metrics_port = free_port(), free_port(), free_port()
+        self._address = f"127.0.0.1:{port}"
         self._db = workdir / "temporal.sqlite"
         argv = [
             str(self._bin),
@@ -113,7 +125,7 @@ class TemporalPeer(Peer):
             if self._server.poll() is not None:
                 raise RuntimeError(f"temporal server exited with {self._server.returncode}:\n{tail(server_log)}")
             try:
-                self._client = await Client.connect(f"127.0.0.1:{port}", namespace="default")
+                self._client = await Client.connect(self._address, namespace="default")
                 await self._client.count_workflows()
                 break
             except Exception as exc:  # not up yet
@@ -245,6 +257,43 @@ class TemporalPeer(Peer):
         if result.replay_failure is not None:
             raise RuntimeError(f"replay failed: {result.replay_failure!r}")
         return dt
+
+    async def cold_start(self, tenant: str) -> float:
+        """A new worker process of temporal_tenant.py on a task queue of the tenant's own (named
+        `tenant`; no worker has polled it before), and a TfReplay of 0 steps, i.e. one step whose
+        activity is tf_stamp, started on it at once: the server holds the tasks until that worker
+        polls. The workflow start is timed in: it is part of the tenant's first step."""
+        assert self._workdir is not None
+        client = self._c()
+        log_path = self._workdir / "tenants" / f"{tenant}.log"
+        t0 = time.monotonic()
+        proc = self._procs.start(
+            f"temporal tenant {tenant}",
+            [sys.executable, "-m", "tfpeers.temporal_tenant", self._address, tenant, repr(t0)],
+            log_path,
+            cwd=PEERS_DIR,
+            stop_timeout_s=TENANT_STOP_TIMEOUT_S,
+        )
+        try:
+            handle = await client.start_workflow(ReplayWorkflow.run, 0, id=f"{tenant}-first", task_queue=tenant)
+            result = asyncio.ensure_future(handle.result())
+            exited = asyncio.ensure_future(_exited(proc))
+            try:
+                # A tenant process that dies before running the step fails the run now, not at the timeout.
+                await asyncio.wait({result, exited}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                result.cancel()  # a no-op once it is done
+                exited.cancel()
+            if not result.done():
+                with contextlib.suppress(Exception):  # or it stays open on a queue nobody polls
+                    await handle.terminate("tenant worker process exited")
+                raise RuntimeError(
+                    f"temporal tenant process exited with {proc.returncode} before its step:\n{tail(log_path)}"
+                )
+            stamp: float = result.result()
+        finally:
+            self._procs.stop(proc)  # SIGTERM: the worker shuts down; killed past TENANT_STOP_TIMEOUT_S
+        return stamp - t0
 
     async def park(self, count: int) -> None:
         client = self._c()

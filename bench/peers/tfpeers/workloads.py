@@ -14,7 +14,7 @@ from .common import Json, Peer, Sizes, log, median, metric, percentile
 T = TypeVar("T")
 
 # footprint_waiting runs last: the workflows it parks stay parked until the peer stops.
-WORKLOADS = ("sequential_steps", "aggregate_steps", "one_step_latency", "wakeup_latency", "replay", "footprint_waiting")
+WORKLOADS = ("sequential_steps", "aggregate_steps", "one_step_latency", "wakeup_latency", "replay", "cold_start", "footprint_waiting")
 
 
 async def _bounded(coro: Awaitable[T], sizes: Sizes) -> T:
@@ -182,6 +182,23 @@ async def _replay(peer: Peer, sizes: Sizes, repeats: int) -> Json:
     }
 
 
+async def _cold_start(peer: Peer, sizes: Sizes, repeats: int) -> Json:
+    """First step of a tenant whose code runs nowhere yet: for a peer, a new process with that
+    tenant's code (tenantflow loads the tenant's artifact into the running host instead)."""
+    p50s: list[float] = []
+    raw: list[list[float]] = []
+    for r in range(repeats):
+        runs = [await _bounded(peer.cold_start(f"tf-cold-{r}-{i}-{os.getpid()}"), sizes) * 1000.0 for i in range(sizes.cold_runs)]
+        p50s.append(median(runs))
+        raw.append([round(x, 2) for x in runs])
+        log(f"{peer.name} cold_start repeat {r + 1}/{repeats}: median {p50s[-1]:.0f} ms ({', '.join(f'{x:.0f}' for x in runs)})")
+    return {
+        "params": {"runs_per_repeat": sizes.cold_runs},
+        "metrics": {"first_step_ms": metric(p50s, "ms", "lower")},
+        "raw": {"first_step_ms": raw},
+    }
+
+
 def _tree(roots: list[int]) -> list[int]:
     """`roots` and all their descendants that are alive now."""
     children: dict[int, list[int]] = {}
@@ -266,6 +283,7 @@ _RUNNERS: dict[str, Callable[[Peer, Sizes, int], Awaitable[Json]]] = {
     "one_step_latency": _one_step,
     "wakeup_latency": _wakeup,
     "replay": _replay,
+    "cold_start": _cold_start,
     "footprint_waiting": _footprint_waiting,
 }
 
