@@ -45,11 +45,12 @@ def section_of(tf: dict[str, Any], peers: dict[str, Any], system: str, workload:
     return peer
 
 
-def grouped_bars(ax: Any, groups: Sequence[tuple[str, ...]], tf: dict[str, Any], peers: dict[str, Any], unit: str) -> None:
+def grouped_bars(ax: Any, groups: Sequence[tuple[str, ...]], tf: dict[str, Any], peers: dict[str, Any], unit: str) -> float:
     """One group of bars per (workload, metric, label[, the peers' metric]), one bar per system,
-    values printed."""
+    values printed; returns the largest value drawn."""
     systems = [s for s in SYSTEMS if s[0] == "tenantflow" or s[0] in peers.get("peers", {})]
     width = 0.8 / len(systems)
+    tallest = 0.0
     for i, (system, label, color) in enumerate(systems):
         xs, ys = [], []
         for g, (workload, name, _, *peer_name) in enumerate(groups):
@@ -59,14 +60,31 @@ def grouped_bars(ax: Any, groups: Sequence[tuple[str, ...]], tf: dict[str, Any],
                 xs.append(g + (i - (len(systems) - 1) / 2) * width)
                 ys.append(v)
         bars = ax.bar(xs, ys, width, label=label, color=color)
+        tallest = max([tallest] + ys)
         for bar, v in zip(bars, ys):
             ax.annotate(f"{v:,.0f}" if v >= 10 else f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, v),
                         ha="center", va="bottom", fontsize=7, rotation=90, xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([g[2] for g in groups], fontsize=8)
     ax.set_yscale("log")
+    ax.set_ylim(top=ax.get_ylim()[1] * 3)  # room for the tallest bar's value under the title
     ax.set_ylabel(unit)
     ax.grid(axis="y", which="both", alpha=0.3)
+    return tallest
+
+
+def target_mark(ax: Any, x: float, y: float, text: str) -> None:
+    """A red dotted target line over the bar group at x."""
+    ax.hlines(y, x - 0.45, x + 0.45, colors="red", linestyles=":", linewidth=1)
+    ax.annotate(text, (x + 0.45, y), fontsize=7, color="red", ha="right", xytext=(0, 3), textcoords="offset points")
+
+
+def finish(fig: Any, ax: Any, title: str, out: Path) -> None:
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
 
 
 def plot_throughput(tf: dict[str, Any], peers: dict[str, Any], out: Path) -> None:
@@ -83,13 +101,8 @@ def plot_throughput(tf: dict[str, Any], peers: dict[str, Any], out: Path) -> Non
         ax.annotate(f"raw SQLite durable commits/s on this disk: {raw:,.0f}", (-0.45, raw), fontsize=7, color="grey", xytext=(0, 3), textcoords="offset points")
     targets = [(0, 2000, "target 2,000"), (1, 10_000, "target 10,000")]
     for x, y, text in targets:
-        ax.hlines(y, x - 0.45, x + 0.45, colors="red", linestyles=":", linewidth=1)
-        ax.annotate(text, (x + 0.45, y), fontsize=7, color="red", ha="right", xytext=(0, 3), textcoords="offset points")
-    ax.set_title("Durable step throughput (higher is better)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+        target_mark(ax, x, y, text)
+    finish(fig, ax, "Durable step throughput (higher is better)", out)
 
 
 def plot_latency(tf: dict[str, Any], peers: dict[str, Any], out: Path) -> None:
@@ -103,13 +116,9 @@ def plot_latency(tf: dict[str, Any], peers: dict[str, Any], out: Path) -> None:
         ("cold_start", "disk_artifact_ms", "cold start:\nnew tenant's\nfirst step", "first_step_ms"),
     ]
     grouped_bars(ax, groups, tf, peers, "ms (log)")
-    ax.hlines(3, -0.45, 0.45, colors="red", linestyles=":", linewidth=1)
-    ax.annotate("target 3 ms", (0.45, 3), fontsize=7, color="red", ha="right", xytext=(0, 3), textcoords="offset points")
-    ax.set_title("Latency (lower is better)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    target_mark(ax, 0, 3, "target 3 ms")
+    target_mark(ax, 4, 15, "target 15 ms")
+    finish(fig, ax, "Latency (lower is better)", out)
 
 
 def plot_memory(tf: dict[str, Any], peers: dict[str, Any], out: Path) -> None:
@@ -119,17 +128,12 @@ def plot_memory(tf: dict[str, Any], peers: dict[str, Any], out: Path) -> None:
         ("footprint_waiting", "rss_mib", f"{waiting:,} waiting workflows:\nonce all wait"),
         ("footprint_waiting", "rss_settled_mib", "the same\nafter 42 s idle"),
     ]
-    grouped_bars(ax, groups, tf, peers, "MiB, RSS of every process")
+    tallest = grouped_bars(ax, groups, tf, peers, "MiB, RSS of every process")
     ax.set_yscale("linear")  # a few hundred MiB each: ratios read directly
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max(tallest, 300.0) * 1.2)
     target_mib = 300e6 / 2**20
-    ax.hlines(target_mib, -0.45, 0.45, colors="red", linestyles=":", linewidth=1)
-    ax.annotate("target 300 MB", (0.45, target_mib), fontsize=7, color="red", ha="right", xytext=(0, 3), textcoords="offset points")
-    ax.set_title("Host memory with workflows waiting on an event (lower is better)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    target_mark(ax, 0, target_mib, "target 300 MB")
+    finish(fig, ax, "Host memory with workflows waiting on an event (lower is better)", out)
 
 
 def plot_replay(tf: dict[str, Any], peers: dict[str, Any], out: Path) -> None:
@@ -137,13 +141,8 @@ def plot_replay(tf: dict[str, Any], peers: dict[str, Any], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.8))
     groups = [("replay", "us_per_step", f"going through {history:,} recorded\nsteps again, per step")]
     grouped_bars(ax, groups, tf, peers, "µs per recorded step (log)")
-    ax.hlines(20, -0.45, 0.45, colors="red", linestyles=":", linewidth=1)
-    ax.annotate("target 20 µs", (0.45, 20), fontsize=7, color="red", ha="right", xytext=(0, 3), textcoords="offset points")
-    ax.set_title("Replay cost (lower is better)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    target_mark(ax, 0, 20, "target 20 µs")
+    finish(fig, ax, "Replay cost (lower is better)", out)
 
 
 def plot_targets(tf: dict[str, Any], out: Path) -> None:
