@@ -13,14 +13,18 @@ from temporalio import workflow
 STEP_TIMEOUT = timedelta(seconds=60)
 
 
+async def _steps(steps: int) -> int:
+    acc = 0
+    for _ in range(steps):
+        acc = await workflow.execute_activity("tf_step", acc, start_to_close_timeout=STEP_TIMEOUT, result_type=int)
+    return acc
+
+
 @workflow.defn(name="TfSteps")
 class StepsWorkflow:
     @workflow.run
     async def run(self, steps: int) -> int:
-        acc = 0
-        for _ in range(steps):
-            acc = await workflow.execute_activity("tf_step", acc, start_to_close_timeout=STEP_TIMEOUT, result_type=int)
-        return acc
+        return await _steps(steps)
 
 
 @workflow.defn(name="TfReplay")
@@ -29,9 +33,7 @@ class ReplayWorkflow:
 
     @workflow.run
     async def run(self, steps: int) -> float:
-        acc = 0
-        for _ in range(steps):
-            acc = await workflow.execute_activity("tf_step", acc, start_to_close_timeout=STEP_TIMEOUT, result_type=int)
+        await _steps(steps)
         stamp: float = await workflow.execute_activity("tf_stamp", start_to_close_timeout=STEP_TIMEOUT, result_type=float)
         return stamp
 
