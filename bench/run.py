@@ -1740,12 +1740,23 @@ round).
 ### What bounds the remaining gaps
 
 **Aggregate throughput (10,000 steps/s on 2 cores needs ≤ 200 µs of CPU per step, every core
-busy).** With one runner the runner's core is saturated: ~140 µs per step there (guest ~30 µs,
-host imports and the executor ~60, pickling and socket I/O ~20, the kernel ~20) and ~90 µs in
-the engine (the hub: unpickling each write, SQLite, the fsync's kernel path, the answers), which
-leaves part of the engine's core idle. Two runners put a runner beside the hub on each core and
-measured less. What would close the gap: cheaper steps on the runner side (its Python host path
-per step) or moving the write work out of Python (a native writer), not more processes.
+busy).** With one runner (8 lanes) the runner's core is saturated. This round's probes on a quiet
+machine (`perf record` of each process, CPU per step from `/proc/<pid>/stat`): 187-220 µs of CPU
+per step in the runner (host Python 37%, the guest's CPython-in-Wasm 26%, the kernel 14%:
+switches between the lane threads and socket I/O, libc 11%: mostly memcpy of instance memory, a
+new instance per workflow and the pooled slot's reset, wasmtime 7%) and 105-140 µs in the engine
+(Python 42%, the kernel 40%: the fsync and socket paths, SQLite 10%), at ~1.5 steps per commit:
+the hub commits as soon as a write arrives, and the runner is the bottleneck (the engine's core
+is ~60% busy). No one item of the runner's host path is large. Measured alone: a
+`concurrent.futures.Future` per write 2.6 µs (a slotted reply object would be 0.2), pickling one
+step's write 5.8 µs and unpickling it 4.6 (3.8 and 3.1 with a tuple reduction of the journal
+entry), a host import crossing 11-13 µs with the guest's bindings (`bench/fastcall_bench.py`);
+all of these together are ~5% of the runner's CPU, within this machine's noise, so they were not
+made. Two runners put a runner beside the hub on each core: the CPU per step of every process
+rises with the cross-core traffic, and throughput stays within noise of one runner's. What would
+close the gap is a step path several times cheaper: the host's per-step work (the import
+crossing, the journal write, the IPC) in native code with a native writer, or guests without an
+interpreter inside Wasm; not more processes, and not more Python shaved off.
 
 **Sequential steps.** One fsync plus the CPU of a step, in series: {seq_cpu} µs of CPU per step
 in this run. The ratio to DBOS moves with DBOS's own figure between runs (530-890 steps/s on this

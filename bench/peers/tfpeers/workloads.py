@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import gc
 import os
 import time
 import traceback
@@ -247,6 +250,11 @@ async def _footprint_waiting(peer: Peer, sizes: Sizes, repeats: int) -> Json:
     and after `park_settle_s` of idling. One run whatever `repeats` says: the parked workflows
     stay until the peer stops."""
     n = sizes.park_workflows
+    # What earlier workloads left freed but mapped in this driver (where DBOS and Temporal's worker
+    # live) is the harness's, not the parked workflows': returned before the first reading.
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     before = _memory(peer.processes())
     log(f"{peer.name} footprint_waiting: parking {n} workflows (RSS now {before['rss_mib']:.0f} MiB) ...")
     t0 = time.perf_counter()
