@@ -1760,7 +1760,13 @@ interpreter inside Wasm; not more processes, and not more Python shaved off.
 
 **Sequential steps.** One fsync plus the CPU of a step, in series: {seq_cpu} µs of CPU per step
 in this run. The ratio to DBOS moves with DBOS's own figure between runs (530-890 steps/s on this
-machine across rounds).
+machine across rounds; DBOS's step is CPU-bound Python and SQLAlchemy, so a quiet machine speeds it
+up more than it speeds up one fsync per step): at DBOS's {dbos_seq} steps/s in this run, 4× is
+{dbos_4x} steps/s, {dbos_4x_raw}% of this disk's raw commit rate. What would raise it: a step result's commit starts at the next durable call, so
+the guest's work between the two (the end of the attempt, the workflow's code, the next
+`begin_step`) runs in series with the fsync; starting it as soon as the body returns, for steps
+after the first (a one-step workflow keeps its single commit for step and outcome), would overlap
+them. Not yet built or measured.
 
 **One-step latency.** In this run: {latency_breakdown}. Two commits remain (the instance row;
 the step result with the completion) and three thread hops (create, dispatch, the scheduler's
@@ -1785,6 +1791,9 @@ thread blocked in `recv` (its stack and frames, until the message or the timeout
 worker keeps up to 1,000 workflows in its sticky cache and its server caches each one's mutable
 state; Restate's server keeps its invocations' state and the SDK service each open invocation's
 stream until the server suspends it. Their slopes are what each further waiting workflow costs.
+A peer's figure includes what its processes held before parking (`rss_before_mib` in the JSON,
+read after the driver's heap was collected and trimmed): its servers' caches and what the
+workloads before it left live, as tenantflow's includes its cached components.
 
 **Memory right after a burst vs. steady state.** What the burst leaves is the components it used,
 still cached within the cache's 128 MiB of resident pages (and the warm instances made for them);
@@ -1865,6 +1874,8 @@ def analysis_values(tf: Json, peers: Optional[Json] = None) -> dict[str, str]:
     else:
         breakdown = "(one-step latency not measured)"
     compile_ms = _m(w.get("cold_start"), "compile_ms")
+    dbos_seq = _m(_peer_section(peers or {}, "dbos", "sequential_steps"), "steps_per_s")
+    raw_commits = _m(w.get("raw_sqlite"), "commits_per_s")
     agg_metrics = (w.get("aggregate_steps") or {}).get("metrics", {})
     in_process = [m.get("median") for k, m in agg_metrics.items() if k.startswith("total_steps_per_s_workers_") and m.get("median")]
     runners = [m.get("median") for k, m in agg_metrics.items() if k.startswith("total_steps_per_s_processes_") and m.get("median")]
@@ -1882,6 +1893,9 @@ def analysis_values(tf: Json, peers: Optional[Json] = None) -> dict[str, str]:
         "fp_tf": num("footprint_waiting", "rss_mib"),
         "fp_tf_settled": num("footprint_waiting", "rss_settled_mib"),
         "fp_peers": peer_footprint_text(peers or {}),
+        "dbos_seq": "—" if dbos_seq is None else f"{dbos_seq:,.0f}",
+        "dbos_4x": "—" if dbos_seq is None else f"{4 * dbos_seq:,.0f}",
+        "dbos_4x_raw": "—" if dbos_seq is None or not raw_commits else f"{400 * dbos_seq / raw_commits:.0f}",
         "replay_peers": peer_values_text(peers or {}, "replay", "us_per_step", "µs"),
         "cold_peers": peer_values_text(peers or {}, "cold_start", "first_step_ms", "ms"),
         "cold_tf": num("cold_start", "disk_artifact_ms", 1),
