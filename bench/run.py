@@ -1980,6 +1980,11 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
     # -- tenantflow only
     add("## tenantflow-only measurements")
     add("")
+    add("Everything tenantflow measured, including what has no counterpart in the peers: a compile of the "
+        "tenant's component (their code is Python imported by a process: its cost is in row 4's process start), "
+        "memory per running instance and disk per tenant version (they hold no per-tenant artifact or instance), "
+        "tenant churn through a cache of 10 (for a peer, every miss is a new process: row 4), and the raw commit limit.")
+    add("")
     add("| workload | metric | median | samples (per repeat) |")
     add("| --- | --- | --- | --- |")
     only = [
