@@ -221,14 +221,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_tcp(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_tcp(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None, poll_s: float = 0.05) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
-        time.sleep(0.05)
+        time.sleep(poll_s)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s:.0f}s")
 
 

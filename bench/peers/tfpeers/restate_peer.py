@@ -18,7 +18,6 @@ import asyncio
 import importlib.metadata
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -65,22 +64,6 @@ def _service_name(tenant: str) -> str:
     parts = re.findall(r"[A-Za-z]+|[0-9]+", tenant)
     name = "".join(p.capitalize() if p.isalpha() else f"_{p}" for p in parts)
     return name if name[:1].isalpha() else f"T{name}"
-
-
-async def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """Like common.wait_tcp but polling every COLD_POLL_S (wait_tcp sleeps 50 ms between tries)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return  # loopback: a refused connect returns at once, so this blocks the loop only briefly
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s:.0f}s")
-        await asyncio.sleep(COLD_POLL_S)
 
 
 def _get(cfg: dict[str, Any], dotted: str) -> Any:
@@ -361,7 +344,7 @@ class RestatePeer(Peer):
             env={**os.environ, "TF_PEERS_TENANT_SERVICE": service},
         )
         try:
-            await _wait_listening(port, proc, 60.0)
+            await asyncio.to_thread(wait_tcp, port, 60.0, proc, COLD_POLL_S)
             t_listen = time.monotonic()
             # hypercorn's master only binds; its (spawned) worker listens once it imported the app and
             # ran the ASGI startup, so the server's discovery request finds the service ready.
