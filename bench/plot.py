@@ -67,7 +67,8 @@ def grouped_bars(ax: Any, groups: Sequence[tuple[str, ...]], tf: dict[str, Any],
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([g[2] for g in groups], fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylim(top=ax.get_ylim()[1] * 3)  # room for the tallest bar's value under the title
+    if tallest > 0:  # nothing drawn (e.g. a partial run): leave the axis as it is
+        ax.set_ylim(top=ax.get_ylim()[1] * 3)  # room for the tallest bar's value under the title
     ax.set_ylabel(unit)
     ax.grid(axis="y", which="both", alpha=0.3)
     return tallest

@@ -1599,6 +1599,31 @@ runs), on 2 cores shared with other jobs (±30%).
 
 ### What changed this round
 
+- **The one-step latency comparison, interleaved in time** (`bench/latency_ab.py`: tenantflow's
+  and each peer's one-step workload, one repeat each, back to back in every round; results in
+  [`bench/results/latency-interleaved.json`](bench/results/latency-interleaved.json)). `make bench`
+  measures the peers 20-40 minutes after tenantflow, so the machine's load can change between the
+  two halves. In 5 rounds at 23:28-23:30 (a slow hour of this shared machine: tenantflow's p50
+  5.30 ms against 3.57 in the full run above, DBOS's 6.08 against 5.28) tenantflow's p50 was 0.78-0.89x DBOS's in every round and its p99 0.61-0.82x (9.53 vs 12.70 ms); against Restate 0.45-0.50x and
+  0.46-0.65x. tenantflow is faster in each round, not only in the medians of the two halves.
+- **Measured, not kept** (both would have changed the engine; neither does now):
+  - *A step result's commit started as soon as the body returns* (on the writer's background
+    thread, for steps after the first; waited for at the next durable call): sequential 2,447
+    steps/s against 3,173 without it (alternating runs of 1,000 steps in one process, 6 each).
+    See the sequential bound below.
+  - *The closer and warm-pool threads at a lower scheduling priority* (per-thread nice on
+    Linux). On a quiet machine, in interleaved blocks of 20-100 one-step runs in one process, it
+    lowered the p50 by 3-11% (3.06 → 2.73 ms, 2.95 → 2.69, 4.42 → 4.06 in a slower hour; with
+    requests 6 ms apart 2.72 → 2.52): the finished instance's close and the refill no longer ran
+    beside the outcome's way back to the caller. With two busy-looping processes beside the
+    engine (a shared host's neighbours), the p99 went from 28 ms to 56 (nice 10) and 145 ms
+    (nice 19) and the p50 from 9.3 to 10.2 and 12.1 ms: a low-priority thread preempted while it
+    holds the GIL stalls every engine thread until the scheduler runs it again (SCHED_IDLE was
+    rejected three rounds ago for the same inversion). A tail that long under load is worse than
+    the quiet-machine gain.
+
+### The round before
+
 - **Replay and cold start are compared with every peer** (workloads 5 and 4, side by side above,
   `replay.png` and the cold start in `latency.png`). Replay: each peer goes through a finished
   workflow of 1,000 steps again by its own recovery path (DBOS `fork_workflow`, Temporal's
@@ -1607,7 +1632,7 @@ runs), on 2 cores shared with other jobs (±30%).
   is a new process serving that tenant's code; tenantflow loads the tenant's artifact into the
   running host. What bounds each is under [What bounds the remaining gaps](#what-bounds-the-remaining-gaps).
 
-### The round before
+### Two rounds ago
 
 - **Memory with 10,000 waiting workflows is compared with every peer** (workload 6, side by
   side above and in `memory.png`): each peer parks the same one-step-then-wait workflows and its
@@ -1623,7 +1648,7 @@ runs), on 2 cores shared with other jobs (±30%).
   lanes or more (4, 16 instead of 8) and pinning the engine's threads to the other core did not
   raise aggregate throughput.
 
-### Two rounds ago
+### Three rounds ago
 
 - **A new instance starts from the row it was created with, in-process too** (`Prepared`; with
   runners it already did). The worker no longer reads back a row, a journal and events that
@@ -1651,7 +1676,7 @@ runs), on 2 cores shared with other jobs (±30%).
   committing thread (sequential ~3,100 → ~2,100 steps/s: the database file's fsyncs then run
   beside every commit's; latency no better, 4 alternating runs each).
 
-### Three rounds ago
+### Four rounds ago
 
 - **Runner processes** (`Engine(processes=N)`, `serve --processes N`; `runners.py`,
   `runner.py`). The cost that dominated concurrent work was not Python itself but threads of one
@@ -1762,11 +1787,16 @@ interpreter inside Wasm; not more processes, and not more Python shaved off.
 in this run. The ratio to DBOS moves with DBOS's own figure between runs (530-890 steps/s on this
 machine across rounds; DBOS's step is CPU-bound Python and SQLAlchemy, so a quiet machine speeds it
 up more than it speeds up one fsync per step): at DBOS's {dbos_seq} steps/s in this run, 4× is
-{dbos_4x} steps/s, {dbos_4x_raw}% of this disk's raw commit rate. What would raise it: a step result's commit starts at the next durable call, so
+{dbos_4x} steps/s, {dbos_4x_raw}% of this disk's raw commit rate. A step result's commit starts at the next durable call, so
 the guest's work between the two (the end of the attempt, the workflow's code, the next
-`begin_step`) runs in series with the fsync; starting it as soon as the body returns, for steps
-after the first (a one-step workflow keeps its single commit for step and outcome), would overlap
-them. Not yet built or measured.
+`begin_step`) runs in series with the fsync. Starting the commit as soon as the body returns (for
+steps after the first, on the writer's background thread, and waiting for it at the next durable
+call) was built and measured this round: 2,447 steps/s against 3,173 without it, interleaved in
+one process (6 runs of 1,000 steps each). Handing the commit to another thread and waiting for it
+there costs two thread wake-ups and GIL hand-offs per step, more than the guest's work between two
+steps that it would overlap; the guest's own thread leading its commit is the cheaper path on this machine, so it
+stays. Letting the next step's body start before the previous result is durable would overlap
+more, but it is not what this workload measures (each step committed before the next).
 
 **One-step latency.** In this run: {latency_breakdown}. Two commits remain (the instance row;
 the step result with the completion) and three thread hops (create, dispatch, the scheduler's
@@ -1774,7 +1804,8 @@ callback); the pooled first pass is ~0.3-0.5 ms of the guest's ~0.9 ms in `run` 
 componentize-py's export entry before the guest's first import). Each run leaves ~2 ms of CPU
 for other threads (the pooled slot's reset, the next warm instance; see above), which on 2 shared
 cores competes with the commits and the event loop: at quiet moments the p50 is 2.6-3.0 ms, on a
-loaded machine 3.5-4 ms. What would close it for good: a store reset that copies only the pages
+loaded machine 3.5-4 ms. Running those threads at a lower priority takes that competition off a
+quiet machine's p50 but costs the tail on a busy one (see What changed this round). What would close it for good: a store reset that copies only the pages
 this instance wrote (wasmtime counts every page a slot ever made private), or a guest whose first
 pass is shorter. The p99 is the disk's tail: in the slowest 8 of 600 timed runs, 7 had one of
 their two commits take 2-5 ms (the fsync of this shared disk), the other a scheduler wake-up 3 ms
