@@ -1791,7 +1791,7 @@ up more than it speeds up one fsync per step): at DBOS's {dbos_seq} steps/s in t
 the guest's work between the two (the end of the attempt, the workflow's code, the next
 `begin_step`) runs in series with the fsync. Starting the commit as soon as the body returns (for
 steps after the first, on the writer's background thread, and waiting for it at the next durable
-call) was built and measured this round: 2,447 steps/s against 3,173 without it, interleaved in
+call) was built and measured: 2,447 steps/s against 3,173 without it, interleaved in
 one process (6 runs of 1,000 steps each). Handing the commit to another thread and waiting for it
 there costs two thread wake-ups and GIL hand-offs per step, more than the guest's work between two
 steps that it would overlap; the guest's own thread leading its commit is the cheaper path on this machine, so it
@@ -1805,7 +1805,8 @@ componentize-py's export entry before the guest's first import). Each run leaves
 for other threads (the pooled slot's reset, the next warm instance; see above), which on 2 shared
 cores competes with the commits and the event loop: at quiet moments the p50 is 2.6-3.0 ms, on a
 loaded machine 3.5-4 ms. Running those threads at a lower priority takes that competition off a
-quiet machine's p50 but costs the tail on a busy one (see What changed this round). What would close it for good: a store reset that copies only the pages
+quiet machine's p50 but costs the tail on a busy one (p99 28 → 145 ms beside two busy
+processes: a low-priority thread that holds the GIL stalls the engine), so they run at normal priority. What would close it for good: a store reset that copies only the pages
 this instance wrote (wasmtime counts every page a slot ever made private), or a guest whose first
 pass is shorter. The p99 is the disk's tail: in the slowest 8 of 600 timed runs, 7 had one of
 their two commits take 2-5 ms (the fsync of this shared disk), the other a scheduler wake-up 3 ms
