@@ -35,7 +35,8 @@ demo: setup
 		--event 'approval={"approved": true, "by": "dana@acme.example"}'
 
 # tenantflow's benchmark suite, then the peers (DBOS, Temporal, Restate) in the same run, then
-# BENCHMARKS.md and the plots (~40 min on 2 cores). `make bench BENCH_ARGS=--quick` for a smoke
+# sequential and one-step latency interleaved with DBOS and Restate (bench/interleaved.py), then
+# BENCHMARKS.md and the plots (~45 min on 2 cores). `make bench BENCH_ARGS=--quick` for a smoke
 # run (results under bench/results/*-quick.*). matplotlib and py-spy go into the repo venv for
 # the bench only (not tenantflow dependencies); the peers get their own venv (bench/peers/).
 BENCH_ARGS ?=

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -404,6 +406,37 @@ async def test_a_failed_step_write_is_never_followed_by_the_outcome(
         assert not failures
         assert status.status == "complete" and status.output == {"total": 1}
         assert [(s.name, s.status) for s in status.steps] == [("add", "done"), ("add", "done")]
+
+
+async def test_an_outcome_reaches_its_waiter_before_the_store_is_let_go(tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker publishes an invocation's outcome before it hands the instance's store to
+    the closer thread (woken first, the closer preempted the worker on its core for the
+    whole store reset while the outcome waited). A release held back here must not hold
+    back `wait()`; the store still goes once it is let through."""
+    held, entered = threading.Event(), threading.Event()
+    release = executor.Executor.release
+
+    def held_release(self: executor.Executor, store: Any, inv: Any = None) -> None:
+        if inv is not None:
+            entered.set()
+            held.wait(30)
+        release(self, store, inv)
+
+    monkeypatch.setattr(executor.Executor, "release", held_release)
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        try:
+            status = await t.wait(await t.create("Steps", {"n": 2}), timeout=20)
+            assert status.status == "complete" and status.output == {"total": 1}
+            assert await asyncio.to_thread(entered.wait, 20), "the store was never released"
+            deadline = time.monotonic() + 20
+            while engine.scheduler.running_count:  # the outcome, not a poll of the database
+                assert time.monotonic() < deadline, "the scheduler heard of the outcome only once the store was let go"
+                await asyncio.sleep(0.01)
+        finally:
+            held.set()
+        status = await t.wait(await t.create("Steps", {"n": 1}), timeout=20)  # the worker is free again
+        assert status.status == "complete"
 
 
 async def test_step_result_limits_and_serializability(tmp_path: Path, clock: ManualClock) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import tracemalloc
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,19 +127,24 @@ async def test_hostile_guest_gets_a_precise_error_and_a_bystander_runs_normally(
         assert engine.stats().isolates.live_instances == 0  # nothing leaked, even after traps
 
 
+def rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
 async def test_printing_100_MiB_keeps_a_bounded_log_and_bounded_host_memory(tmp_path: Path) -> None:
     async with open_engine(tmp_path / "flows.db", deploy=DEPLOY) as engine:
         hostile = engine.tenant(HOSTILE)
-        tracemalloc.start()
-        try:
-            tracemalloc.reset_peak()
-            iid = await hostile.create("Shout", {"mib": 100})
-            bystander = await start_bystander(engine)
-            status = await hostile.wait(iid, timeout=120)
-            await engine.scheduler.quiesce()
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        # The process's peak resident memory, reset here (not tracemalloc: on Python 3.11 its
+        # allocation hook crashes when wasmtime's output threads enter a ctypes callback).
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = rss_kib("VmRSS")
+        iid = await hostile.create("Shout", {"mib": 100})
+        bystander = await start_bystander(engine)
+        status = await hostile.wait(iid, timeout=120)
+        await engine.scheduler.quiesce()
+        peak = (rss_kib("VmHWM") - before) * 1024
         await check_bystander(engine, bystander)
         assert status.output == "shouted"
         await engine.write(lambda conn: None)  # the log lines were submitted before: now they are durable
@@ -150,8 +154,9 @@ async def test_printing_100_MiB_keeps_a_bounded_log_and_bounded_host_memory(tmp_
         assert kept <= engine.limits.max_log_bytes_per_instance
         assert kept + status.log_dropped_bytes == 100 * (MiB - 1) + len("done shouting")  # every byte but newlines
         assert all(line.stream == "stdout" for line in lines)  # stderr came last: over the budget
-        # The host buffered at most the log budget (plus one partial line), never the 100 MiB.
-        assert peak < 16 * MiB, f"host Python memory peaked at {peak / MiB:.1f} MiB"
+        # The host buffered at most the log budget (plus one partial line), never the 100 MiB
+        # (the peak includes the guest's own memory, and the bystander's).
+        assert peak < 48 * MiB, f"the host's resident memory grew by {peak / MiB:.1f} MiB at its peak"
 
 
 async def test_invalid_components_are_refused_precisely_and_the_engine_keeps_working(tmp_path: Path) -> None:

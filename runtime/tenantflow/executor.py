@@ -906,8 +906,27 @@ class Executor:
         finally:
             self.release(store)
 
-    def invoke(self, pk: int, control: Control, prepared: Optional[Prepared] = None) -> InvocationResult:
-        """Run the instance from the top until it completes, fails or has to wait."""
+    def invoke(
+        self, pk: int, control: Control, prepared: Optional[Prepared] = None, publish: Optional[Callable[[InvocationResult], None]] = None
+    ) -> InvocationResult:
+        """Run the instance from the top until it completes, fails or has to wait.
+
+        `publish` gets the outcome before the instance's store is let go. Handing the store
+        to the closer thread wakes it, and woken on this thread's core it preempts this
+        thread, while the other core, idle, leaves this thread (cache-hot) where it is: the
+        outcome then waited for the whole store reset (~1.2-1.6 ms of memcpy, measured with
+        `perf sched timehist --state`) before it reached the event loop."""
+        released: list[tuple[Optional[wasmtime.Store], Invocation]] = []
+        try:
+            result = self._invoke(pk, control, prepared, released)
+            if publish is not None:
+                publish(result)
+            return result
+        finally:
+            for store, inv in released:
+                self.release(store, inv)
+
+    def _invoke(self, pk: int, control: Control, prepared: Optional[Prepared], released: list[tuple[Optional[wasmtime.Store], Invocation]]) -> InvocationResult:
         if prepared is not None:  # new: no journal and no events yet
             row = prepared.row
             inv = Invocation(self, row, control)
@@ -971,7 +990,7 @@ class Executor:
             # store (~8 MB) alive forever.
             inv.raised = None
             self.cache.stats.live_instances -= 1
-            self.release(store, inv)
+            released.append((store, inv))  # by `invoke`, once the outcome is out
             logs = inv.take_logs()  # what no end write took (cancelled, fenced, or logged after it)
             if logs is not None:
                 self.writer.submit(logs)

@@ -44,7 +44,7 @@ from typing import Any, Optional, TypeVar
 from . import isolates
 from .clock import SystemClock
 from .database import DEFER_MS, Readers, WriteOp
-from .executor import Control, Executor, Prepared, build_linker
+from .executor import Control, Executor, InvocationResult, Prepared, build_linker
 from .hot import HotTier
 from .isolates import IsolateCache
 from .limits import Limits
@@ -279,21 +279,39 @@ class Runner:
             if message[0] == "invoke":
                 _, pk, token, tenant, policy, row = message
                 self._policy.value = (tenant, policy)
-                lane.send(self._invoke(pk, token, Prepared(row, lane.created(token)) if row is not None else None))
+                self._invoke(lane, pk, token, Prepared(row, lane.created(token)) if row is not None else None)
             elif not lane.take(message):
                 log.error("unknown message from the engine: %r", message[0])
 
-    def _invoke(self, pk: int, token: int, prepared: Optional[Prepared]) -> tuple[Any, ...]:
+    def _invoke(self, lane: Lane, pk: int, token: int, prepared: Optional[Prepared]) -> None:
+        """Run one invocation and answer the engine: its outcome as soon as it is known,
+        before the instance's store is let go (see `Executor.invoke`)."""
         control = Control()
         with self._lock:
             control.pause_requested, control.cancelled = self._early.pop(token, (False, False))
             self._controls[token] = control
+        published = False
+
+        def answer(message: tuple[Any, ...]) -> None:
+            try:
+                lane.send(message)
+            except ChannelClosed:
+                os._exit(1)  # the engine is gone
+
+        def publish(result: InvocationResult) -> None:
+            nonlocal published
+            answer(("done", token, result))
+            published = True
+
         try:
-            return ("done", token, self.executor.invoke(pk, control, prepared))
+            self.executor.invoke(pk, control, prepared, publish)
         except ChannelClosed:
             os._exit(1)
         except BaseException as exc:  # noqa: BLE001 - the engine logs it and retries the instance
-            return ("failed", token, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            if published:  # letting the store go failed after the outcome was sent
+                log.error("releasing the instance of invocation %s failed: %r", pk, exc, exc_info=exc)
+            else:
+                answer(("failed", token, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         finally:
             with self._lock:
                 del self._controls[token]

@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 from collections import defaultdict, deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Callable, Optional, Protocol
 
 from .clock import Clock, FastForwardClock, ManualClock
@@ -42,10 +44,42 @@ class LocalDispatch:
 
     def start(self, pk: int, tenant: str, prepared: Optional[Prepared] = None) -> tuple[Control, "asyncio.Future[InvocationResult]"]:
         control = Control()
-        return control, asyncio.get_running_loop().run_in_executor(self._pool, self._executor.invoke, pk, control, prepared)
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[InvocationResult] = loop.create_future()
+
+        def publish(result: InvocationResult) -> None:  # on the worker, before the store goes
+            loop.call_soon_threadsafe(_resolve, outcome, result, None)
+
+        work = self._pool.submit(self._executor.invoke, pk, control, prepared, publish)
+        work.add_done_callback(partial(_work_done, loop, outcome, pk))
+        return control, outcome
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _work_done(loop: asyncio.AbstractEventLoop, outcome: "asyncio.Future[InvocationResult]", pk: int, work: "Future[InvocationResult]") -> None:
+    """What a work item that published no outcome ended with (cancelled at shutdown, or the
+    host failed) reaches the outcome's future, as `run_in_executor` would have had it."""
+    error: Optional[BaseException] = asyncio.CancelledError() if work.cancelled() else work.exception()
+    if error is None:
+        return  # published
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(_resolve, outcome, None, error, pk)
+
+
+def _resolve(outcome: "asyncio.Future[InvocationResult]", result: Optional[InvocationResult], error: Optional[BaseException], pk: int = 0) -> None:
+    if outcome.done():  # the outcome was out when letting the store go failed
+        if error is not None and not isinstance(error, asyncio.CancelledError):
+            log.error("releasing the instance of invocation %s failed: %r", pk, error, exc_info=error)
+        return
+    if isinstance(error, asyncio.CancelledError):
+        outcome.cancel()
+    elif error is not None:
+        outcome.set_exception(error)
+    else:
+        assert result is not None
+        outcome.set_result(result)
 
 
 def _set_if_pending(future: "asyncio.Future[None]") -> None:

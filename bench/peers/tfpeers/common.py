@@ -54,6 +54,9 @@ class Sizes:
     """replay: re-runs per repeat, of the long workflow and of the 0-step one each."""
     cold_runs: int = 5
     """cold_start: new tenant processes started per repeat."""
+    latency_gap_ms: int = 20
+    """one_step_latency's paced runs: the time from one result to the next request (a
+    lightly loaded host, as opposed to the back-to-back runs of a saturated client)."""
 
     @staticmethod
     def full() -> Sizes:

@@ -92,19 +92,32 @@ async def _one_step(peer: Peer, sizes: Sizes, repeats: int) -> Json:
     async def once() -> float:
         return await peer.one_step() * 1000.0
 
+    async def paced() -> float:  # a request `latency_gap_ms` after the last result
+        await asyncio.sleep(sizes.latency_gap_ms / 1000.0)
+        return await once()
+
     p50s: list[float] = []
     p99s: list[float] = []
+    paced_p50s: list[float] = []
+    paced_p99s: list[float] = []
     raw: list[list[float]] = []
+    raw_paced: list[list[float]] = []
     for r in range(repeats):
         lat = await _latency_loop(peer, sizes, sizes.latency_runs, "one_step_latency", once)
         p50s.append(percentile(lat, 50))
         p99s.append(percentile(lat, 99))
         raw.append([round(x, 3) for x in lat])
-        log(f"{peer.name} one_step_latency repeat {r + 1}/{repeats}: p50 {p50s[-1]:.2f} ms p99 {p99s[-1]:.2f} ms")
+        lat = await _latency_loop(peer, sizes, sizes.latency_runs, "one_step_latency (paced)", paced)
+        paced_p50s.append(percentile(lat, 50))
+        paced_p99s.append(percentile(lat, 99))
+        raw_paced.append([round(x, 3) for x in lat])
+        log(f"{peer.name} one_step_latency repeat {r + 1}/{repeats}: p50 {p50s[-1]:.2f} ms p99 {p99s[-1]:.2f} ms; "
+            f"{sizes.latency_gap_ms} ms apart: p50 {paced_p50s[-1]:.2f} ms p99 {paced_p99s[-1]:.2f} ms")
     return {
-        "params": {"runs_per_repeat": sizes.latency_runs, "runs_done": [len(x) for x in raw]},
-        "metrics": {"p50_ms": metric(p50s, "ms", "lower"), "p99_ms": metric(p99s, "ms", "lower")},
-        "raw": {"latencies_ms": raw},
+        "params": {"runs_per_repeat": sizes.latency_runs, "runs_done": [len(x) for x in raw], "paced_gap_ms": sizes.latency_gap_ms},
+        "metrics": {"p50_ms": metric(p50s, "ms", "lower"), "p99_ms": metric(p99s, "ms", "lower"),
+                    "paced_p50_ms": metric(paced_p50s, "ms", "lower"), "paced_p99_ms": metric(paced_p99s, "ms", "lower")},
+        "raw": {"latencies_ms": raw, "paced_latencies_ms": raw_paced},
     }
 
 
