@@ -643,7 +643,7 @@ def pick_aggregate_headline(section: Json) -> Json:
 def agg_config_text(section: Json) -> str:
     params = section.get("params", {})
     workers, processes = params.get("workers", "?"), params.get("processes", 0)
-    return f"{workers} workers in {processes} runner processes" if processes else f"{workers} workers"
+    return (f"{workers} workers in {processes} runner process{'es' if processes != 1 else ''}" if processes else f"{workers} workers")
 
 
 async def w_latency(cfg: Json) -> Json:
@@ -1401,7 +1401,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             write_json(out_path, results)
             status = 0 if rc == 0 else 1
             if rc == 0 and not args.quick and set(only) == set(ORDER):
-                cmd = [sys.executable, str(BENCH / "interleaved.py"), "--rounds", str(INTERLEAVED_ROUNDS), "--out", str(RESULTS / "interleaved.json")]
+                cmd = [sys.executable, str(BENCH / "interleaved.py"), "--rounds", str(INTERLEAVED_ROUNDS)]  # to results/interleaved.json
                 log("interleaving tenantflow and the closest peers: " + " ".join(shlex.quote(c) for c in cmd))
                 rc = subprocess.run(cmd, cwd=ROOT).returncode
                 results["interleaved_command"] = " ".join(shlex.quote(os.path.relpath(c, ROOT) if c.startswith(str(ROOT)) else c) for c in cmd)
@@ -1682,7 +1682,7 @@ runs), on 2 cores shared with other jobs (±30%).
   back to back in every round). `make bench`
   measures the peers 20-40 minutes after tenantflow, so the machine's load can change between the
   two halves. In 5 rounds at 23:28-23:30 (a slow hour of this shared machine: tenantflow's p50
-  5.30 ms against 3.57 in the full run above, DBOS's 6.08 against 5.28) tenantflow's p50 was 0.78-0.89x DBOS's in every round and its p99 0.61-0.82x (9.53 vs 12.70 ms); against Restate 0.45-0.50x and
+  5.30 ms against 3.57 in that round's full run, DBOS's 6.08 against 5.28) tenantflow's p50 was 0.78-0.89x DBOS's in every round and its p99 0.61-0.82x (9.53 vs 12.70 ms); against Restate 0.45-0.50x and
   0.46-0.65x. tenantflow is faster in each round, not only in the medians of the two halves.
 - **Measured, not kept** (both would have changed the engine; neither does now):
   - *A step result's commit started as soon as the body returns* (on the writer's background
@@ -1843,8 +1843,12 @@ round).
 ### What bounds the remaining gaps
 
 **Aggregate throughput (10,000 steps/s on 2 cores needs ≤ 200 µs of CPU per step, every core
-busy).** With one runner (8 lanes) the runner's core is saturated. This round's probes on a quiet
-machine (`perf record` of each process, CPU per step from `/proc/<pid>/stat`): 187-220 µs of CPU
+busy).** In this run {agg_runners} steps/s at {agg_cpu} µs of CPU per step, against 4,588 at 350 µs
+in the full run of the round before: this machine ran CPU-bound work about twice as fast this
+time (replay {replay_us} µs per step against 10.2; the peers' CPU-bound figures moved alike), and
+this round's engine change is not it (the aggregate workload alone, alternating the engine with
+and without it: 6,100-6,700 against 6,100-6,300 steps/s with one runner). With one runner (8 lanes)
+the runner's core is saturated. Probes of an earlier round on a quiet machine (`perf record` of each process, CPU per step from `/proc/<pid>/stat`): 187-220 µs of CPU
 per step in the runner (host Python 37%, the guest's CPython-in-Wasm 26%, the kernel 14%:
 switches between the lane threads and socket I/O, libc 11%: mostly memcpy of instance memory, a
 new instance per workflow and the pooled slot's reset, wasmtime 7%) and 105-140 µs in the engine
@@ -1899,7 +1903,7 @@ Linux 6.7+; this kernel is 6.18), but its C API, which wasmtime-py binds, has no
 shorter first pass of the guest would help as well. The p99 is the disk's tail and the
 scheduler's: in the slowest 8 of 600 timed runs, 7 had one of their two commits take 2-5 ms (the
 fsync of this shared disk), the other a wake-up 3 ms late; Python's collector is not it (per
-1,000 runs: ~11 young collections of ~1 ms, one full collection of 18 ms).
+1,000 runs: ~11 young collections of ~1 ms, one full collection of 18 ms). {p99_interleaved}
 
 **Memory with 10,000 waiting workflows, against the peers.** In this run tenantflow held
 {fp_tf} MiB once all 10,000 waited ({fp_tf_settled} MiB after 42 s idle), against {fp_peers}.
@@ -1981,6 +1985,8 @@ def peer_footprint_text(peers: Json) -> str:
 def analysis_values(tf: Json, peers: Optional[Json] = None, interleaved: Optional[Json] = None) -> dict[str, str]:
     w = tf.get("workloads", {})
     seq_il = (interleaved or {}).get("summary", {}).get("sequential_steps.steps_per_s.dbos")
+    p99_il = (interleaved or {}).get("summary", {}).get("one_step_latency.p99_ms.dbos")
+    paced_p99_il = (interleaved or {}).get("summary", {}).get("one_step_latency.paced_p99_ms.dbos")
 
     def num(section: str, name: str, digits: int = 0) -> str:
         v = _m(w.get(section), name)
@@ -2016,6 +2022,11 @@ def analysis_values(tf: Json, peers: Optional[Json] = None, interleaved: Optiona
         "fp_tf_settled": num("footprint_waiting", "rss_settled_mib"),
         "fp_peers": peer_footprint_text(peers or {}),
         "dbos_seq": "—" if dbos_seq is None else f"{dbos_seq:,.0f}",
+        "p99_interleaved": "" if not p99_il or not paced_p99_il else (
+            f"Against DBOS, measured a minute apart, the back-to-back p99 is at parity ({p99_il['ratio_median']:.2f}× DBOS's, "
+            f"rounds {p99_il['ratio_range'][0]:.2f}-{p99_il['ratio_range'][1]:.2f}×, tenantflow lower in {p99_il['rounds_tenantflow_better']} of "
+            f"{p99_il['rounds']}): back to back, each run's tail holds its two commits' and the last run's background work; "
+            f"spaced out, tenantflow's p99 is {paced_p99_il['ratio_median']:.2f}× DBOS's."),
         "seq_interleaved": "" if not seq_il else (
             f"Measured a minute apart ({seq_il['rounds']} interleaved rounds), tenantflow ran {seq_il['ratio_median']:.2f}× DBOS "
             f"(rounds {seq_il['ratio_range'][0]:.2f}-{seq_il['ratio_range'][1]:.2f}×; {seq_il['tenantflow_median']:,.0f} against "
