@@ -2040,7 +2040,13 @@ def analysis_values(tf: Json, peers: Optional[Json] = None, interleaved: Optiona
     }
 
 
-def interleaved_lines(il: Json, path: Path) -> list[str]:
+def compared_label(workload: str, metric: str, sizes: Json) -> str:
+    """A workload's row label in the side-by-side table, with this run's sizes in it."""
+    label = next((row[2] for row in COMPARED if row[:2] == (workload, metric)), f"{workload} {metric}")
+    return label.format(**{**asdict(Sizes.full()), **sizes})
+
+
+def interleaved_lines(il: Json, path: Path, tf: Json) -> list[str]:
     """The table of `bench/interleaved.py`'s rounds: per workload, metric and peer, the
     median of the rounds' ratios (each from measurements a minute apart) and their range."""
     rounds = il.get("rounds", [])
@@ -2053,13 +2059,9 @@ def interleaved_lines(il: Json, path: Path) -> list[str]:
          f"(the halves of the run above are 10-40 minutes apart). Every round is in [`{rel(path)}`]({rel(path)}).", "",
          "| workload | peer | tenantflow (median of rounds) | peer (median of rounds) | ratio tf / peer: median of the rounds' | range over rounds | rounds tenantflow was better |",
          "| --- | --- | --- | --- | --- | --- | --- |"]
-    labels = {"sequential_steps.steps_per_s": ("1. sequential: one workflow of 1000 steps", "steps/s"),
-              "one_step_latency.p50_ms": ("3. one-step workflow, p50", "ms"),
-              "one_step_latency.p99_ms": ("3. one-step workflow, p99", "ms"),
-              "one_step_latency.paced_p50_ms": ("3. one-step workflow, p50, requests spaced out", "ms"),
-              "one_step_latency.paced_p99_ms": ("3. one-step workflow, p99, requests spaced out", "ms")}
     for s in il.get("summary", {}).values():
-        label, unit = labels.get(f"{s['workload']}.{s['metric']}", (f"{s['workload']} {s['metric']}", ""))
+        label = compared_label(s["workload"], s["metric"], tf.get("sizes", {}))
+        unit = tf.get("workloads", {}).get(s["workload"], {}).get("metrics", {}).get(s["metric"], {}).get("unit", "")
         lo, hi = s["ratio_range"]
         L.append(f"| {label} | {PEER_NAMES.get(s['peer'], s['peer'])} | {_fmt(s['tenantflow_median'], unit)} | {_fmt(s['peer_median'], unit)} | "
                  f"{_ratio(s['ratio_median'], 1.0, s['better'])} | {lo:.2f}-{hi:.2f} | {s['rounds_tenantflow_better']} of {s['rounds']} |")
@@ -2119,13 +2121,13 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
     head = "| workload | tenantflow | " + " | ".join(PEER_NAMES[p] for p in PEERS) + " | " + " | ".join(f"tf / {PEER_NAMES[p]}" for p in PEERS) + " |"
     add(head)
     add("|" + " --- |" * (2 + 2 * len(PEERS)))
-    for workload, name, label, *peer_name in COMPARED:
+    for workload, name, _, *peer_name in COMPARED:
         section = w.get(workload)
         entry = (section or {}).get("metrics", {}).get(name, {})
         unit, better = entry.get("unit", ""), entry.get("better", "higher")
         tfv = _m(section, name)
         peer_vals = [_m(_peer_section(peers, p, workload), peer_name[0] if peer_name else name) for p in PEERS]
-        label = label.format(**{**asdict(Sizes.full()), **sizes})
+        label = compared_label(workload, name, sizes)
         if workload == "aggregate_steps" and section:
             label += f" (tenantflow: {agg_config_text(section)})"
         if workload == "footprint_waiting" and name == "rss_mib":
@@ -2141,7 +2143,7 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
         add("Peers were not run in this invocation (`--peers skip`).")
     add("")
     if interleaved:
-        L.extend(interleaved_lines(interleaved, interleaved_path))
+        L.extend(interleaved_lines(interleaved, interleaved_path, tf))
 
     # -- tenantflow only
     add("## tenantflow-only measurements")
