@@ -92,7 +92,7 @@ class Sizes:
     def full() -> "Sizes":
         return Sizes(
             seq_steps=1000, agg_workflows=64, agg_steps=100, latency_runs=200, wakeup_runs=40,
-            sleep_ms=100, settle_ms=200, warmup_runs=5, warmup_seconds=2.0, engine_workers=8, agg_configs=[(0, 8), (0, 16), (0, 64), (1, 8), (2, 16)],
+            sleep_ms=100, settle_ms=200, warmup_runs=5, warmup_seconds=2.0, engine_workers=8, agg_configs=[(0, 8), (0, 16), (0, 64), (1, 8), (1, 16), (2, 16)],
             replay_history=1000, replay_invocations=7, cold_runs=20, compile_runs=3,
             waiting_instances=10_000, waiting_tenants=100, waiting_repeats=2,
             running_instances=16, hold_ms=2500, churn_tenants=100, churn_cache=10, raw_commits=2000,
@@ -1632,6 +1632,37 @@ runs), on 2 cores shared with other jobs (±30%).
 
 ### What changed this round
 
+- **A status waiter no longer reads its instance before it can have settled, nor each time some
+  other invocation ends** (`TenantBinding.wait`, `Scheduler.watch`). `wait` read the instance
+  once at once and again after every invocation that ended anywhere in the engine. Right after a
+  create, that first read ran on the event loop while the new instance's guest started up on a
+  worker, and the two shared the GIL: in a probe of one-step runs (timestamps on the host's
+  path), the host's lowering of the `run` export's arguments took ~0.2 ms instead of tens of
+  microseconds, waiting for the loop. Now an instance created here lately (a bounded map of
+  pks, a hint: every answer still comes from a read) that is queued or running is watched
+  first, and a waiter wakes when *its* invocation ends or the scheduler lets it go (terminated,
+  paused or deleted while it waits), re-reading at least every 0.25 s as before (another process
+  may change it). The timer loop is no longer woken by every finished invocation either (only a
+  clock that jumps to the next timer when idle needs that). A/B in alternating processes of
+  300-400 one-step runs, back to back: p50 2.98 → 2.51, 2.84 → 2.14, 2.51 → 2.38, 2.50 → 2.28,
+  2.45 → 2.20, 2.35 → 2.06 ms (one pair of 7 the other way, 2.86 → 3.39, in a noisy spell); p99
+  lower in 5 of the 7 pairs (8.9 → 4.6, 5.6 → 3.9, 4.6 → 4.1, 4.4 → 4.0, 4.4 → 4.1 ms; 4.3 → 4.7
+  and 5.6 → 6.5 the other way). `tests/test_engine.py` counts the reads of a
+  waiter (one after its instance's invocation ends; none when three other instances finish) and
+  checks that a terminate of a waiting instance wakes its waiter.
+- **The aggregate sweep includes 16 workers in one runner process** (beside 8 in one, 16 in two
+  and the in-process configurations): on a quiet machine 16 lanes ran 10,600-11,900 steps/s
+  against 10,000-11,600 for 8 in most alternating pairs (probe of 3 repeats each); the headline is
+  the best configuration of the run, every configuration's figure is in the JSON.
+- **Measured, not kept:** dispatching a new instance in-process as soon as its row is inserted
+  (the runners' way), again, after the changes of the last round: the guest reached its first
+  step ~0.15 ms sooner but the outcome came no sooner (p50 with it 1.67, 1.75, 2.22 ms against
+  1.66, 1.88, 2.01 without, alternating): the loop's work for the create's caller then runs beside the guest's start-up, under
+  the same GIL. And for this round's aggregate figure: the runner process was not the engine's
+  neighbour on its core (engine threads pinned to the other core: within noise of unpinned).
+
+### The round before
+
 - **A finished invocation's outcome reaches the event loop before its store is let go**
   (`Executor.invoke(publish=...)`, used by the engine's workers and by runner processes). The
   worker used to hand the store to the closer thread first; woken on the worker's core, the
@@ -1675,7 +1706,7 @@ runs), on 2 cores shared with other jobs (±30%).
   - *Less of a pooled slot kept resident* (16 → 4 → 0 MiB): the close 1.6 → 0.75 → 0.45 ms of
     CPU, but the guest's first pass 0.6 → 2.0 ms (page faults): back-to-back p50 3.5 → 4.6-4.9 ms.
 
-### The round before
+### Two rounds ago
 
 - **The one-step latency comparison, interleaved in time** (`bench/latency_ab.py`, since folded
   into `bench/interleaved.py`: tenantflow's and each peer's one-step workload, one repeat each,
@@ -1697,10 +1728,10 @@ runs), on 2 cores shared with other jobs (±30%).
     engine (a shared host's neighbours), the p99 went from 28 ms to 56 (nice 10) and 145 ms
     (nice 19) and the p50 from 9.3 to 10.2 and 12.1 ms: a low-priority thread preempted while it
     holds the GIL stalls every engine thread until the scheduler runs it again (SCHED_IDLE was
-    rejected for the same inversion: see "Four rounds ago"). A tail that long under load is worse than
+    rejected for the same inversion: see "Five rounds ago"). A tail that long under load is worse than
     the quiet-machine gain.
 
-### Two rounds ago
+### Three rounds ago
 
 - **Replay and cold start are compared with every peer** (workloads 5 and 4, side by side above,
   `replay.png` and the cold start in `latency.png`). Replay: each peer goes through a finished
@@ -1710,7 +1741,7 @@ runs), on 2 cores shared with other jobs (±30%).
   is a new process serving that tenant's code; tenantflow loads the tenant's artifact into the
   running host. What bounds each is under [What bounds the remaining gaps](#what-bounds-the-remaining-gaps).
 
-### Three rounds ago
+### Four rounds ago
 
 - **Memory with 10,000 waiting workflows is compared with every peer** (workload 6, side by
   side above and in `memory.png`): each peer parks the same one-step-then-wait workflows and its
@@ -1726,7 +1757,7 @@ runs), on 2 cores shared with other jobs (±30%).
   lanes or more (4, 16 instead of 8) and pinning the engine's threads to the other core did not
   raise aggregate throughput.
 
-### Four rounds ago
+### Five rounds ago
 
 - **A new instance starts from the row it was created with, in-process too** (`Prepared`; with
   runners it already did). The worker no longer reads back a row, a journal and events that
@@ -1754,7 +1785,7 @@ runs), on 2 cores shared with other jobs (±30%).
   committing thread (sequential ~3,100 → ~2,100 steps/s: the database file's fsyncs then run
   beside every commit's; latency no better, 4 alternating runs each).
 
-### Five rounds ago
+### Six rounds ago
 
 - **Runner processes** (`Engine(processes=N)`, `serve --processes N`; `runners.py`,
   `runner.py`). The cost that dominated concurrent work was not Python itself but threads of one

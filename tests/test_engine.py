@@ -634,3 +634,65 @@ async def test_a_long_invocation_keeps_renewing_its_claim(tmp_path: Path) -> Non
         assert {owner for owner, _ in seen} == {engine.host_id}
         leases = [lease for _, lease in seen]
         assert leases == sorted(leases) and len(set(leases)) >= 3, leases  # extended again and again
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How often `wait` read each instance's status (by id)."""
+    from tenantflow.engine import TenantBinding
+
+    reads: dict[str, int] = {}
+    snapshot = TenantBinding._snapshot
+
+    async def counted(self: TenantBinding, instance_id: str, settled: Any = None) -> Any:
+        reads[instance_id] = reads.get(instance_id, 0) + 1
+        return await snapshot(self, instance_id, settled)
+
+    monkeypatch.setattr(TenantBinding, "_snapshot", counted)
+    return reads
+
+
+async def test_a_status_waiter_reads_its_instance_only_when_its_invocation_ends(tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reads on the event loop compete for the GIL with the guests' host calls: a waiter
+    # must not read its instance before it can have settled (it was just created and
+    # runs here), nor each time some other instance's invocation ends.
+    from tenantflow import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "WAIT_POLL_S", 60.0)  # no periodic re-read within the test
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        reads = _count_reads(monkeypatch)
+        quick = await t.create("Steps", {"n": 1})
+        assert (await t.wait(quick, timeout=10)).status == "complete"
+        assert reads[quick] == 1  # once, after its invocation ended
+        parked = await t.create("Waiter", {"timeout": "1 hour"})
+        assert (await t.wait(parked, timeout=10, statuses=frozenset({"waiting"}))).status == "waiting"
+        reads.clear()
+        waiter = asyncio.create_task(t.wait(parked, timeout=10))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert reads == {parked: 1}  # parked on its event: read once, then it watches
+        others = [await t.create("Steps", {"n": 1}) for _ in range(3)]
+        for other in others:
+            await t.wait(other, timeout=10)
+        assert reads[parked] == 1  # three other invocations ended: not read again
+        await t.send_event(parked, "approval", {"ok": True})
+        status = await waiter
+        assert status.output == {"type": "approval", "payload": {"ok": True}}
+        assert reads[parked] == 2
+
+
+async def test_a_status_waiter_hears_of_a_terminate_while_its_instance_waits(tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No invocation ends when a waiting instance is terminated: the scheduler letting it
+    # go must wake its waiter (else it would wait for the next periodic re-read).
+    from tenantflow import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "WAIT_POLL_S", 60.0)
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Waiter", {"timeout": "1 hour"})
+        waiter = asyncio.create_task(t.wait(iid, timeout=30))
+        await engine.scheduler.quiesce()
+        assert not waiter.done()
+        assert await t.terminate(iid) == "terminated"
+        status = await asyncio.wait_for(waiter, 10)
+        assert status.status == "terminated"

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import time
 import uuid
+from collections import OrderedDict
 from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, Any, Callable, List, Optional, Sequence, TypeVar
@@ -56,6 +57,8 @@ T = TypeVar("T")
 log = logging.getLogger("tenantflow.engine")
 DEFAULT_TENANT = "default"
 SETTLED = frozenset({"complete", "errored", "terminated", "paused"})
+CREATED_PK_HINTS = 4096
+WAIT_POLL_S = 0.25  # `wait` re-reads at least this often (another process may change an instance)
 
 
 def default_artifact_dir() -> Path:
@@ -134,6 +137,10 @@ class Engine:
         self._lock_file: Optional[IO[str]] = None
         self._policies: dict[str, TenantPolicy] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        # (tenant, id) -> pk of instances created here lately: `wait` watches a new one's
+        # invocation instead of reading its row first. A hint only (a wait reads the row
+        # before it answers), so bounded and never invalidated.
+        self._created_pks: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     # ---- lifecycle -------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":
@@ -340,6 +347,17 @@ class Engine:
         checked before."""
         return TenantBinding(self, check_tenant(tenant), principal, authorizer)
 
+    def _note_created(self, rows: Sequence[jn.InstanceRow]) -> None:
+        hints = self._created_pks
+        for row in rows:
+            hints[(row.tenant, row.id)] = row.pk
+        while len(hints) > CREATED_PK_HINTS:
+            hints.popitem(last=False)
+
+    def created_pk(self, tenant: str, instance_id: str) -> Optional[int]:
+        """The pk of an instance created here lately, as a hint (see `_created_pks`)."""
+        return self._created_pks.get((tenant, instance_id))
+
     def _after_control(self, result: jn.ControlResult) -> None:
         if not self.run_scheduler:
             return
@@ -447,6 +465,7 @@ class TenantBinding:
             rows: list[jn.InstanceRow] = []
             committed = engine.writer.submit(jn.insert_instances(new, on_inserted=rows.extend))
             await asyncio.wrap_future(committed)
+            engine._note_created(rows)
             if engine.run_scheduler:
                 for row in rows:
                     engine.scheduler.make_ready(row.pk, self.name, Prepared(row, committed))
@@ -459,6 +478,7 @@ class TenantBinding:
         committing: list[Future[list[int]]] = []
 
         def start(rows: list[jn.InstanceRow]) -> None:
+            engine._note_created(rows)
             for row in rows:
                 engine.scheduler.make_ready(row.pk, self.name, Prepared(row, committing[0]))
 
@@ -593,17 +613,28 @@ class TenantBinding:
     async def wait(self, instance_id: str, *, timeout: float = 60.0, statuses: frozenset[str] = SETTLED) -> InstanceStatus:
         """Wait until the instance reaches one of `statuses` (default: finished or paused)."""
         deadline = time.monotonic() + timeout
+        sched = self.engine.scheduler if self.engine.run_scheduler else None
+        pk = self.engine.created_pk(self.name, check_instance_id(instance_id)) if sched is not None else None
+        # An instance queued or running here has no settled status until its invocation
+        # ends: wait for that before the first read (a read on the event loop while the
+        # guest starts up delays it: they share the GIL).
+        read = not (pk is not None and statuses <= SETTLED and sched is not None and sched.is_active(pk))
         while True:
-            seen = self.engine.scheduler.finished_seq if self.engine.run_scheduler else None
-            status = await self._snapshot(instance_id, statuses)  # the journal only once settled
-            if status is not None:
-                await self._allow(Action.READ, instance_id)
-                return status
+            seen = sched.finished_seq if sched is not None else None
+            if read:
+                status = await self._snapshot(instance_id, statuses)  # the journal only once settled
+                if status is not None:
+                    await self._allow(Action.READ, instance_id)
+                    return status
+            read = True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 row = await self._row(instance_id)
                 raise TimeoutError(f"instance {instance_id!r} is still {row.status} after {timeout} s")
-            await self.engine.scheduler.changed(min(remaining, 0.25), since=seen)
+            if sched is not None and pk is not None:
+                await sched.watch(pk, min(remaining, WAIT_POLL_S))
+            else:
+                await self.engine.scheduler.changed(min(remaining, WAIT_POLL_S), since=seen)
 
 
 class Instance:

@@ -105,6 +105,7 @@ class Scheduler:
         self._timer_at: dict[int, int] = {}
         self._wake = asyncio.Event()
         self._listeners: list[asyncio.Future[None]] = []  # `changed` callers, woken by `_finished`
+        self._watchers: defaultdict[int, list[asyncio.Future[None]]] = defaultdict(list)  # `watch`ers by pk
         self._task: Optional[asyncio.Task[None]] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._closing = False
@@ -175,6 +176,7 @@ class Scheduler:
 
     def forget(self, pk: int) -> None:
         """The instance left the scheduler's care (paused, finished, deleted)."""
+        self._wake_watchers(pk)
         self._timer_at.pop(pk, None)
         self._prepared.pop(pk, None)
         if pk in self._queued:
@@ -199,6 +201,11 @@ class Scheduler:
 
     def is_running(self, pk: int) -> bool:
         return pk in self._running
+
+    def is_active(self, pk: int) -> bool:
+        """Queued or running here: its row says queued, running or waiting (for a worker,
+        or for the pause of a running invocation), nothing settled, until it finishes."""
+        return pk in self._running or pk in self._queued
 
     @property
     def idle(self) -> bool:
@@ -273,7 +280,9 @@ class Scheduler:
         if self.idle:
             for idle_callback in self.on_idle:
                 idle_callback()
-        self._wake.set()
+        if self._clock_jumps:  # the timer loop jumps the clock once nothing runs
+            self._wake.set()
+        self._wake_watchers(pk)
         listeners, self._listeners = self._listeners, []
         for listener in listeners:  # resolved here, in this callback: no task, no lock
             _set_if_pending(listener)
@@ -306,6 +315,33 @@ class Scheduler:
             timer.cancel()
             if listener in self._listeners:
                 self._listeners.remove(listener)
+
+    async def watch(self, pk: int, timeout: float) -> None:
+        """Wait until an invocation of instance `pk` ends or the scheduler lets it go
+        (paused, terminated, deleted while not running), or `timeout` seconds pass. The
+        caller reads what it became: a status waiter wakes for its own instance only, not
+        for every invocation that ends."""
+        loop = asyncio.get_running_loop()
+        watcher: asyncio.Future[None] = loop.create_future()
+        self._watchers[pk].append(watcher)
+        timer = loop.call_later(timeout, _set_if_pending, watcher)
+        try:
+            await watcher
+        finally:
+            timer.cancel()
+            waiting = self._watchers.get(pk)
+            if waiting is not None and watcher in waiting:
+                waiting.remove(watcher)
+                if not waiting:
+                    del self._watchers[pk]
+
+    def _wake_watchers(self, pk: int) -> None:
+        for watcher in self._watchers.pop(pk, ()):
+            _set_if_pending(watcher)
+
+    @property
+    def _clock_jumps(self) -> bool:
+        return isinstance(self._clock, (ManualClock, FastForwardClock)) and self._clock.fast_forward
 
     def _timer_due(self) -> bool:
         now = self._clock.now_ms()
