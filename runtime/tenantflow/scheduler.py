@@ -87,6 +87,22 @@ def _set_if_pending(future: "asyncio.Future[None]") -> None:
         future.set_result(None)
 
 
+async def _listen(listeners: list["asyncio.Future[None]"], timeout: float) -> None:
+    """Wait on a new future in `listeners` until whoever owns the list resolves it, or
+    `timeout` seconds pass. A timer on the future itself rather than wait_for: woken in
+    one loop iteration fewer (wait_for relays the result through a future of its own)."""
+    loop = asyncio.get_running_loop()
+    listener: asyncio.Future[None] = loop.create_future()
+    listeners.append(listener)
+    timer = loop.call_later(timeout, _set_if_pending, listener)
+    try:
+        await listener
+    finally:
+        timer.cancel()
+        if listener in listeners:
+            listeners.remove(listener)
+
+
 class Scheduler:
     def __init__(self, dispatch: Dispatch, clock: Clock, *, workers: int, per_tenant: int) -> None:
         self._dispatch = dispatch
@@ -280,7 +296,7 @@ class Scheduler:
         if self.idle:
             for idle_callback in self.on_idle:
                 idle_callback()
-        if self._clock_jumps:  # the timer loop jumps the clock once nothing runs
+        if self._jumping_clock() is not None:  # the timer loop jumps it once nothing runs
             self._wake.set()
         self._wake_watchers(pk)
         listeners, self._listeners = self._listeners, []
@@ -303,45 +319,28 @@ class Scheduler:
         `finished_seq` read earlier), return at once if one finished meanwhile: no lost wake-up."""
         if since is not None and since != self.finished_seq:
             return
-        loop = asyncio.get_running_loop()
-        listener: asyncio.Future[None] = loop.create_future()
-        self._listeners.append(listener)
-        # A timer on the listener itself rather than wait_for: woken in one loop iteration
-        # fewer (wait_for relays the result through a future of its own).
-        timer = loop.call_later(timeout, _set_if_pending, listener)
-        try:
-            await listener
-        finally:
-            timer.cancel()
-            if listener in self._listeners:
-                self._listeners.remove(listener)
+        await _listen(self._listeners, timeout)
 
     async def watch(self, pk: int, timeout: float) -> None:
         """Wait until an invocation of instance `pk` ends or the scheduler lets it go
         (paused, terminated, deleted while not running), or `timeout` seconds pass. The
         caller reads what it became: a status waiter wakes for its own instance only, not
         for every invocation that ends."""
-        loop = asyncio.get_running_loop()
-        watcher: asyncio.Future[None] = loop.create_future()
-        self._watchers[pk].append(watcher)
-        timer = loop.call_later(timeout, _set_if_pending, watcher)
+        watchers = self._watchers[pk]
         try:
-            await watcher
+            await _listen(watchers, timeout)
         finally:
-            timer.cancel()
-            waiting = self._watchers.get(pk)
-            if waiting is not None and watcher in waiting:
-                waiting.remove(watcher)
-                if not waiting:
-                    del self._watchers[pk]
+            if not watchers and self._watchers.get(pk) is watchers:
+                del self._watchers[pk]
 
     def _wake_watchers(self, pk: int) -> None:
         for watcher in self._watchers.pop(pk, ()):
             _set_if_pending(watcher)
 
-    @property
-    def _clock_jumps(self) -> bool:
-        return isinstance(self._clock, (ManualClock, FastForwardClock)) and self._clock.fast_forward
+    def _jumping_clock(self) -> Optional[ManualClock | FastForwardClock]:
+        """The clock, if it jumps to the next timer once nothing runs (tests, `--fast-forward`)."""
+        clock = self._clock
+        return clock if isinstance(clock, (ManualClock, FastForwardClock)) and clock.fast_forward else None
 
     def _timer_due(self) -> bool:
         now = self._clock.now_ms()
@@ -366,10 +365,11 @@ class Scheduler:
                     del self._timer_at[pk]
                     self.make_ready(pk, self._tenant_of[pk])
             next_at = self._timers[0][0] if self._timers else now + 3_600_000
-            if isinstance(self._clock, (ManualClock, FastForwardClock)) and self._clock.fast_forward and self.idle and self._timers:
+            jumping = self._jumping_clock()
+            if jumping is not None and self.idle and self._timers:
                 await asyncio.sleep(0)  # let API calls that just happened land first
                 if self.idle:
-                    self._clock.set(next_at)
+                    jumping.set(next_at)
                     continue
             self._wake.clear()
             await self._clock.sleep_until(next_at, self._wake)
