@@ -65,6 +65,13 @@ def loop(kind, n):
     if kind == "begin-step":
         for _ in range(n):
             durable.begin_step("step", CONFIG)
+    elif kind == "start-step":
+        backoff = types.Backoff.EXPONENTIAL
+        for _ in range(n):
+            durable.start_step("step", 3, 1000, backoff, 60000)
+    elif kind == "end-attempt-ok":
+        for _ in range(n):
+            durable.end_attempt_ok("step", '{"charged": 1250, "currency": "EUR"}')
     elif kind == "echo":
         for _ in range(n):
             bench.echo("some step output")
@@ -75,7 +82,7 @@ def loop(kind, n):
 
 class WitWorld(wit_world.WitWorld):
     def workflows(self):
-        return ["begin-step", "echo", "inc"]
+        return ["begin-step", "start-step", "end-attempt-ok", "echo", "inc"]
 
     def run(self, workflow, event):
         loop(workflow, int(event.payload))
@@ -116,13 +123,15 @@ def record(**fields: Any) -> cm.Record:
     return rec
 
 
-STEP_STATES = {
-    "done": cm.Variant("done", '{"charged": 1250, "currency": "EUR"}'),
-    "execute": cm.Variant("execute", record(attempt=1, idempotency_key="wf-1/step/1")),
+RESULT = '{"charged": 1250, "currency": "EUR"}'
+# What each step import answers, per case: the first protocol's tagged step-state (records),
+# and start-step's untagged step-start (bare payloads); end-attempt-ok's none.
+ANSWERS: Dict[str, Dict[str, Any]] = {
+    "done": {"begin-step": cm.Variant("done", RESULT), "start-step": RESULT, "end-attempt-ok": None},
+    "execute": {"begin-step": cm.Variant("execute", record(attempt=1, idempotency_key="0123456789abcdef" * 2)), "start-step": 1},
 }
-
-
-UNTIMED = ["end-attempt", "sleep", "sleep-until", "wait-for-event", "log", "recorded-steps", "replayed"]
+STEP_IMPORTS = ["begin-step", "start-step", "end-attempt-ok"]
+UNTIMED = ["end-attempt", "idempotency-key", "sleep", "sleep-until", "wait-for-event", "log", "recorded-steps", "replayed"]
 
 
 def untimed(_store: Any, *_args: Any) -> None:
@@ -130,12 +139,13 @@ def untimed(_store: Any, *_args: Any) -> None:
 
 
 def make_linker(engine: wasmtime.Engine, add: Callable[..., None], state: str) -> cm.Linker:
-    answer = STEP_STATES[state]
+    answers = ANSWERS[state]
     linker = cm.Linker(engine)
     linker.add_wasip2()
     with linker.root() as root:
         with root.add_instance("tenantflow:workflow/durable@0.1.0") as durable:
-            add(durable, "begin-step", lambda _store, _name, _config: answer)
+            for name in STEP_IMPORTS:
+                add(durable, name, lambda _store, *_args, answer=answers.get(name): answer)
             for name in UNTIMED:
                 add(durable, name, untimed)
         with root.add_instance("tenantflow:workflow/bench@0.1.0") as bench:
@@ -183,6 +193,9 @@ def main() -> None:
     cases = [
         ("begin-step -> done(string)", "begin-step", "done"),
         ("begin-step -> execute(record)", "begin-step", "execute"),
+        ("start-step -> done(string)", "start-step", "done"),
+        ("start-step -> execute(u32)", "start-step", "execute"),
+        ("end-attempt-ok -> none", "end-attempt-ok", "done"),
         ("echo: string -> string", "echo", "done"),
         ("inc: u32 -> u32", "inc", "done"),
     ]

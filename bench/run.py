@@ -355,26 +355,33 @@ class Probe:
         from tenantflow import executor as ex
 
         calls = self.calls
-        begin, end, sleep = ex.Invocation.begin_step, ex.Invocation.end_attempt, ex.Invocation.sleep_until
+        inv_class = ex.Invocation
+        # start_step serves both protocols (begin_step calls it); an attempt ends in one of two.
+        start, sleep = inv_class.start_step, inv_class.sleep_until
+        ends = {"end_attempt": inv_class.end_attempt, "end_attempt_ok": inv_class.end_attempt_ok}
 
         def note(inv: Any, what: str, name: str) -> None:
             calls.setdefault((inv.row.tenant, inv.row.id), []).append((what, inv.seq, name, time.perf_counter()))
 
-        def begin_step(inv: Any, name: str, config: Any) -> Any:
+        def start_step(inv: Any, name: str, *config: Any) -> Any:
             note(inv, "begin", name)
-            return begin(inv, name, config)
+            return start(inv, name, *config)
 
-        def end_attempt(inv: Any, name: str, outcome: Any) -> Any:
-            note(inv, "end", name)
-            return end(inv, name, outcome)
+        def ending(end: Callable[..., Any]) -> Callable[..., Any]:
+            def end_attempt(inv: Any, name: str, outcome: Any) -> Any:
+                note(inv, "end", name)
+                return end(inv, name, outcome)
+
+            return end_attempt
 
         def sleep_until(inv: Any, kind: str, name: str, until: Any, duration: Any) -> Any:
             note(inv, "sleep", name)
             return sleep(inv, kind, name, until, duration)
 
-        ex.Invocation.begin_step = begin_step  # type: ignore[method-assign,assignment]
-        ex.Invocation.end_attempt = end_attempt  # type: ignore[method-assign,assignment]
-        ex.Invocation.sleep_until = sleep_until  # type: ignore[method-assign,assignment]
+        inv_class.start_step = start_step  # type: ignore[method-assign]
+        for method, end in ends.items():
+            setattr(inv_class, method, ending(end))
+        inv_class.sleep_until = sleep_until  # type: ignore[method-assign]
         return self
 
     def last(self, tenant: str, instance_id: str, what: str, name: str) -> float:
@@ -1460,8 +1467,8 @@ linear-interpolated, as in the peer harness.
   committed by then), because 64 concurrent `wait()` loops would measure the polling instead.
 - *First step* (cold start) and the wake-up figures are host-side timestamps of the guest's
   durable calls, taken by a bench-only wrapper around `tenantflow.executor.Invocation`
-  methods (`begin_step` when the guest asks for a step, whose body runs right after;
-  `end_attempt` when a body returned; `sleep_until` when a sleep is asked for). The peers take
+  methods (`start_step` when the guest asks for a step, whose body runs right after;
+  `end_attempt(_ok)` when a body returned; `sleep_until` when a sleep is asked for). The peers take
   theirs inside their step bodies; the difference is one host call (~15 µs).
 - *Sleep overshoot* is the peers' definition: from the end of step 1 to the start of step 2,
   minus the sleep. It includes committing step 1, recording the sleep, the timer, and the
@@ -1637,6 +1644,10 @@ runs), on 2 cores shared with other jobs (±30%).
 
 ### What changed this round
 
+TODO
+
+### The round before
+
 - **A status waiter no longer reads its instance before it can have settled, nor each time some
   other invocation ends** (`TenantBinding.wait`, `Scheduler.watch`). `wait` read the instance
   once at once and again after every invocation that ended anywhere in the engine. Right after a
@@ -1666,7 +1677,7 @@ runs), on 2 cores shared with other jobs (±30%).
   the same GIL. And for this round's aggregate figure: the runner process was not the engine's
   neighbour on its core (engine threads pinned to the other core: within noise of unpinned).
 
-### The round before
+### Two rounds ago
 
 - **A finished invocation's outcome reaches the event loop before its store is let go**
   (`Executor.invoke(publish=...)`, used by the engine's workers and by runner processes). The
@@ -1711,7 +1722,7 @@ runs), on 2 cores shared with other jobs (±30%).
   - *Less of a pooled slot kept resident* (16 → 4 → 0 MiB): the close 1.6 → 0.75 → 0.45 ms of
     CPU, but the guest's first pass 0.6 → 2.0 ms (page faults): back-to-back p50 3.5 → 4.6-4.9 ms.
 
-### Two rounds ago
+### Three rounds ago
 
 - **The one-step latency comparison, interleaved in time** (`bench/latency_ab.py`, since folded
   into `bench/interleaved.py`: tenantflow's and each peer's one-step workload, one repeat each,
@@ -1733,10 +1744,10 @@ runs), on 2 cores shared with other jobs (±30%).
     engine (a shared host's neighbours), the p99 went from 28 ms to 56 (nice 10) and 145 ms
     (nice 19) and the p50 from 9.3 to 10.2 and 12.1 ms: a low-priority thread preempted while it
     holds the GIL stalls every engine thread until the scheduler runs it again (SCHED_IDLE was
-    rejected for the same inversion: see "Five rounds ago"). A tail that long under load is worse than
+    rejected for the same inversion: see "Six rounds ago"). A tail that long under load is worse than
     the quiet-machine gain.
 
-### Three rounds ago
+### Four rounds ago
 
 - **Replay and cold start are compared with every peer** (workloads 5 and 4, side by side above,
   `replay.png` and the cold start in `latency.png`). Replay: each peer goes through a finished
@@ -1746,7 +1757,7 @@ runs), on 2 cores shared with other jobs (±30%).
   is a new process serving that tenant's code; tenantflow loads the tenant's artifact into the
   running host. What bounds each is under [What bounds the remaining gaps](#what-bounds-the-remaining-gaps).
 
-### Four rounds ago
+### Five rounds ago
 
 - **Memory with 10,000 waiting workflows is compared with every peer** (workload 6, side by
   side above and in `memory.png`): each peer parks the same one-step-then-wait workflows and its
@@ -1762,7 +1773,7 @@ runs), on 2 cores shared with other jobs (±30%).
   lanes or more (4, 16 instead of 8) and pinning the engine's threads to the other core did not
   raise aggregate throughput.
 
-### Five rounds ago
+### Six rounds ago
 
 - **A new instance starts from the row it was created with, in-process too** (`Prepared`; with
   runners it already did). The worker no longer reads back a row, a journal and events that
@@ -1790,83 +1801,14 @@ runs), on 2 cores shared with other jobs (±30%).
   committing thread (sequential ~3,100 → ~2,100 steps/s: the database file's fsyncs then run
   beside every commit's; latency no better, 4 alternating runs each).
 
-### Six rounds ago
-
-- **Runner processes** (`Engine(processes=N)`, `serve --processes N`; `runners.py`,
-  `runner.py`). The cost that dominated concurrent work was not Python itself but threads of one
-  process on two cores: two worker threads spent ~340 µs of CPU per step where one alone spent
-  ~150 (fsync off), and 64 concurrent workflows ~430 µs per step; pinned to one core the same
-  threads spent ~250 µs, and two separate processes each ran at single-thread speed. Every host
-  import hands the GIL over, and every handover between cores is a futex wake-up and a
-  context switch (plus TLB shootdowns for the instances' copy-on-write faults). Now invocations
-  can run in runner processes pinned to a core each, and the engine keeps scheduling, the API and
-  the only SQLite write connection: a hub thread reads every runner's writes, commits them
-  together (one transaction, one fsync) and answers each runner once its writes are durable;
-  invocation ordering guarantees are kept across the socket (`after`: a durable call never
-  applies after the step result it follows failed, tested with an injected disk error in the
-  engine's process). Aggregate: {agg_in_process} steps/s in-process vs {agg_runners} with one
-  runner in the latest run ({agg_cpu} µs of CPU per step in all processes). Tried first and dropped:
-  runners committing themselves (each its own writer, serialized by a file lock): four writers'
-  commits queued behind each other's fsync, and a commit held the lock ~1.3 ms while its thread
-  waited for the GIL: ~4,100 steps/s at best.
-- **A step costs less CPU** (`fastcall.py`, `journal.record_entry`, `executor.py`, the guest SDK):
-  a known host-import signature recognised with one C call instead of ~7, the generation fence
-  folded into the journal write (one statement), a leaner host path and less Python per step in
-  the guest (the body called directly, no `StepContext` unless the body takes one, plain results
-  not round-tripped through JSON): ~148 → ~107 µs of CPU per trivial step with fsync off, and
-  replay {replay_us} µs per journaled step in the latest run (10.1 two rounds before that one).
-- **A fresh database's write-ahead log is grown before traffic** (`database.prefill_wal`): while
-  the log grew, commits ran at ~4,300/s here, once it had its working size (~4 MB) at ~7,100/s
-  (every commit that extends the file syncs its size too). Zeros past the last valid frame are
-  never read as frames (SQLite checks the salt and checksum chain), and they are written under
-  the log's write lock; a kill -9 right after commits recovers exactly those commits
-  (`tests/test_database.py`). Every sequential repeat runs on a fresh database: 2,484 → ~3,400
-  steps/s.
-- **Hot versions run on a pooled engine** (`hot.py`). A fresh instance's first pass wrote ~330
-  copy-on-write pages here (~1 ms); wasmtime's pooling allocator keeps a slot's pages and resets
-  them with memcpy, but on its own it made tenant churn 3-4x slower (100 versions taking turns in
-  the slots). Now a version that has held a quarter of the host's last 64 instantiations for a
-  second is loaded into a second, pooled engine from the same artifact (the two engines' settings
-  are compatible), in the background; the long tail, and one tenant's short burst, stay where they
-  were. One-step p50 3.84 ms in that round's full run against 3.85 ms in its run before the
-  hot tier, a gain smaller than this VM's spread between runs: alternating A/B loops of 300
-  one-step runs (hot tier off / on, nothing else changed) gave p50 5.1-6.3 vs 3.6-4.9 ms on a
-  loaded machine, and latency-only bench reruns 2.9-3.0 ms at quieter moments. Event wake-up 3.44
-  → {signal_p50} ms (latest run); churn unchanged. A first version promoted on any 16 of 64 invocations cost
-  the footprint target: each tenant's burst of 100 parks became hot in turn and the pooled slots'
-  memory stayed (284 MB after 42 s idle instead of ~100); now a hot version unused for 20 s is let
-  go, and with the last one the pooled engine and its slots. A pooled store's close costs ~0.6 ms
-  (16 MiB kept resident) to ~3 ms under load: closes that back up on the closer thread held slots
-  until the pool ran out (10-20 ms waits at p99), so past three queued closes the invoking thread
-  closes its own. Latency is measured after 2 s of one-step runs (every system alike): the steady
-  state of a warm tenant, and what the promotion needs.
-- **A suspended invocation's store is freed at once** (`executor.call_run`, `fastcall`). The
-  `Unwind` that ends an invocation at a durable wait travelled out of the guest as a wasmtime trap
-  that wasmtime-py raises from a frame holding it: a reference cycle through the invocation's
-  frames, its store and the store's linear memory, freed only by a full collection, which an idle
-  host may not run for minutes. 10,000 parked instances left ~130 MB that only `gc.collect()`
-  returned; now the trap's traceback is dropped and the `Unwind` raised outside the handler
-  (`tests/test_engine.py` asserts no store is ever found by the cycle collector).
-- **Guest output no longer reaches the invocation from wasmtime's threads by strong reference**
-  (`sandbox.OutputSink`). wasmtime-wasi calls a store's stdout/stderr callback from its own tokio
-  threads and drops it there, possibly after the store is gone; the callback held the invocation
-  (and through it a tier), so dropping it on such a thread could release wasmtime objects there.
-  Two rare segfaults in the test suite (1 in ~8 full runs, both with such threads in native code)
-  led here; the callback now holds a weak reference only. Not proven to be their cause: none
-  since, in too few runs to say more.
-- **`wait()` reads its final snapshot on its own thread** (no trip to a reader thread), **a
-  burst's freed heap is returned at once** (1,000+ invocations since the last `malloc_trim`; a
-  lone request still waits a second), and with runners a new instance is dispatched as soon as
-  its row is inserted (its guest gets ready in the runner while the engine's fsync runs; the
-  first durable call waits for it).
-- **Measured, not kept:** a two-stage commit (COMMIT with synchronous=NORMAL, then an fdatasync
-  of the log by whichever thread was free) gave no measurable gain and a riskier durability
-  argument; dispatching new instances before their commit in-process made the guest's first
-  pass and the commit slow each other down (cross-core contention again); background threads at
-  nice 19; `gc.freeze()` in the guest before its snapshot (no fewer faults); keeping 8 MiB of a
-  pool slot resident instead of 16 (faults came back, one-step p50 worse).
-
 #### Earlier rounds
+Runner processes (invocations in processes pinned to a core each, the engine keeping the only
+SQLite write connection and committing every runner's writes together), a cheaper step
+(signatures recognised with one C call, the generation fence folded into the journal write, no
+`StepContext` unless a body takes one), a write-ahead log grown before traffic, hot versions on a
+pooled engine, a suspended invocation's store freed at once (no trap traceback cycle), guest output
+callbacks holding their invocation weakly; measured then and not kept: a two-stage commit,
+dispatch before the commit in-process, `gc.freeze()` in the guest, 8 MiB kept resident per slot.
 Warm instances refilled after the invocation (two per hot version), the heap trimmed when the
 host runs out of work, stores closed explicitly, step results committed with the next durable
 call (one fsync for the last step and the outcome), replay of recorded steps inside the guest,

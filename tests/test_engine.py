@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from enginekit import open_engine
+from enginekit import open_engine, settle
 
 from tenantflow import executor
 from tenantflow.clock import ManualClock, SystemClock
@@ -79,6 +79,32 @@ async def test_idempotency_key_is_stable_across_retries_and_replays(tmp_path: Pa
         # The derivation is part of the contract: a retry on another host (or after an
         # upgrade of this one) must get the same key.
         assert first["key"] == hashlib.sha256(f"t\0{one}\x000\x000".encode()).hexdigest()[:32]
+
+
+async def test_a_guest_on_the_first_step_protocol_still_runs(tmp_path: Path, clock: ManualClock) -> None:
+    """Components built before `start-step` call `begin-step` / `end-attempt`: same journal,
+    same keys, retries in place and replays answered from the journal."""
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("FirstProtocol")
+        assert await settle(t, iid) == "waiting"
+        clock.advance(1)
+        status = await t.wait(iid)
+        assert status.status == "complete", status.error
+
+        def key(seq: int) -> str:
+            return hashlib.sha256(f"t\0{iid}\x000\x00{seq}".encode()).hexdigest()[:32]
+
+        assert status.output == {"steps": [[1, key(0)], [2, key(1)]], "after": key(3)}
+        assert [(s.name, s.status, s.attempts) for s in status.steps] == [("a", "done", 1), ("b", "done", 2), ("rest", "done", 0), ("after", "done", 1)]
+
+
+async def test_asking_for_a_key_outside_a_step_stops_the_instance(tmp_path: Path, clock: ManualClock) -> None:
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        status = await t.wait(await t.create("KeyOutsideStep"))
+        assert status.status == "errored" and status.error is not None
+        assert (status.error.name, status.error.message) == ("InvalidDurableCall", "idempotency-key called while no step is running")
 
 
 async def test_exhausted_retries_raise_in_the_guest_where_they_can_be_caught(tmp_path: Path, clock: ManualClock) -> None:
@@ -341,13 +367,13 @@ async def test_recorded_steps_are_replayed_in_the_guest_without_a_host_call_each
     tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asked: list[str] = []  # the steps the guest asked the host about
-    begin_step = executor.Invocation.begin_step
+    start_step = executor.Invocation.start_step
 
-    def counting(inv: executor.Invocation, name: str, config: object) -> object:
+    def counting(inv: executor.Invocation, name: str, *config: Any) -> object:
         asked.append(name)
-        return begin_step(inv, name, config)
+        return start_step(inv, name, *config)
 
-    monkeypatch.setattr(executor.Invocation, "begin_step", counting)
+    monkeypatch.setattr(executor.Invocation, "start_step", counting)
     async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
         t = engine.tenant("t")
         iid = await t.create("ReplayMix", {"n": 20})

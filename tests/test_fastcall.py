@@ -149,6 +149,12 @@ def call(fn, a):
         return durable.begin_step(a[0], step_config(a[1]))
     if fn == "end-attempt":
         return durable.end_attempt(a[0], attempt_result(a[1]))
+    if fn == "start-step":
+        return durable.start_step(a[0], a[1], a[2], types.Backoff[a[3].upper()], a[4])
+    if fn == "idempotency-key":
+        return durable.idempotency_key()
+    if fn == "end-attempt-ok":
+        return durable.end_attempt_ok(a[0], a[1])
     if fn == "sleep":
         return durable.sleep(a[0], a[1])
     if fn == "sleep-until":
@@ -265,7 +271,7 @@ ADDERS: dict[str, Adder] = {
     "add_fast_func": add_fast_func,
 }
 IMPORTS = {
-    DURABLE: ["begin-step", "end-attempt", "sleep", "sleep-until", "wait-for-event", "log", "recorded-steps", "replayed"],
+    DURABLE: ["begin-step", "end-attempt", "start-step", "idempotency-key", "end-attempt-ok", "sleep", "sleep-until", "wait-for-event", "log", "recorded-steps", "replayed"],
     PROBE: ["echo", "inc", "scalars", "lists", "results", "options", "shapes", "perm", "configs", "maybe-config"],
     # Part of the world, not exercised here: defined so the guest links.
     "tenantflow:workflow/children@0.1.0": ["start", "join", "status", "send-event"],
@@ -445,6 +451,23 @@ CASES: dict[str, Case] = {
         ("s", record(name="NonRetryableError", message="", retryable=False)),
         cm.Variant("failed", record(name="NonRetryableError", message="")),
         {"type": "StepState_Failed", "value": error_info("NonRetryableError", "")}),
+    # start-step(name, u32, u64, backoff, u64) -> step-start: flat scalars and an enum in;
+    # out an untagged variant (string | record | u32 payloads), so bare payloads cross.
+    "start-step/done": Case(
+        "start-step", ["charge-card", 3, 1000, "exponential", 60_000], ("charge-card", 3, 1000, "exponential", 60_000),
+        '{"charged": 1250}', {"type": "StepStart_Done", "value": '{"charged": 1250}'}),
+    "start-step/failed": Case(
+        "start-step", [UNICODE, U32_MAX, U64_MAX, "linear", U64_MAX], (UNICODE, U32_MAX, U64_MAX, "linear", U64_MAX),
+        record(name="ValueError", message="bad ✗"), {"type": "StepStart_Failed", "value": error_info("ValueError", "bad ✗")}),
+    "start-step/execute": Case(
+        "start-step", ["", 0, 0, "constant", 0], ("", 0, 0, "constant", 0), U32_MAX,
+        {"type": "StepStart_Execute", "value": U32_MAX}),
+    "idempotency-key": Case("idempotency-key", [], (), "0123456789abcdef" * 2, "0123456789abcdef" * 2),
+    # end-attempt-ok(name, json) -> option<error-info>: untagged (None | record).
+    "end-attempt-ok/recorded": Case("end-attempt-ok", ["s", '{"r": [1, 2]}'], ("s", '{"r": [1, 2]}'), None, None),
+    "end-attempt-ok/too-large": Case(
+        "end-attempt-ok", [UNICODE, ""], (UNICODE, ""), record(name="StepResultTooLarge", message=UNICODE),
+        error_info("StepResultTooLarge", UNICODE)),
     # sleep / sleep-until(name, u64): no result.
     "sleep/zero": Case("sleep", ["nap", 0], ("nap", 0), None, None),
     "sleep/u64-max": Case("sleep", [UNICODE, U64_MAX], (UNICODE, U64_MAX), None, None),
@@ -680,7 +703,10 @@ def test_plans_are_per_signature(engine: wasmtime.Engine, component: cm.Componen
         return 0 if funcs[name][0].result is None else 1
 
     plans = {name: fastcall._find_plan([], ty, nparams, nresults(name)) for name, (_, ty, nparams) in funcs.items()}
-    same_signature = {frozenset({"sleep", "sleep-until"})}  # (string, u64), no result
+    same_signature = {
+        frozenset({"sleep", "sleep-until"}),  # (string, u64), no result
+        frozenset({"idempotency-key", "recorded-steps"}),  # () -> string
+    }
     for a, plan in plans.items():
         for b, (_, ty, nparams) in funcs.items():
             expected = a == b or frozenset({a, b}) in same_signature
@@ -744,7 +770,7 @@ def test_probe_recognises_the_same_type(engine: wasmtime.Engine, component: cm.C
     first, again = _import_types(engine, component), _import_types(engine, component)
     plans = {name: fastcall._find_plan([], _addr(fty), len(fty.params), int(fty.result is not None))
              for name, fty in first.items()}
-    assert [name for name, plan in plans.items() if plan.signature.probe is None] == ["recorded-steps", "perm"]
+    assert [name for name, plan in plans.items() if plan.signature.probe is None] == ["idempotency-key", "recorded-steps", "perm"]
     full = _count_full_checks(monkeypatch)
     for name, plan in plans.items():
         fty = again[name]

@@ -15,7 +15,7 @@ import wasmtime
 from enginekit import ARTIFACTS, REPO
 from wasmtime import component as wc
 
-from tenantflow import capabilities, children
+from tenantflow import capabilities, children, executor
 from tenantflow.isolates import IsolateCache
 from tenantflow.registry import digest_of
 from tenantflow.sandbox import SandboxConfig, make_engine, watch_store
@@ -43,26 +43,31 @@ class MemoryHost:
             return self.journal[seq][2]
         return None
 
-    def begin_step(self, _ctx: Any, name: str, config: Any) -> Any:
-        self.calls.append(("begin-step", name, config.timeout))
+    def start_step(self, _ctx: Any, name: str, limit: int, delay: int, backoff: str, timeout: int) -> Any:
+        self.calls.append(("start-step", name, timeout))
         recorded = self._next("step", name)
         if recorded is not None:
-            return wc.Variant("done", recorded)
-        record = wc.Record()
-        record.attempt = 1
-        setattr(record, "idempotency-key", f"key-{self.seq - 1}")
-        return wc.Variant("execute", record)
+            return recorded  # step-start is untagged: done(json) is the bare string
+        return 1  # execute(attempt)
+
+    def idempotency_key(self, _ctx: Any) -> str:
+        self.calls.append(("idempotency-key",))
+        return f"key-{self.seq - 1}"
+
+    def end_attempt_ok(self, _ctx: Any, name: str, value: str) -> None:
+        self.calls.append(("end-attempt-ok", name))
+        self.journal.append(("step", name, value))
 
     def end_attempt(self, _ctx: Any, name: str, outcome: Any) -> Any:
-        if isinstance(outcome, str):
-            self.calls.append(("end-attempt", name, "ok"))
-            self.journal.append(("step", name, outcome))
-            return wc.Variant("done", outcome)
+        assert not isinstance(outcome, str), "a successful attempt ends with end-attempt-ok"
         self.calls.append(("end-attempt", name, outcome.name, str(outcome.retryable)))
         error = wc.Record()
         error.name = outcome.name
         error.message = outcome.message
         return wc.Variant("failed", error)
+
+    def begin_step(self, _ctx: Any, name: str, config: Any) -> Any:
+        raise AssertionError("the SDK begins steps with start-step")
 
     def sleep(self, _ctx: Any, name: str, duration: int) -> None:
         self.calls.append(("sleep", name, str(duration)))
@@ -127,7 +132,7 @@ def invoke(acme: tuple[wasmtime.Engine, wc.Component], host: MemoryHost, workflo
     linker.add_wasip2()
     with linker.root() as root:
         with root.add_instance("tenantflow:workflow/durable@0.1.0") as durable:
-            for name in ("begin-step", "end-attempt", "sleep", "sleep-until", "wait-for-event", "log", "recorded-steps", "replayed"):
+            for name in executor.HOST_FUNCTIONS:
                 durable.add_func(name, getattr(host, name.replace("-", "_")))
         for interface, functions in (("children", children.HOST_FUNCTIONS), ("capabilities", capabilities.HOST_FUNCTIONS)):
             with root.add_instance(f"tenantflow:workflow/{interface}@0.1.0") as unused:  # not called here
@@ -159,32 +164,33 @@ def test_steps_event_wait_and_sleep_replay_from_the_journal(acme: tuple[wasmtime
     assert invoke(acme, host, "order-approval", ORDER) == "unwound: waiting for an event"
     assert host.calls == [
         ("recorded-steps", "0"),
-        ("begin-step", "validate order", 600_000),
-        ("end-attempt", "validate order", "ok"),
-        ("begin-step", "reserve stock", 600_000),
-        ("end-attempt", "reserve stock", "ok"),
+        ("start-step", "validate order", 600_000),
+        ("end-attempt-ok", "validate order"),
+        ("start-step", "reserve stock", 600_000),
+        ("idempotency-key",),  # only a body that takes a context asks for its key
+        ("end-attempt-ok", "reserve stock"),
         ("log", "info", "order o-7 needs approval (1400)"),
         ("wait-for-event", "manager approval", "approval", "172800000"),
     ]
     host.calls.clear()
     host.events.append(("approval", json.dumps({"approved": True, "by": "kim"})))
     assert invoke(acme, host, "order-approval", ORDER) == "unwound: sleeping"
-    # The recorded steps are answered by the guest from `recorded-steps`: no begin-step or
-    # end-attempt for them, bodies not run; the host learns how far it got, then the rest
+    # The recorded steps are answered by the guest from `recorded-steps`: no start-step or
+    # end-attempt-ok for them, bodies not run; the host learns how far it got, then the rest
     # goes through the host (which answers the recorded event from its journal).
     assert host.calls == [
         ("recorded-steps", "2"),
         ("replayed", "2"),
         ("log", "info", "order o-7 needs approval (1400)"),
         ("wait-for-event", "manager approval", "approval", "172800000"),
-        ("begin-step", "charge card", 30_000),
-        ("end-attempt", "charge card", "ok"),
+        ("start-step", "charge card", 30_000),
+        ("end-attempt-ok", "charge card"),
         ("sleep", "wait for warehouse pickup", "3600000"),
     ]
     host.calls.clear()
     host.now += 3_600_000
     outcome = invoke(acme, host, "order-approval", ORDER)
-    assert host.calls[-3:] == [("sleep", "wait for warehouse pickup", "3600000"), ("begin-step", "ship", 600_000), ("end-attempt", "ship", "ok")]
+    assert host.calls[-3:] == [("sleep", "wait for warehouse pickup", "3600000"), ("start-step", "ship", 600_000), ("end-attempt-ok", "ship")]
     # outcome is untagged in wasmtime-py: complete(json) arrives as the JSON string
     assert json.loads(outcome) == {"order_id": "o-7", "status": "shipped", "charged": 1400, "currency": "EUR", "tracking": "TRK-o-7"}
 
@@ -194,7 +200,7 @@ def test_a_failing_step_reports_its_error_and_the_workflow_fails(acme: tuple[was
     outcome = invoke(acme, host, "order-approval", {"order_id": "o-8", "items": []})
     assert host.calls == [
         ("recorded-steps", "0"),
-        ("begin-step", "validate order", 600_000),
+        ("start-step", "validate order", 600_000),
         ("end-attempt", "validate order", "NonRetryableError", "False"),
     ]
     assert (outcome.name, outcome.message) == ("NonRetryableError", "order has no items")

@@ -32,10 +32,16 @@ class ScriptedHost:
     def __init__(self, events: Optional[list[ReceivedEvent]] = None) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.events = events or []
+        self.running = ""
 
     def begin_step(self, name: str, options: StepOptions) -> StepState:
         self.calls.append(("begin", name, options))
-        return Execute(1, f"key-{name}")
+        self.running = name
+        return Execute(1, None)  # as start-step answers: the key only when asked
+
+    def idempotency_key(self) -> str:
+        self.calls.append(("key", self.running))
+        return f"key-{self.running}"
 
     def end_attempt_ok(self, name: str, result_json: str) -> StepState:
         self.calls.append(("ok", name, result_json))
@@ -114,9 +120,27 @@ def test_step_bodies_get_context_only_when_they_ask() -> None:
 
             return decorated() + 1
 
-    ok, value = run(Flow, ScriptedHost())
+    host = ScriptedHost()
+    ok, value = run(Flow, host)
     assert (ok, value) == (True, "42")
     assert seen == ["plain", (1, "ctx", "key-ctx"), 7, "kw"]
+    # The key costs a host call: only the bodies that take a context make it.
+    assert [c for c in host.calls if c[0] == "key"] == [("key", "ctx"), ("key", "kw")]
+
+
+def test_a_key_the_host_sent_with_the_attempt_is_used_as_is() -> None:
+    class Keyed(ScriptedHost):
+        def begin_step(self, name: str, options: StepOptions) -> StepState:
+            super().begin_step(name, options)
+            return Execute(2, "sent-by-begin-step")
+
+    class Flow(WorkflowEntrypoint):
+        def run(self, event, step):  # type: ignore[no-untyped-def]
+            return step.do("s", lambda ctx: [ctx.attempt, ctx.idempotency_key])
+
+    host = Keyed()
+    assert run(Flow, host) == (True, '[2, "sent-by-begin-step"]')
+    assert not [c for c in host.calls if c[0] == "key"]
 
 
 def test_errors_become_attempt_failures_and_outcomes() -> None:

@@ -381,44 +381,77 @@ class Invocation:
 
     # ---- steps -----------------------------------------------------------------------
     def begin_step(self, name: str, config: Any) -> wc.Variant:
+        """The first protocol's `begin-step`: `start-step` with its answer tagged and keyed."""
+        retries = config.retries
+        state = self.start_step(name, retries.limit, retries.delay, retries.backoff, config.timeout)
+        if type(state) is int:
+            return _execute(state, self.idempotency_key(self.seq - 1))
+        if type(state) is str:
+            return _done(state)
+        return wc.Variant("failed", state)
+
+    def start_step(self, name: str, limit: int, delay_ms: int, backoff: str, timeout_ms: int) -> Any:
+        """`step-start` crosses untagged (its payload types differ): the result text when
+        the step is done, an error-info record when it failed, the attempt to run."""
         entry = self.next_call("step", name)
         if entry is not None:  # the replay fast path: answered from the journal
             if entry.status == "done":
-                return _done(entry.result or "null")
+                return entry.result or "null"
             if entry.status == "failed":
-                return _failed(entry.error_name or "Error", entry.error_message or "")
-        retries = config.retries
+                return error_info(entry.error_name or "Error", entry.error_message or "")
         run = _StepRun(
-            seq=self.seq - 1, name=name, limit=retries.limit, delay_ms=retries.delay, backoff=retries.backoff,
-            timeout_ms=min(config.timeout, self.policy.max_step_timeout_ms or 2**63), attempt=1, started_at=0, entry=entry,
+            seq=self.seq - 1, name=name, limit=limit, delay_ms=delay_ms, backoff=backoff,
+            timeout_ms=min(timeout_ms, self.policy.max_step_timeout_ms or 2**63), attempt=1, started_at=0, entry=entry,
         )
         if entry is not None:
             if entry.wake_at is not None and entry.wake_at > self.now():  # woken before the retry is due
                 raise self.suspend(entry, entry.wake_at, None)
             run.attempt = entry.attempts + 1
-        return self.execute(run)
+        return self.start_attempt(run)
 
-    def execute(self, run: _StepRun) -> wc.Variant:
+    def start_attempt(self, run: _StepRun) -> int:
         run.started_at = self.now()
         self.step = run
         self.step_deadline = self.now_wall() + run.timeout_ms
-        return _execute(run.attempt, self.idempotency_key(run.seq))
+        return run.attempt
 
-    def end_attempt(self, name: str, outcome: Any) -> wc.Variant:
+    def execute(self, run: _StepRun) -> wc.Variant:
+        return _execute(self.start_attempt(run), self.idempotency_key(run.seq))
+
+    def running_key(self) -> str:
+        """`idempotency-key`: the running step's key."""
+        if self.step is None:
+            raise self.fatal("InvalidDurableCall", "idempotency-key called while no step is running")
+        return self.idempotency_key(self.step.seq)
+
+    def _ending(self, name: str) -> _StepRun:
         run = self.step
         if run is None or run.name != name:
             raise self.fatal("InvalidDurableCall", f"end of attempt for step {name!r}, which is not running")
         self.step = None
+        return run
+
+    def end_attempt(self, name: str, outcome: Any) -> wc.Variant:
+        run = self._ending(name)
         if isinstance(outcome, wc.Variant):  # tolerate either representation
             outcome = outcome.payload
         if isinstance(outcome, str):
-            limit = self.limits.max_step_result_bytes
-            # A character is at most 4 UTF-8 bytes: short results need no encoding to check.
-            if len(outcome) * 4 > limit and len(outcome.encode()) > limit:
-                message = f"step {name!r} returned {format_bytes(len(outcome.encode()))}; the limit is {format_bytes(limit)}"
-                return self.attempt_failed(run, "StepResultTooLarge", message, retryable=False)
-            return self.attempt_succeeded(run, outcome)
+            failed = self.succeeded_or_too_large(run, outcome)
+            return _done(outcome) if failed is None else wc.Variant("failed", failed)
         return self.attempt_failed(run, *self.limit_error(_get(outcome, "name"), _get(outcome, "message")), _get(outcome, "retryable"))
+
+    def end_attempt_ok(self, name: str, result: str) -> Optional[wc.Record]:
+        """`end-attempt-ok`: None once `result` is the step's result, else why it failed."""
+        return self.succeeded_or_too_large(self._ending(name), result)
+
+    def succeeded_or_too_large(self, run: _StepRun, result: str) -> Optional[wc.Record]:
+        limit = self.limits.max_step_result_bytes
+        # A character is at most 4 UTF-8 bytes: short results need no encoding to check.
+        if len(result) * 4 > limit and len(result.encode()) > limit:
+            message = f"step {run.name!r} returned {format_bytes(len(result.encode()))}; the limit is {format_bytes(limit)}"
+            return self.attempt_failed(run, "StepResultTooLarge", message, retryable=False).payload
+        self.attempt_succeeded(run, result)
+        return None
 
     def _entry(self, run: _StepRun) -> jn.JournalEntry:
         if run.entry is None:
@@ -426,7 +459,7 @@ class Invocation:
             self.journal.append(run.entry)
         return run.entry
 
-    def attempt_succeeded(self, run: _StepRun, result: str) -> wc.Variant:
+    def attempt_succeeded(self, run: _StepRun, result: str) -> None:
         now = self.now()
         entry = run.entry
         if entry is None:  # the common case: made whole at once rather than by _entry and five updates
@@ -435,7 +468,6 @@ class Invocation:
         else:
             entry.status, entry.result, entry.attempts, entry.ended_at, entry.wake_at = "done", result, run.attempt, now, None
         self.commit_at_next_call(jn.record_entry(self.row.pk, self.generation, entry, now=now))
-        return _done(result)
 
     def attempt_failed(self, run: _StepRun, error_name: str, message: str, retryable: bool) -> wc.Variant:
         entry = self._entry(run)
@@ -633,6 +665,18 @@ def _host_end_attempt(_: Any, name: str, outcome: Any) -> Any:
     return _invocation().end_attempt(name, outcome)
 
 
+def _host_start_step(_: Any, name: str, limit: int, delay: int, backoff: str, timeout: int) -> Any:
+    return _invocation().start_step(name, limit, delay, backoff, timeout)
+
+
+def _host_idempotency_key(_: Any) -> str:
+    return _invocation().running_key()
+
+
+def _host_end_attempt_ok(_: Any, name: str, result: str) -> Any:
+    return _invocation().end_attempt_ok(name, result)
+
+
 def _host_sleep(_: Any, name: str, duration: int) -> None:
     _invocation().sleep_until("sleep", name, None, duration)
 
@@ -667,6 +711,9 @@ def current_invocation() -> Invocation:
 HOST_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "begin-step": _host_begin_step,
     "end-attempt": _host_end_attempt,
+    "start-step": _host_start_step,
+    "idempotency-key": _host_idempotency_key,
+    "end-attempt-ok": _host_end_attempt_ok,
     "sleep": _host_sleep,
     "sleep-until": _host_sleep_until,
     "wait-for-event": _host_wait_for_event,

@@ -46,7 +46,8 @@ class Failed:
 @dataclass(slots=True)
 class Execute:
     attempt: int
-    idempotency_key: str
+    # None: not fetched yet (`start-step` leaves it out; `Host.idempotency_key` has it).
+    idempotency_key: Optional[str]
 
 
 StepState = Union[Done, Value, Failed, Execute]
@@ -95,6 +96,8 @@ class HostCallError(Exception):
 class Host(Protocol):
     def begin_step(self, name: str, options: StepOptions) -> StepState: ...
 
+    def idempotency_key(self) -> str: ...
+
     def end_attempt_ok(self, name: str, result_json: str) -> StepState: ...
 
     def end_attempt_err(self, name: str, error_name: str, message: str, retryable: bool) -> StepState: ...
@@ -127,15 +130,17 @@ class WitHost:
         self._children = children
         self._types = types
         self._Err = Err
-        # Classes each step uses, looked up once.
-        self._done, self._execute, self._ok = types.StepState_Done, types.StepState_Execute, types.AttemptResult_Ok
+        # What each step uses, looked up once.
+        self._start_step, self._end_attempt_ok = durable.start_step, durable.end_attempt_ok
+        self._started = types.StepStart_Execute
         self._backoff = {
             "constant": types.Backoff.CONSTANT,
             "linear": types.Backoff.LINEAR,
             "exponential": types.Backoff.EXPONENTIAL,
         }
-        self._configs: dict[StepOptions, Any] = {}
-        self._configs_by_id: dict[int, tuple[StepOptions, Any]] = {}
+        # `start-step`'s arguments after the name, per options object (steps in loops reuse one).
+        self._configs: dict[StepOptions, tuple[int, int, Any, int]] = {}
+        self._configs_by_id: dict[int, tuple[StepOptions, tuple[int, int, Any, int]]] = {}
         self._prefix: Optional[list[Any]] = None
         self._position = 0
         self._levels = {
@@ -176,17 +181,13 @@ class WitHost:
         return Failed(record[2][0], record[2][1])
 
     def _state(self, state: object) -> StepState:
-        kind = type(state)
-        if kind is self._done:  # the hot paths (end of an attempt, a new step), checked exactly
-            return Done(state.value)  # type: ignore[attr-defined]
-        if kind is self._execute:
-            attempt = state.value  # type: ignore[attr-defined]
-            return Execute(attempt.attempt, attempt.idempotency_key)
         t = self._types
-        if isinstance(state, t.StepState_Done):
+        if isinstance(state, (t.StepStart_Done, t.StepState_Done)):
             return Done(state.value)
-        if isinstance(state, t.StepState_Failed):
+        if isinstance(state, (t.StepStart_Failed, t.StepState_Failed)):
             return Failed(state.value.name, state.value.message)
+        if isinstance(state, t.StepStart_Execute):
+            return Execute(state.value, None)
         if isinstance(state, t.StepState_Execute):
             return Execute(state.value.attempt, state.value.idempotency_key)
         raise AssertionError(f"unknown step state {state!r}")
@@ -197,20 +198,27 @@ class WitHost:
             if replayed is not None:
                 return replayed
         cached = self._configs_by_id.get(id(options))
-        if cached is not None and cached[0] is options:  # steps in loops reuse one options object
-            return self._state(self._durable.begin_step(name, cached[1]))
-        config = self._configs.get(options)
-        if config is None:
-            t = self._types
-            config = self._configs[options] = t.StepConfig(
-                t.RetryPolicy(options.retry_limit, options.retry_delay_ms, self._backoff[options.backoff]),
-                options.timeout_ms,
+        if cached is not None and cached[0] is options:
+            config = cached[1]
+        else:
+            config = self._configs.get(options) or (
+                options.retry_limit, options.retry_delay_ms, self._backoff[options.backoff], options.timeout_ms
             )
-        self._configs_by_id[id(options)] = (options, config)
-        return self._state(self._durable.begin_step(name, config))
+            self._configs[options] = config
+            self._configs_by_id[id(options)] = (options, config)
+        state = self._start_step(name, *config)
+        if type(state) is self._started:  # the hot path: a new step to run
+            return Execute(state.value, None)
+        return self._state(state)
+
+    def idempotency_key(self) -> str:
+        return self._durable.idempotency_key()
 
     def end_attempt_ok(self, name: str, result_json: str) -> StepState:
-        return self._state(self._durable.end_attempt(name, self._ok(result_json)))
+        failed = self._end_attempt_ok(name, result_json)
+        if failed is None:  # recorded as sent
+            return Done(result_json)
+        return Failed(failed.name, failed.message)
 
     def end_attempt_err(self, name: str, error_name: str, message: str, retryable: bool) -> StepState:
         t = self._types

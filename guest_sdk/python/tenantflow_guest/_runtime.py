@@ -75,7 +75,10 @@ class _RehearsalHost:
 
     def begin_step(self, name: str, options: Any) -> Any:
         self._seq += 1
-        return Execute(1, f"rehearsal-{self._seq}")
+        return Execute(1, None)
+
+    def idempotency_key(self) -> str:
+        return f"rehearsal-{self._seq}"
 
     def end_attempt_ok(self, name: str, result_json: str) -> Any:
         return Done(result_json)

@@ -200,14 +200,20 @@ class Step:
         assert isinstance(state, Failed)
         raise (NonRetryableError(state.message) if state.name == "NonRetryableError" else StepFailedError(name, state.name, state.message))
 
+    def _context(self, name: str, state: Execute) -> StepContext:
+        key = state.idempotency_key
+        if key is None:  # only bodies that take a context ask the host for it
+            key = self._host.idempotency_key()
+        return StepContext(state.attempt, name, key)
+
     def _attempt(self, name: str, fn: Callable[..., Any], style: int, state: Execute) -> StepState:
         try:
             if style == _NO_CONTEXT:
                 value = fn()
             elif style == _POSITIONAL:
-                value = fn(StepContext(state.attempt, name, state.idempotency_key))
+                value = fn(self._context(name, state))
             else:
-                value = fn(ctx=StepContext(state.attempt, name, state.idempotency_key))
+                value = fn(ctx=self._context(name, state))
             if type(value) not in _PLAIN and inspect.isawaitable(value):
                 value = drive(value)
         except NonRetryableError as exc:

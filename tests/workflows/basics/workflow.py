@@ -216,3 +216,40 @@ class ReplayMix(WorkflowEntrypoint):
         print(f"total {total}")
         step.sleep("nap", "1 minute")
         return {"total": total, "caught": caught, "after": step.do("after", lambda: total + 1)}
+
+
+class FirstProtocol(WorkflowEntrypoint):
+    """Steps through the first step protocol (`begin-step` / `end-attempt`, the attempt's
+    key in the answer), as components built by earlier SDKs call it; "b" fails once and
+    is retried in place, then a sleep makes the next invocation replay both steps."""
+
+    def run(self, event, step):
+        import json
+
+        from wit_world.imports import durable, types  # the component's own bindings
+
+        config = types.StepConfig(types.RetryPolicy(2, 0, types.Backoff.CONSTANT), 60_000)
+        results = []
+        for name in ("a", "b"):
+            state = durable.begin_step(name, config)
+            while isinstance(state, types.StepState_Execute):
+                attempt = state.value
+                if name == "b" and attempt.attempt == 1:
+                    outcome = types.AttemptResult_Err(types.AttemptError("Flaky", "first try", True))
+                else:
+                    outcome = types.AttemptResult_Ok(json.dumps([attempt.attempt, attempt.idempotency_key]))
+                state = durable.end_attempt(name, outcome)
+            if not isinstance(state, types.StepState_Done):
+                raise AssertionError(f"step {name}: {state!r}")
+            results.append(json.loads(state.value))
+        step.sleep("rest", "1 second")
+        return {"steps": results, "after": step.do("after", lambda ctx: ctx.idempotency_key)}
+
+
+class KeyOutsideStep(WorkflowEntrypoint):
+    """Asks for an idempotency key while no step runs: an invalid durable call."""
+
+    def run(self, event, step):
+        from wit_world.imports import durable
+
+        return durable.idempotency_key()
