@@ -134,6 +134,10 @@ STEP_IMPORTS = ["begin-step", "start-step", "end-attempt-ok"]
 UNTIMED = ["end-attempt", "idempotency-key", "sleep", "sleep-until", "wait-for-event", "log", "recorded-steps", "replayed"]
 
 
+def answering(answer: Any) -> Callable[..., Any]:
+    return lambda _store, *_args: answer
+
+
 def untimed(_store: Any, *_args: Any) -> None:
     raise RuntimeError("not part of the benchmark")
 
@@ -145,7 +149,7 @@ def make_linker(engine: wasmtime.Engine, add: Callable[..., None], state: str) -
     with linker.root() as root:
         with root.add_instance("tenantflow:workflow/durable@0.1.0") as durable:
             for name in STEP_IMPORTS:
-                add(durable, name, lambda _store, *_args, answer=answers.get(name): answer)
+                add(durable, name, answering(answers.get(name)))
             for name in UNTIMED:
                 add(durable, name, untimed)
         with root.add_instance("tenantflow:workflow/bench@0.1.0") as bench:
