@@ -1644,7 +1644,27 @@ runs), on 2 cores shared with other jobs (±30%).
 
 ### What changed this round
 
-TODO
+- **A step crosses the guest-host boundary without records** (WIT `start-step`,
+  `end-attempt-ok`, `idempotency-key`; `executor.Invocation.start_step`, the guest SDK's
+  `WitHost`). `begin-step(name, step-config) -> step-state` built a `StepConfig` and a
+  `RetryPolicy` in the guest and lifted them into two records on the host for every step, and
+  answered a new step with `execute(step-attempt)`, a record holding the idempotency key, a
+  sha256 the host computed for every step although few bodies read it; `end-attempt` sent the
+  result and got it back in `done(json)`. Now `start-step` takes the config's fields as
+  parameters and answers `execute(u32)` (the attempt), a body that takes a context fetches its
+  key with `idempotency-key`, and `end-attempt-ok(name, value) -> option<error-info>` answers
+  none once the value is the step's result. Per call (`bench/fastcall_bench.py`, this machine
+  this session): a new step's start 21.1 → 8.8 µs, a recorded one's 12.0 → 9.3, an attempt's end
+  5.5-8.0 µs with nothing sent back. A/B in alternating processes (`Steps` workflows, the bench
+  component built from each SDK): 64 × 100 steps on one runner with 16 lanes, 2,579-3,705 →
+  3,023-4,910 steps/s and 266-372 → 200-325 µs of the runner's CPU per step (2 pairs of 3
+  repeats); one workflow of 1,000 sequential steps in-process, 1,996-2,360 → 2,295-2,741 steps/s
+  and 316-357 → 268-313 µs of CPU per step (3 pairs of 2). This session's machine ran
+  everything at 2-3× last session's CPU per step (the same aggregate probe reached
+  8,900-10,100 steps/s then), which this run's figures reflect. `begin-step` and `end-attempt`
+  stay in the world: components built before keep working (`tests/test_engine.py` runs a guest
+  that calls them directly: same journal, same keys, retries in place and replay), and a failed
+  attempt still ends with `end-attempt`.
 
 ### The round before
 
@@ -1839,7 +1859,11 @@ is ~60% busy). No one item of the runner's host path is large. Measured alone: a
 step's write 5.8 µs and unpickling it 4.6 (3.8 and 3.1 with a tuple reduction of the journal
 entry), a host import crossing 11-13 µs with the guest's bindings (`bench/fastcall_bench.py`);
 all of these together are ~5% of the runner's CPU, within this machine's noise, so they were not
-made. Two runners put a runner beside the hub on each core: the CPU per step of every process
+made. What was made this round is a step without records on either side of its two crossings
+(`start-step` 8-9 µs where `begin-step` took 12-21, nothing sent back at an attempt's end): the
+runner's CPU per step 20-25% lower in alternating A/B, on a machine that ran this session at 2-3×
+the last session's CPU per step (the old code's 64 × 100 steps on one runner: 2,600-3,700 steps/s
+today, 6,300-9,000 then). Two runners put a runner beside the hub on each core: the CPU per step of every process
 rises with the cross-core traffic, and throughput stays within noise of one runner's. What would
 close the gap is a step path several times cheaper: the host's per-step work (the import
 crossing, the journal write, the IPC) in native code with a native writer, or guests without an
@@ -1873,8 +1897,9 @@ leaves 2.5-3 ms of CPU to background threads: the pooled slot's reset (1.2-1.6 m
 copies back every byte of the slot's first 16 MiB, written or not) and the next warm instance
 (~0.9 ms). Spaced out, that work is done before the next request: {paced_p50} ms p50 in this run.
 Back to back, a run shares the 2 cores with what the last one left to do, and the p50 follows
-the machine's load ({one_step_p50} ms in this run; 1.7-2.5 ms at quiet moments in this round's probes, 3.5-4 ms on a
-loaded machine). Lower priorities for the background threads help a quiet machine and cost the
+the machine's load ({one_step_p50} ms in this run; 1.7-2.5 ms at quiet moments in the probes of two
+rounds ago and 2.10 ms in the last round's full run, 3.5-4 ms on a loaded machine; this session's machine, slower at
+everything, gave 3.8-4.7 ms in alternating A/B of this round's code and the last round's, the two alike). Lower priorities for the background threads help a quiet machine and cost the
 tail on a busy one (nice 19: p99 28 → 145 ms beside two busy processes; `SCHED_BATCH`: p99 11.4
 → 17 ms; above), so they run at normal priority. What would close it for good is a reset that
 copies back only the pages an instance wrote: wasmtime has it (`PoolingAllocationConfig::pagemap_scan`,
