@@ -70,6 +70,21 @@ def test_entries_count_their_resident_pages_and_are_evicted_by_them(tmp_path: Pa
     assert c.resident_bytes <= c.max_bytes and c.stats.evictions == 1
 
 
+def test_a_second_mapping_of_the_same_artifact_is_not_counted_twice(tmp_path: Path) -> None:
+    """Another cache in this process on the same artifact (as the hot tier's pooled engine
+    is, or an engine not yet collected) maps the file again: the entry's pages are still
+    counted once, so it is not evicted for memory it does not hold."""
+    c = seeded(tmp_path, 1, reaper=False)
+    c.get(key(1), never)
+    c.measure()
+    alone = c.resident_bytes
+    other = IsolateCache(make_engine(SandboxConfig(), pool_slots=2), SandboxConfig(), tmp_path, reaper=False)
+    other.get(key(1), never)
+    other.measure()
+    c.measure()
+    assert 0 < alone and c.resident_bytes < 1.5 * alone and other.resident_bytes < 1.5 * alone
+
+
 def test_the_reaper_evicts_idle_components_without_lookups(tmp_path: Path) -> None:
     c = seeded(tmp_path, 2, idle_seconds=0.3)
     evicted: list[str] = []

@@ -418,8 +418,10 @@ _MAPPING = re.compile(rb"^[0-9a-f]+-[0-9a-f]+ r-[-x]p [0-9a-f]+ \S+ \d+ +(/[^\n]
 
 
 def _mapped_resident(paths: set[str]) -> Optional[dict[str, int]]:
-    """Resident bytes of this process's read-only mappings of each path that is mapped;
-    None without /proc."""
+    """Resident bytes of this process's largest read-only mapping of each path that is
+    mapped; None without /proc. Not their sum: a file mapped more than once here (another
+    cache on the same artifact directory, the hot tier's pooled engine, an engine not yet
+    collected) has its pages in memory once, and this cache's mapping is one of them."""
     try:
         data = _SMAPS.read_bytes()
     except OSError:
@@ -429,7 +431,7 @@ def _mapped_resident(paths: set[str]) -> Optional[dict[str, int]]:
     for match in _MAPPING.finditer(data):
         path = wanted.get(match.group(1))
         if path is not None:
-            out[path] = out.get(path, 0) + int(match.group(2)) * 1024
+            out[path] = max(out.get(path, 0), int(match.group(2)) * 1024)
     return out
 
 
