@@ -70,6 +70,16 @@ def test_entries_count_their_resident_pages_and_are_evicted_by_them(tmp_path: Pa
     assert c.resident_bytes <= c.max_bytes and c.stats.evictions == 1
 
 
+def rss_of_every_area(path: Path | None) -> int:
+    """The Rss of every area of /proc/self/smaps that maps `path`, summed."""
+    assert path is not None
+    lines, total = Path("/proc/self/smaps").read_text().splitlines(), 0
+    for i, line in enumerate(lines):
+        if line.endswith(" " + str(path.resolve())):
+            total += next(int(x.split()[1]) for x in lines[i + 1:] if x.startswith("Rss:")) * 1024
+    return total
+
+
 def test_a_second_mapping_of_the_same_artifact_is_not_counted_twice(tmp_path: Path) -> None:
     """Another cache in this process on the same artifact (as the hot tier's pooled engine
     is, or an engine not yet collected) maps the file again: the entry's pages are still
@@ -78,6 +88,7 @@ def test_a_second_mapping_of_the_same_artifact_is_not_counted_twice(tmp_path: Pa
     c.get(key(1), never)
     c.measure()
     alone = c.resident_bytes
+    assert alone == rss_of_every_area(c.artifact_path(key(1)))  # one mapping: all its areas count
     other = IsolateCache(make_engine(SandboxConfig(), pool_slots=2), SandboxConfig(), tmp_path, reaper=False)
     other.get(key(1), never)
     other.measure()

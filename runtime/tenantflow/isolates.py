@@ -412,26 +412,39 @@ def _reap(ref: "weakref.ReferenceType[IsolateCache]", wake: threading.Event) -> 
 
 
 _SMAPS = Path("/proc/self/smaps")
-# A read-only private mapping of a file and its Rss (pool slots map memory images of the
-# same file read-write: those are the allocator's, not the component's).
-_MAPPING = re.compile(rb"^[0-9a-f]+-[0-9a-f]+ r-[-x]p [0-9a-f]+ \S+ \d+ +(/[^\n]*?)(?: \(deleted\))?\n(?:\w+:[^\n]*\n)*?Rss: +(\d+) kB", re.M)
+# A read-only private mapping of a file (its address range and file offset) and its Rss
+# (pool slots map memory images of the same file read-write: those are the allocator's,
+# not the component's).
+_MAPPING = re.compile(
+    rb"^([0-9a-f]+)-([0-9a-f]+) r-[-x]p ([0-9a-f]+) \S+ \d+ +(/[^\n]*?)(?: \(deleted\))?\n(?:\w+:[^\n]*\n)*?Rss: +(\d+) kB", re.M
+)
 
 
 def _mapped_resident(paths: set[str]) -> Optional[dict[str, int]]:
     """Resident bytes of this process's largest read-only mapping of each path that is
-    mapped; None without /proc. Not their sum: a file mapped more than once here (another
-    cache on the same artifact directory, the hot tier's pooled engine, an engine not yet
-    collected) has its pages in memory once, and this cache's mapping is one of them."""
+    mapped; None without /proc. One mapping is a run of adjacent areas at consecutive file
+    offsets (a loaded artifact is three: its code is made executable in place). Not the sum
+    over mappings: a file mapped more than once here (another cache on the same artifact
+    directory, the hot tier's pooled engine, an engine not yet collected) has its pages in
+    memory once, and this cache's mapping is one of them."""
     try:
         data = _SMAPS.read_bytes()
     except OSError:
         return None
     wanted = {os.fsencode(p): p for p in paths}
     out: dict[str, int] = {}
+    runs: dict[str, tuple[int, int, int]] = {}  # path -> (end address, end offset, Rss) of its current run
     for match in _MAPPING.finditer(data):
-        path = wanted.get(match.group(1))
-        if path is not None:
-            out[path] = max(out.get(path, 0), int(match.group(2)) * 1024)
+        path = wanted.get(match.group(4))
+        if path is None:
+            continue
+        start, end, offset = int(match.group(1), 16), int(match.group(2), 16), int(match.group(3), 16)
+        rss = int(match.group(5)) * 1024
+        run = runs.get(path)
+        if run is not None and run[0] == start and run[1] == offset:  # the same mapping goes on
+            rss += run[2]
+        runs[path] = (end, offset + end - start, rss)
+        out[path] = max(out.get(path, 0), rss)
     return out
 
 
