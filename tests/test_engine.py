@@ -68,6 +68,11 @@ async def test_retries_follow_their_backoff_as_durable_timers(tmp_path: Path, cl
         assert [a.error.message for a in status.steps[0].failed_attempts if a.error] == [f"attempt {i} failed" for i in (1, 2, 3)]
 
 
+def contract_key(tenant: str, instance_id: str, seq: int, generation: int = 0) -> str:
+    """The idempotency key the contract derives for a step (see `Invocation.idempotency_key`)."""
+    return hashlib.sha256(f"{tenant}\0{instance_id}\0{generation}\0{seq}".encode()).hexdigest()[:32]
+
+
 async def test_idempotency_key_is_stable_across_retries_and_replays(tmp_path: Path, clock: ManualClock) -> None:
     async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
         t = engine.tenant("t")
@@ -78,7 +83,7 @@ async def test_idempotency_key_is_stable_across_retries_and_replays(tmp_path: Pa
         assert len(first["key"]) == 32 and first["key"] != second["key"]
         # The derivation is part of the contract: a retry on another host (or after an
         # upgrade of this one) must get the same key.
-        assert first["key"] == hashlib.sha256(f"t\0{one}\x000\x000".encode()).hexdigest()[:32]
+        assert first["key"] == contract_key("t", one, 0)
 
 
 async def test_a_guest_on_the_first_step_protocol_still_runs(tmp_path: Path, clock: ManualClock) -> None:
@@ -91,11 +96,8 @@ async def test_a_guest_on_the_first_step_protocol_still_runs(tmp_path: Path, clo
         clock.advance(1)
         status = await t.wait(iid)
         assert status.status == "complete", status.error
-
-        def key(seq: int) -> str:
-            return hashlib.sha256(f"t\0{iid}\x000\x00{seq}".encode()).hexdigest()[:32]
-
-        assert status.output == {"steps": [[1, key(0)], [2, key(1)]], "after": key(3)}
+        key = [contract_key("t", iid, seq) for seq in range(4)]
+        assert status.output == {"steps": [[1, key[0]], [2, key[1]]], "after": key[3]}
         assert [(s.name, s.status, s.attempts) for s in status.steps] == [("a", "done", 1), ("b", "done", 2), ("rest", "done", 0), ("after", "done", 1)]
 
 

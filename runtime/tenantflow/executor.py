@@ -385,7 +385,7 @@ class Invocation:
         retries = config.retries
         state = self.start_step(name, retries.limit, retries.delay, retries.backoff, config.timeout)
         if type(state) is int:
-            return _execute(state, self.idempotency_key(self.seq - 1))
+            return _execute(state, self.running_key())
         if type(state) is str:
             return _done(state)
         return wc.Variant("failed", state)

@@ -186,9 +186,7 @@ class WitHost:
             return Done(state.value)
         if isinstance(state, (t.StepStart_Failed, t.StepState_Failed)):
             return Failed(state.value.name, state.value.message)
-        if isinstance(state, t.StepStart_Execute):
-            return Execute(state.value, None)
-        if isinstance(state, t.StepState_Execute):
+        if isinstance(state, t.StepState_Execute):  # start-step's execute: `begin_step` takes it first
             return Execute(state.value.attempt, state.value.idempotency_key)
         raise AssertionError(f"unknown step state {state!r}")
 
