@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hostcpu import cpu_sample, cpu_share
+
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PYTHON = ROOT / "bench" / "peers" / ".venv" / "bin" / "python"
 OUT = ROOT / "bench" / "results" / "interleaved.json"
@@ -135,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
             order = ["tenantflow", *peers] if n % 2 == 0 else [*peers, "tenantflow"]
             entry: Json = {"round": n + 1, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "order": order,
                            "load_avg_before": list(os.getloadavg())}
+            cpu_before = cpu_sample()
             for system in order:
                 entry[system] = measure_tenantflow(work, workloads) if system == "tenantflow" else measure_peer(system, work, workloads)
             entry["load_avg_after"] = list(os.getloadavg())
+            entry["cpu_during"] = cpu_share(cpu_before, cpu_sample())
             rounds.append(entry)
             log(f"round {n + 1}/{args.rounds}: " + "; ".join(
                 f"{s} " + ", ".join(f"{m} {v:,.2f}" for w in workloads for m, v in entry[s][w].items()) for s in ["tenantflow", *peers]))

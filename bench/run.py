@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
+from hostcpu import cpu_sample, cpu_share, python_speed_us
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
@@ -302,6 +304,8 @@ def host_info(data_dir: Path) -> Json:
         "data_dir": str(data_dir),
         "data_dir_fsync_4k": fsync_probe(data_dir),
         "load_avg_at_start": list(os.getloadavg()),
+        "cpu_counters_at_start": cpu_sample(),
+        "python_speed_us_at_start": python_speed_us(),
     }
 
 
@@ -1353,6 +1357,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             log(f"--- {name}")
             load_before = list(os.getloadavg())
             fsync_before = fsync_probe(data)
+            speed_before = python_speed_us()
+            cpu_before = cpu_sample()
             engine_rev = versions().get("tenantflow_git")
             t0 = time.perf_counter()
             try:
@@ -1381,6 +1387,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             section["fsync_4k_before"] = fsync_before
             section["engine_rev"] = engine_rev
             section["load_avg_after"] = list(os.getloadavg())
+            section["python_speed_us_before"] = speed_before
+            section["cpu_during"] = cpu_share(cpu_before, cpu_sample())
             results["workloads"][name] = section
             write_json(out_path, results)
     finally:
@@ -1388,6 +1396,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             shutil.rmtree(data, ignore_errors=True)
     results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     results["host"]["load_avg_at_end"] = list(os.getloadavg())
+    results["host"]["cpu_during_run"] = cpu_share(results["host"].pop("cpu_counters_at_start", None), cpu_sample())
     write_json(out_path, results)
     log(f"wrote {rel(out_path)}")
 
@@ -1515,6 +1524,24 @@ linear-interpolated, as in the peer harness.
   memory cache and loads the artifact from disk); sequentially (latency) and one instance per
   tenant at once (throughput); the same with a cache that holds all 100 as reference.
 """
+
+
+def _speed_cell(speed_us: Optional[float]) -> str:
+    return f"{speed_us:,.0f} µs" if speed_us else "—"
+
+
+def _steal_cell(cpu: Optional[Json]) -> str:
+    return f"{cpu['steal_of_demand_pct']:.0f}% (busy {cpu['busy_pct']:.0f}%)" if cpu else "—"
+
+
+def cpu_during_text(cpu: Optional[Json], speed_us: Optional[float]) -> str:
+    """One sentence on the CPU the VM got over the run (see bench/hostcpu.py)."""
+    if not cpu:
+        return ""
+    return (f" Over the tenantflow half of the run the hypervisor held back {cpu['steal_of_demand_pct']:.0f}% of the CPU time this VM's "
+            f"work asked for (steal time: {cpu['steal_pct']:.0f}% of all vCPU time, busy {cpu['busy_pct']:.0f}%)"
+            + (f"; a fixed Python loop took {speed_us:,.0f} µs at the start" if speed_us else "")
+            + ". Per workload in [How each workload is measured](#how-each-workload-is-measured).")
 
 
 def _m(section: Optional[Json], name: str) -> Optional[float]:
@@ -2056,10 +2083,13 @@ def interleaved_lines(il: Json, path: Path, tf: Json) -> list[str]:
     median of the rounds' ratios (each from measurements a minute apart) and their range."""
     rounds = il.get("rounds", [])
     loads = [r.get("load_avg_before", [None])[0] for r in rounds]
+    steal = [r["cpu_during"]["steal_of_demand_pct"] for r in rounds if r.get("cpu_during")]
     L = ["## Interleaved in time", "",
          f"The workloads whose ratio moves most with this machine's load, measured again in {len(rounds)} rounds of "
          f"`{il.get('command')}` ({il.get('started_at', '?')} → {il.get('finished_at', '?')}; 1-minute load average at each round's "
-         f"start: {', '.join(f'{x:.2f}' for x in loads if x is not None)}): in each round tenantflow and every peer run one repeat "
+         f"start: {', '.join(f'{x:.2f}' for x in loads if x is not None)}"
+         + (f"; CPU stolen by the hypervisor per round: {', '.join(f'{x:.0f}%' for x in steal)}" if steal else "")
+         + "): in each round tenantflow and every peer run one repeat "
          "of each workload back to back, alternating who goes first, so each ratio compares measurements about a minute apart "
          f"(the halves of the run above are 10-40 minutes apart). Every round is in [`{rel(path)}`]({rel(path)}).", "",
          "| workload | peer | tenantflow (median of rounds) | peer (median of rounds) | ratio tf / peer: median of the rounds' | range over rounds | rounds tenantflow was better |",
@@ -2103,7 +2133,8 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
         + (f" and then `{tf.get('interleaved_command')}` ([Interleaved in time](#interleaved-in-time))." if tf.get("interleaved_command") else "."))
     fs = host.get("data_dir_fsync_4k", {})
     add(f"- This is a shared 2-core VM with other jobs running: absolute numbers move by 2× between runs "
-        f"(fsync of 4 KiB here: p50 {fs.get('p50_ms')} ms, p99 {fs.get('p99_ms')} ms at the start). Compare ratios within one run.")
+        f"(fsync of 4 KiB here: p50 {fs.get('p50_ms')} ms, p99 {fs.get('p99_ms')} ms at the start). Compare ratios within one run."
+        + cpu_during_text(host.get("cpu_during_run"), host.get("python_speed_us_at_start")))
     add("")
 
     # -- targets
@@ -2241,23 +2272,27 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
     add("")
     add(METHOD.strip())
     add("")
-    add("Conditions per workload (the disk and CPU are shared with other jobs; an fsync probe of 4 KiB writes "
-        "and the load average are taken just before each workload — and by the peer harness before each peer):")
+    add("Conditions per workload (the disk and CPU are shared with other jobs; an fsync probe of 4 KiB writes, "
+        "the load average and a fixed Python loop are taken just before each workload — and by the peer harness before each peer; "
+        "CPU stolen is the hypervisor's share of the CPU time the VM asked for while the workload ran, from `/proc/stat`, "
+        "see `bench/hostcpu.py`):")
     add("")
-    add("| workload | engine at start | fsync p50 / p99 before | load avg before → after | wall |")
-    add("| --- | --- | --- | --- | --- |")
+    add("| workload | engine at start | fsync p50 / p99 before | load avg before → after | Python loop before | CPU stolen during | wall |")
+    add("| --- | --- | --- | --- | --- | --- | --- |")
     for name in ORDER:
         section = w.get(name)
         if section:
             f = section.get("fsync_4k_before") or {}
             lb, la = section.get("load_avg_before") or [], section.get("load_avg_after") or []
-            add(f"| {name} | `{section.get('engine_rev', '—')}` | {f.get('p50_ms', '—')} / {f.get('p99_ms', '—')} ms | {lb[0] if lb else 0:.2f} → {la[0] if la else 0:.2f} | {section.get('wall_s', '—')} s |")
+            add(f"| {name} | `{section.get('engine_rev', '—')}` | {f.get('p50_ms', '—')} / {f.get('p99_ms', '—')} ms | {lb[0] if lb else 0:.2f} → {la[0] if la else 0:.2f} | "
+                f"{_speed_cell(section.get('python_speed_us_before'))} | {_steal_cell(section.get('cpu_during'))} | {section.get('wall_s', '—')} s |")
     for p in PEERS:
         pp = peers.get("peers", {}).get(p, {}) if peers else {}
         if pp:
             f = pp.get("data_dir_fsync_4k_before") or {}
             lb, la = pp.get("load_avg_before") or [], pp.get("load_avg_after") or []
-            add(f"| peer {PEER_NAMES[p]} | | {f.get('p50_ms', '—')} / {f.get('p99_ms', '—')} ms | {lb[0] if lb else 0:.2f} → {la[0] if la else 0:.2f} | |")
+            add(f"| peer {PEER_NAMES[p]} | | {f.get('p50_ms', '—')} / {f.get('p99_ms', '—')} ms | {lb[0] if lb else 0:.2f} → {la[0] if la else 0:.2f} | "
+                f"{_speed_cell(pp.get('python_speed_us_before'))} | {_steal_cell(pp.get('cpu_during'))} | |")
     add("")
 
     # -- durability
