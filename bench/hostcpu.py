@@ -8,12 +8,17 @@ accounts, per vCPU, the time it had work but the hypervisor ran someone else
 half of the CPU time asked for, which slows every workload by more than any change to the
 engine; recording it next to each result says which runs can be compared.
 
-A fixed pure-Python loop timed before each workload (`python_speed_us`) gives the speed of
-what was left, comparable across runs and machines.
+A core can be slow without any steal, too (a neighbour on its hyperthread sibling or in its
+caches, a hypervisor that makes page faults expensive): three fixed probes timed before each
+workload give the speed of what was left, comparable across runs. A pure-Python loop
+(`python_speed_us`: the host's and the guest interpreter's work), a large memory copy and
+first touches of fresh anonymous pages (`memory_speed`: what instantiating a Wasm instance and
+resetting its pooled slot cost).
 """
 
 from __future__ import annotations
 
+import mmap
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -66,3 +71,22 @@ def python_speed_us(rounds: int = 5) -> float:
             total += i * i % 7
         best = min(best, time.perf_counter() - t0)
     return round(best * 1e6, 1)
+
+
+def memory_speed(mib: int = 32, rounds: int = 3) -> dict[str, float]:
+    """Best of `rounds`: a `mib` MiB copy (GB/s) and a first write to a fresh anonymous page
+    (µs per page fault, the loop's own cost included)."""
+    size = mib << 20
+    src, dst = bytearray(size), bytearray(size)
+    copy_s = fault_s = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        dst[:] = src
+        copy_s = min(copy_s, time.perf_counter() - t0)
+        pages = mmap.mmap(-1, size)
+        t0 = time.perf_counter()
+        for offset in range(0, size, mmap.PAGESIZE):
+            pages[offset] = 1
+        fault_s = min(fault_s, time.perf_counter() - t0)
+        pages.close()
+    return {"copy_gb_s": round(size / copy_s / 1e9, 2), "fault_us": round(fault_s / (size // mmap.PAGESIZE) * 1e6, 2)}

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
-from hostcpu import cpu_sample, cpu_share, python_speed_us
+from hostcpu import cpu_sample, cpu_share, memory_speed, python_speed_us
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -306,6 +306,7 @@ def host_info(data_dir: Path) -> Json:
         "load_avg_at_start": list(os.getloadavg()),
         "cpu_counters_at_start": cpu_sample(),
         "python_speed_us_at_start": python_speed_us(),
+        "memory_speed_at_start": memory_speed(),
     }
 
 
@@ -1358,6 +1359,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             load_before = list(os.getloadavg())
             fsync_before = fsync_probe(data)
             speed_before = python_speed_us()
+            memory_before = memory_speed()
             cpu_before = cpu_sample()
             engine_rev = versions().get("tenantflow_git")
             t0 = time.perf_counter()
@@ -1388,6 +1390,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             section["engine_rev"] = engine_rev
             section["load_avg_after"] = list(os.getloadavg())
             section["python_speed_us_before"] = speed_before
+            section["memory_speed_before"] = memory_before
             section["cpu_during"] = cpu_share(cpu_before, cpu_sample())
             results["workloads"][name] = section
             write_json(out_path, results)
@@ -1526,8 +1529,12 @@ linear-interpolated, as in the peer harness.
 """
 
 
-def _speed_cell(speed_us: Optional[float]) -> str:
-    return f"{speed_us:,.0f} µs" if speed_us else "—"
+def _speed_cell(section: Json) -> str:
+    """The CPU's speed just before a workload: Python loop, memory copy, page fault."""
+    speed_us, mem = section.get("python_speed_us_before"), section.get("memory_speed_before") or {}
+    if not speed_us:
+        return "—"
+    return f"{speed_us:,.0f} µs" + (f" · {mem['copy_gb_s']:.1f} GB/s · {mem['fault_us']:.1f} µs" if mem else "")
 
 
 def _steal_cell(cpu: Optional[Json]) -> str:
@@ -1671,6 +1678,44 @@ runs), on 2 cores shared with other jobs (±30%).
 
 ### What changed this round
 
+- **Every result says how much CPU the machine gave it** (`bench/hostcpu.py`: the conditions
+  table under [How each workload is measured](#how-each-workload-is-measured), a sentence in the
+  header, per round under [Interleaved in time](#interleaved-in-time), `python_speed_us_before`
+  and `cpu_during` in the JSON, for tenantflow's workloads and each peer alike). This VM's
+  figures have moved 2-3× between sessions with its load average near zero: the load average
+  counts runnable threads inside the VM and cannot see the hypervisor running other guests on
+  the same physical cores. Steal time in `/proc/stat` can. During a paced one-step probe of the
+  last session the kernel accounted 451 ticks of steal against 325 of user time (the VM was
+  held back for more than half of the CPU time it asked for) and the probe's p50 went 4.4 →
+  11.8 ms; the runner's CPU per aggregate step went 254 → 600 µs within minutes. A core can also
+  be slow with no steal at all (another guest on its hyperthread sibling, or sharing its
+  caches): this session, at 0-4% steal, a fixed 20,000-iteration Python loop took 1,450-2,200 µs
+  from one workload to the next, `sum(range(10000))` 244 µs (204 µs the session before), and the
+  same one-step probe gave a p50 of 6.0 ms where it gave 4.4, and one runner's CPU per aggregate
+  step was 486-625 µs (131-164 µs in a quiet hour of an earlier session). Memory was slow as
+  well: a 32 MiB copy ran at 4.6-6.7 GB/s and a first write to a fresh page took 2.2-4.8 µs (the
+  costs of a Wasm instance's start and of its pooled slot's reset). So the loop, the copy and the
+  fault are timed before every workload and every peer, and the steal is counted while it runs:
+  within a run they say whether two halves saw the same machine; across runs, compare figures
+  taken at like speeds.
+- **Where a paced one-step run's 5 ms went** (a probe with timestamps on the host's path and
+  per-thread `getrusage` around the guest's `run`, 400 runs, the last session): the instance
+  row's commit 0.46 → 1.29 ms (0.8 ms, where a bare commit in Python takes 0.25 here), the
+  create returns at 1.64, the hot instance is ready at 1.90, the guest's first `start-step` at
+  2.92 (the `run` export used ~0.57 ms of its thread's CPU with no page fault and no context
+  switch: the rest of that millisecond the CPU was elsewhere), the step ends at 3.12, the
+  completion's commit 3.52 → 4.23, `wait()` returns at 5.14. Back to back the runs are bimodal
+  (~3 ms and 5-9 ms) and the slow half is slower in every phase alike: the cores being taken
+  away, not one phase of the engine. No engine change came of it.
+- **Measured, not kept:** one runner with 64 lanes for the aggregate (no better than 16: the
+  runner's core is saturated at ~0.97 cores while the engine's hub uses 0.55-0.6, and its commits
+  carry 1-2 writes each because the runner, not the disk, is the bottleneck). `perf record` of
+  both processes this session: runner — host Python 44%, the guest's CPython-in-Wasm 19%, libc
+  13.6% (memmove 9%: instance memory), the kernel 8.8%, wasmtime 8%, pickle 3%; hub — host
+  Python 54%, the kernel 22%, SQLite 10%.
+
+### The round before
+
 - **A step crosses the guest-host boundary without records** (WIT `start-step`,
   `end-attempt-ok`, `idempotency-key`; `executor.Invocation.start_step`, the guest SDK's
   `WitHost`). `begin-step(name, step-config) -> step-state` built a `StepConfig` and a
@@ -1681,19 +1726,19 @@ runs), on 2 cores shared with other jobs (±30%).
   parameters and answers `execute(u32)` (the attempt), a body that takes a context fetches its
   key with `idempotency-key`, and `end-attempt-ok(name, value) -> option<error-info>` answers
   none once the value is the step's result. Per call (`bench/fastcall_bench.py`, this machine
-  this session): a new step's start 21.1 → 8.8 µs, a recorded one's 12.0 → 9.3, an attempt's end
+  that session): a new step's start 21.1 → 8.8 µs, a recorded one's 12.0 → 9.3, an attempt's end
   5.5-8.0 µs with nothing sent back. A/B in alternating processes (`Steps` workflows, the bench
   component built from each SDK): 64 × 100 steps on one runner with 16 lanes, 2,579-3,705 →
   3,023-4,910 steps/s and 266-372 → 200-325 µs of the runner's CPU per step (2 pairs of 3
   repeats); one workflow of 1,000 sequential steps in-process, 1,996-2,360 → 2,295-2,741 steps/s
-  and 316-357 → 268-313 µs of CPU per step (3 pairs of 2). This session's machine ran
-  everything at 2-3× last session's CPU per step (the same aggregate probe reached
+  and 316-357 → 268-313 µs of CPU per step (3 pairs of 2). That session's machine ran
+  everything at 2-3× the session before's CPU per step (the same aggregate probe reached
   8,900-10,100 steps/s then), which this run's figures reflect. `begin-step` and `end-attempt`
   stay in the world: components built before keep working (`tests/test_engine.py` runs a guest
   that calls them directly: same journal, same keys, retries in place and replay), and a failed
   attempt still ends with `end-attempt`.
 
-### The round before
+### Two rounds ago
 
 - **A status waiter no longer reads its instance before it can have settled, nor each time some
   other invocation ends** (`TenantBinding.wait`, `Scheduler.watch`). `wait` read the instance
@@ -1724,7 +1769,7 @@ runs), on 2 cores shared with other jobs (±30%).
   the same GIL. And for this round's aggregate figure: the runner process was not the engine's
   neighbour on its core (engine threads pinned to the other core: within noise of unpinned).
 
-### Two rounds ago
+### Three rounds ago
 
 - **A finished invocation's outcome reaches the event loop before its store is let go**
   (`Executor.invoke(publish=...)`, used by the engine's workers and by runner processes). The
@@ -1769,7 +1814,7 @@ runs), on 2 cores shared with other jobs (±30%).
   - *Less of a pooled slot kept resident* (16 → 4 → 0 MiB): the close 1.6 → 0.75 → 0.45 ms of
     CPU, but the guest's first pass 0.6 → 2.0 ms (page faults): back-to-back p50 3.5 → 4.6-4.9 ms.
 
-### Three rounds ago
+### Four rounds ago
 
 - **The one-step latency comparison, interleaved in time** (`bench/latency_ab.py`, since folded
   into `bench/interleaved.py`: tenantflow's and each peer's one-step workload, one repeat each,
@@ -1794,7 +1839,7 @@ runs), on 2 cores shared with other jobs (±30%).
     rejected for the same inversion: see "Six rounds ago"). A tail that long under load is worse than
     the quiet-machine gain.
 
-### Four rounds ago
+### Five rounds ago
 
 - **Replay and cold start are compared with every peer** (workloads 5 and 4, side by side above,
   `replay.png` and the cold start in `latency.png`). Replay: each peer goes through a finished
@@ -1804,7 +1849,7 @@ runs), on 2 cores shared with other jobs (±30%).
   is a new process serving that tenant's code; tenantflow loads the tenant's artifact into the
   running host. What bounds each is under [What bounds the remaining gaps](#what-bounds-the-remaining-gaps).
 
-### Five rounds ago
+### Six rounds ago
 
 - **Memory with 10,000 waiting workflows is compared with every peer** (workload 6, side by
   side above and in `memory.png`): each peer parks the same one-step-then-wait workflows and its
@@ -1820,36 +1865,14 @@ runs), on 2 cores shared with other jobs (±30%).
   lanes or more (4, 16 instead of 8) and pinning the engine's threads to the other core did not
   raise aggregate throughput.
 
-### Six rounds ago
-
-- **A new instance starts from the row it was created with, in-process too** (`Prepared`; with
-  runners it already did). The worker no longer reads back a row, a journal and events that
-  cannot have changed since the create committed: one-step p50 3.36 → 2.99 ms (alternating A/B
-  loops of 300 runs, 4 each). Dispatching before the commit instead (the runners' way) was
-  measured again, interleaved in one process so both saw the same noise: 0.3-0.5 ms *worse*
-  in-process (3 × 800 runs), as in the round before it.
-- **Log lines commit with the write that ends the invocation** (its outcome, a wait, a pause).
-  They were written after it, so a reader could see `complete` before the lines logged on the
-  way (a CI failure); `tests/test_engine.py` checks with an SQLite trigger what a reader sees at
-  each new status.
-- **Where the CPU of a one-step workflow goes on the hot tier** (`perf record --call-graph dwarf`
-  of 300 one-step runs, per-thread `getrusage` around each phase): the guest's run ~0.6 ms, and
-  off the critical path the pooled store's close ~0.9-1.1 ms (wasmtime resets every page the
-  slot ever made private, up to the 16 MiB kept resident, with memcpy: 15% of all CPU samples)
-  plus the warm pool's next instance ~1.0 ms (instantiation and the runtime's start, a third of
-  it wasmtime resolving `ref.func`s). About 2 ms of background CPU per workflow on 2 cores, beside
-  ~1 ms for the loop, the commits and the guest: that contention, not any one step, is what
-  moves the p50 with the machine's load. Measured, not kept: waking the caller before letting the
-  store go (no gain: the close then overlaps the next create); background threads under
-  `SCHED_IDLE` (p50 ~0.3 ms better on a loaded machine, but a thread that holds the GIL and gets
-  no CPU stalls the whole engine while a neighbour keeps the cores busy); 64 MiB kept resident
-  (same close cost: the pages a slot keeps are what its instances write); checkpointing the log
-  from a background connection every 50 ms instead of SQLite's automatic checkpoint in the
-  committing thread (sequential ~3,100 → ~2,100 steps/s: the database file's fsyncs then run
-  beside every commit's; latency no better, 4 alternating runs each).
-
 #### Earlier rounds
-Runner processes (invocations in processes pinned to a core each, the engine keeping the only
+A new instance started from the row it was created with in-process too (no read-back of a row,
+journal and events that cannot have changed: one-step p50 3.36 → 2.99 ms), log lines committed
+with the write that ends the invocation (a reader never sees `complete` before them), the CPU of
+a one-step run on the hot tier profiled (the guest's run ~0.6 ms; off the critical path the
+pooled store's close ~1 ms and the next warm instance ~1 ms); measured then and not kept:
+background threads under `SCHED_IDLE`, 64 MiB kept resident per slot, checkpointing from a
+background connection. Runner processes (invocations in processes pinned to a core each, the engine keeping the only
 SQLite write connection and committing every runner's writes together), a cheaper step
 (signatures recognised with one C call, the generation fence folded into the journal write, no
 `StepContext` unless a body takes one), a write-ahead log grown before traffic, hot versions on a
@@ -1866,6 +1889,8 @@ The pooling allocator for every version stays opt-in (`SandboxConfig(pooling=Tru
 round).
 
 ### What bounds the remaining gaps
+
+{machine_speed}
 
 **Aggregate throughput (10,000 steps/s on 2 cores needs ≤ 200 µs of CPU per step, every core
 busy).** In this run {agg_runners} steps/s at {agg_cpu} µs of CPU per step. The figure follows the
@@ -1886,10 +1911,10 @@ is ~60% busy). No one item of the runner's host path is large. Measured alone: a
 step's write 5.8 µs and unpickling it 4.6 (3.8 and 3.1 with a tuple reduction of the journal
 entry), a host import crossing 11-13 µs with the guest's bindings (`bench/fastcall_bench.py`);
 all of these together are ~5% of the runner's CPU, within this machine's noise, so they were not
-made. What was made this round is a step without records on either side of its two crossings
+made. What was made the round before is a step without records on either side of its two crossings
 (`start-step` 8-9 µs where `begin-step` took 12-21, nothing sent back at an attempt's end): the
-runner's CPU per step 20-25% lower in alternating A/B, on a machine that ran this session at 2-3×
-the last session's CPU per step (the old code's 64 × 100 steps on one runner: 2,600-3,700 steps/s
+runner's CPU per step 20-25% lower in alternating A/B, on a machine that ran that session at 2-3×
+the session before's CPU per step (the old code's 64 × 100 steps on one runner: 2,600-3,700 steps/s
 today, 6,300-9,000 then). Two runners put a runner beside the hub on each core: the CPU per step of every process
 rises with the cross-core traffic, and throughput stays within noise of one runner's. What would
 close the gap is a step path several times cheaper: the host's per-step work (the import
@@ -1901,7 +1926,7 @@ in this run. The ratio to DBOS moves with DBOS's own figure between runs (530-89
 machine across rounds; DBOS's step is CPU-bound Python and SQLAlchemy, so a quiet machine speeds it
 up more than it speeds up one fsync per step): at DBOS's {dbos_seq} steps/s in this run, 4× is
 {dbos_4x} steps/s, {dbos_4x_raw}% of this disk's raw commit rate. {seq_interleaved} Where a step's
-time goes (medians per step of a 1,000-step run, this round's probe on a quiet machine, ~330 µs
+time goes (medians per step of a 1,000-step run, a probe of an earlier round on a quiet machine, ~330 µs
 in all): the COMMIT with its fsync 153-170 µs, the guest 70-80 µs (the body and the SDK's step
 path 42-51, from the end of one step to the next `begin_step` 28-31), the host 60-65 µs (the
 writer's leader path 20-25, the journal insert 14-15, `BEGIN IMMEDIATE` 6, `begin_step` 13-15).
@@ -1924,9 +1949,9 @@ leaves 2.5-3 ms of CPU to background threads: the pooled slot's reset (1.2-1.6 m
 copies back every byte of the slot's first 16 MiB, written or not) and the next warm instance
 (~0.9 ms). Spaced out, that work is done before the next request: {paced_p50} ms p50 in this run.
 Back to back, a run shares the 2 cores with what the last one left to do, and the p50 follows
-the machine's load ({one_step_p50} ms in this run; 1.7-2.5 ms at quiet moments in the probes of two
-rounds ago and 2.10 ms in the last round's full run, 3.5-4 ms on a loaded machine; this session's machine, slower at
-everything, gave 3.8-4.7 ms in alternating A/B of this round's code and the last round's, the two alike). Lower priorities for the background threads help a quiet machine and cost the
+the machine's load ({one_step_p50} ms in this run; 1.7-2.5 ms at quiet moments in the probes of three
+rounds ago and 2.10 ms in the full run of two rounds ago, 3.5-4 ms on a loaded machine; the machine of the round before, slower at
+everything, gave 3.8-4.7 ms in alternating A/B of that round's code and the one before it, the two alike). Lower priorities for the background threads help a quiet machine and cost the
 tail on a busy one (nice 19: p99 28 → 145 ms beside two busy processes; `SCHED_BATCH`: p99 11.4
 → 17 ms; above), so they run at normal priority. What would close it for good is a reset that
 copies back only the pages an instance wrote: wasmtime has it (`PoolingAllocationConfig::pagemap_scan`,
@@ -2014,6 +2039,22 @@ def peer_footprint_text(peers: Json) -> str:
     return ", ".join(parts) if parts else "no peer measured it in this run"
 
 
+def machine_speed_text(workloads: Json) -> str:
+    """The spread of the CPU this run's workloads got (bench/hostcpu.py), for the bounds below."""
+    speeds = [s["python_speed_us_before"] for s in workloads.values() if s.get("python_speed_us_before")]
+    steal = [s["cpu_during"]["steal_of_demand_pct"] for s in workloads.values() if s.get("cpu_during")]
+    memory = [s["memory_speed_before"] for s in workloads.values() if s.get("memory_speed_before")]
+    if not speeds or not steal:
+        return "**This machine.** (CPU speed and steal time not recorded in this run.)"
+    copy, fault = [m["copy_gb_s"] for m in memory], [m["fault_us"] for m in memory]
+    memory_text = (f", a 32 MiB copy ran at {min(copy):.1f}-{max(copy):.1f} GB/s, a page fault took {min(fault):.1f}-{max(fault):.1f} µs,"
+                   if memory else ",")
+    return (f"**This machine.** Before this run's workloads a fixed Python loop took {min(speeds):,.0f}-{max(speeds):,.0f} µs{memory_text} and "
+            f"while they ran the hypervisor held back {min(steal):.0f}-{max(steal):.0f}% of the CPU time the VM asked for "
+            "(per workload in the conditions table below; what these mean in *What changed this round*). "
+            "Figures quoted from other sessions were taken on the same VM at other speeds; ratios within a run are like for like.")
+
+
 def analysis_values(tf: Json, peers: Optional[Json] = None, interleaved: Optional[Json] = None) -> dict[str, str]:
     w = tf.get("workloads", {})
     seq_il = (interleaved or {}).get("summary", {}).get("sequential_steps.steps_per_s.dbos")
@@ -2039,6 +2080,7 @@ def analysis_values(tf: Json, peers: Optional[Json] = None, interleaved: Optiona
     in_process = [m.get("median") for k, m in agg_metrics.items() if k.startswith("total_steps_per_s_workers_") and m.get("median")]
     runners = [m.get("median") for k, m in agg_metrics.items() if k.startswith("total_steps_per_s_processes_") and m.get("median")]
     return {
+        "machine_speed": machine_speed_text(w),
         "one_step_p50": num("one_step_latency", "p50_ms", 2),
         "paced_p50": num("one_step_latency", "paced_p50_ms", 2),
         "signal_p50": num("wakeup_latency", "signal_p50_ms", 2),
@@ -2273,11 +2315,12 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
     add(METHOD.strip())
     add("")
     add("Conditions per workload (the disk and CPU are shared with other jobs; an fsync probe of 4 KiB writes, "
-        "the load average and a fixed Python loop are taken just before each workload — and by the peer harness before each peer; "
+        "the load average and the CPU's speed are taken just before each workload — and by the peer harness before each peer "
+        "(a fixed Python loop's time · a 32 MiB memory copy · a first write to a fresh page, `bench/hostcpu.py`); "
         "CPU stolen is the hypervisor's share of the CPU time the VM asked for while the workload ran, from `/proc/stat`, "
         "see `bench/hostcpu.py`):")
     add("")
-    add("| workload | engine at start | fsync p50 / p99 before | load avg before → after | Python loop before | CPU stolen during | wall |")
+    add("| workload | engine at start | fsync p50 / p99 before | load avg before → after | CPU before: loop · copy · fault | CPU stolen during | wall |")
     add("| --- | --- | --- | --- | --- | --- | --- |")
     for name in ORDER:
         section = w.get(name)
@@ -2285,14 +2328,14 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
             f = section.get("fsync_4k_before") or {}
             lb, la = section.get("load_avg_before") or [], section.get("load_avg_after") or []
             add(f"| {name} | `{section.get('engine_rev', '—')}` | {f.get('p50_ms', '—')} / {f.get('p99_ms', '—')} ms | {lb[0] if lb else 0:.2f} → {la[0] if la else 0:.2f} | "
-                f"{_speed_cell(section.get('python_speed_us_before'))} | {_steal_cell(section.get('cpu_during'))} | {section.get('wall_s', '—')} s |")
+                f"{_speed_cell(section)} | {_steal_cell(section.get('cpu_during'))} | {section.get('wall_s', '—')} s |")
     for p in PEERS:
         pp = peers.get("peers", {}).get(p, {}) if peers else {}
         if pp:
             f = pp.get("data_dir_fsync_4k_before") or {}
             lb, la = pp.get("load_avg_before") or [], pp.get("load_avg_after") or []
             add(f"| peer {PEER_NAMES[p]} | | {f.get('p50_ms', '—')} / {f.get('p99_ms', '—')} ms | {lb[0] if lb else 0:.2f} → {la[0] if la else 0:.2f} | "
-                f"{_speed_cell(pp.get('python_speed_us_before'))} | {_steal_cell(pp.get('cpu_during'))} | |")
+                f"{_speed_cell(pp)} | {_steal_cell(pp.get('cpu_during'))} | |")
     add("")
 
     # -- durability

@@ -40,3 +40,8 @@ def test_real_counters_see_this_process_busy() -> None:
     assert share is not None
     assert 0 < share["busy_pct"] <= 100
     assert 0 <= share["steal_of_demand_pct"] <= 100
+
+
+def test_memory_speed_measures_a_copy_and_page_faults() -> None:
+    speed = hostcpu.memory_speed(mib=4, rounds=1)
+    assert speed["copy_gb_s"] > 0 and speed["fault_us"] > 0

@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # bench/: hostcpu (stdlib only)
 
-from hostcpu import cpu_sample, cpu_share, python_speed_us  # noqa: E402
+from hostcpu import cpu_sample, cpu_share, memory_speed, python_speed_us  # noqa: E402
 from tfpeers.common import (  # noqa: E402
     PEERS_DIR,
     Json,
@@ -342,7 +342,7 @@ def parent_main(args: argparse.Namespace) -> int:
             else:
                 # Background load on this shared 2-core machine moves the numbers: record it per peer.
                 section = {"load_avg_before": _loadavg(), "data_dir_fsync_4k_before": fsync_probe(data_root),
-                           "python_speed_us_before": python_speed_us()}
+                           "python_speed_us_before": python_speed_us(), "memory_speed_before": memory_speed()}
                 # ...and the hypervisor's steal time, which the load average cannot see (bench/hostcpu.py).
                 cpu_before = cpu_sample()
                 section.update(_run_child(peer, cfg, data_root, peer_timeout))
