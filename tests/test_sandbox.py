@@ -101,6 +101,24 @@ CASES = [
         id="50-MiB-step-result",
     ),
     pytest.param(
+        Case("NotJSON", {"bad": "{not json"}, "complete",
+             output={"refused": ["StepResultNotJSON", "step 'raw' returned text that is not JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"]}),
+        id="step-result-not-json",
+    ),
+    pytest.param(
+        Case("NotJSON", {"bad": "NaN"}, "complete", output={"refused": ["StepResultNotJSON", "step 'raw' returned text that is not JSON: NaN is not JSON"]}),
+        id="step-result-nan",
+    ),
+    pytest.param(
+        Case("NotJSON", {"bad": "[1, 2", "output": True}, "errored",
+             ("OutputNotJSON", "the workflow returned text that is not JSON: Expecting ',' delimiter: line 1 column 6 (char 5)")),
+        id="output-not-json",
+    ),
+    pytest.param(
+        Case("NotJSON", {"digits": 2 * MiB, "output": True}, "errored", ("OutputTooLarge", "the workflow returned 2 MiB; the limit is 1 MiB")),
+        id="output-over-the-limit",
+    ),
+    pytest.param(
         Case("Abort", {}, "errored", ("WorkflowCrashed", "the workflow exited the interpreter (exit status 1)")),
         id="exit-the-interpreter",
     ),

@@ -27,7 +27,7 @@ from .clock import Clock
 from .database import Readers, Writer
 from .exports import ExportCalls
 from .isolates import IsolateCache
-from .limits import EVENT_TYPE, Limits, format_bytes
+from .limits import EVENT_TYPE, Limits, format_bytes, json_problem
 from .loader import LoaderError
 from .policy import DEFAULT_POLICY, TenantPolicy
 from .sandbox import INTERRUPTED, POOL_EXHAUSTED, new_store
@@ -450,6 +450,9 @@ class Invocation:
         if len(result) * 4 > limit and len(result.encode()) > limit:
             message = f"step {run.name!r} returned {format_bytes(len(result.encode()))}; the limit is {format_bytes(limit)}"
             return self.attempt_failed(run, "StepResultTooLarge", message, retryable=False).payload
+        problem = json_problem(result)  # only a guest that bypasses the SDK's encoder sends such text
+        if problem is not None:
+            return self.attempt_failed(run, "StepResultNotJSON", f"step {run.name!r} returned text that is not JSON: {problem}", retryable=False).payload
         self.attempt_succeeded(run, result)
         return None
 
@@ -1025,7 +1028,8 @@ class Executor:
             if isinstance(outcome, wc.Variant):
                 outcome = outcome.payload
             if isinstance(outcome, str):
-                return self.settle(inv, None, output=outcome)
+                refused = self.output_refused(outcome)
+                return self.settle(inv, None, output=outcome) if refused is None else self.settle(inv, Unwind("errored", refused))
             return self.settle(inv, Unwind("errored", inv.limit_error(_get(outcome, "name"), _get(outcome, "message"))))
         except Unwind as unwind:  # raised while settling (e.g. fenced)
             return self.settle(inv, unwind)
@@ -1088,6 +1092,14 @@ class Executor:
         except jn.Fenced:
             return InvocationResult("cancelled")
         return InvocationResult("waiting", wake_at)
+
+    def output_refused(self, output: str) -> Optional[tuple[str, str]]:
+        """Why a workflow's output cannot be its result (too large, not JSON), or None."""
+        limit = self.limits.max_output_bytes
+        if len(output) * 4 > limit and len(output.encode()) > limit:
+            return "OutputTooLarge", f"the workflow returned {format_bytes(len(output.encode()))}; the limit is {format_bytes(limit)}"
+        problem = json_problem(output)
+        return None if problem is None else ("OutputNotJSON", f"the workflow returned text that is not JSON: {problem}")
 
     def settle(self, inv: Invocation, unwind: Optional[Unwind], output: Optional[str] = None) -> InvocationResult:
         """Make the invocation's end durable and tell the scheduler what comes next."""

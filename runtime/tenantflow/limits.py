@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn, Optional
 
 from .errors import InvalidInput, PayloadTooLarge
 
@@ -21,6 +21,7 @@ MAX_INSTANCE_ID = 100
 class Limits:
     max_params_bytes: int = MiB
     max_step_result_bytes: int = MiB
+    max_output_bytes: int = MiB  # what a workflow returns
     max_event_payload_bytes: int = MiB
     max_step_name_chars: int = 256
     max_steps_per_instance: int = 10_000
@@ -71,6 +72,25 @@ def encode_json(value: Any, limit: int, what: str) -> str:
         raise InvalidInput(f"{what} must be JSON-serializable: {exc}") from None
     check_size(text, limit, what)
     return text
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+# One decoder for every check (`json.loads` with options builds a new one per call).
+_STRICT_JSON = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def json_problem(text: str) -> Optional[str]:
+    """Why `text` is not one JSON value, or None when it is. What a guest hands the host
+    as JSON (a step's result, its output) is checked before it is journaled: an API reader
+    must be able to decode everything the journal holds."""
+    try:
+        _STRICT_JSON.decode(text)
+    except ValueError as exc:  # json.JSONDecodeError, and NaN or Infinity
+        return str(exc)
+    return None
 
 
 def check_size(text: str, limit: int, what: str) -> None:

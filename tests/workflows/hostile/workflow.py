@@ -112,3 +112,24 @@ class Abort(WorkflowEntrypoint):
 
     def run(self, event, step):
         os._exit(3)
+
+
+class NotJSON(WorkflowEntrypoint):
+    """Hands the host text that is not JSON through the component's own bindings: as a
+    step's result (`bad`: the text; or `digits` digits, one JSON number too large to
+    send as params), or as the workflow's output (`output`: true)."""
+
+    def run(self, event, step):
+        from wit_world.imports import durable, types  # the component's own bindings
+
+        bad = event.payload.get("bad") or "1" * event.payload.get("digits", 0)
+        if event.payload.get("output"):
+            import json
+
+            json.dumps = lambda *args, **kwargs: bad  # what the SDK encodes the output with
+            return {"ignored": True}
+        state = durable.start_step("raw", 0, 0, types.Backoff.CONSTANT, 60_000)
+        if not isinstance(state, types.StepStart_Execute):
+            raise AssertionError(f"start-step answered {state!r}")
+        failed = durable.end_attempt_ok("raw", bad)
+        return {"refused": None if failed is None else [failed.name, failed.message]}
