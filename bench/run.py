@@ -520,6 +520,31 @@ async def w_prepare(cfg: Json) -> Json:
         }
 
 
+# A durable step runs guest and host code between two commits, and that code leaves the
+# CPU's caches holding its own memory: the commit then runs with SQLite's and the kernel's
+# paths cold. A copy this size before each transaction does the same to a bare commit.
+CACHE_EVICTING_COPY = 8 << 20
+
+
+def cache_cold_commits_per_s(path: Path, count: int) -> float:
+    """Bare FULL commits, each right after an 8 MiB copy; only the transactions are timed."""
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+    source, target, value = bytearray(CACHE_EVICTING_COPY), bytearray(CACHE_EVICTING_COPY), "x" * 64
+    spent = 0.0
+    for _ in range(count):
+        target[:] = source
+        t0 = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t (v) VALUES (?)", (value,))
+        conn.execute("COMMIT")
+        spent += time.perf_counter() - t0
+    conn.close()
+    return count / spent
+
+
 async def w_raw_sqlite(cfg: Json) -> Json:
     """The physical limit: one-row transactions, WAL, synchronous=FULL, on the bench disk."""
     data = Path(cfg["data"]) / "raw-sqlite"
@@ -527,6 +552,7 @@ async def w_raw_sqlite(cfg: Json) -> Json:
     n = cfg["sizes"]["raw_commits"]
     rates: list[float] = []
     normal: list[float] = []
+    cold: list[float] = []
     for r in range(cfg["repeats"]):
         for sync, out in (("FULL", rates), ("NORMAL", normal)):
             path = data / f"raw-{sync}-{r}.db"
@@ -543,12 +569,14 @@ async def w_raw_sqlite(cfg: Json) -> Json:
                 conn.execute("COMMIT")
             out.append(count / (time.perf_counter() - t0))
             conn.close()
-        log(f"raw sqlite repeat {r + 1}: {rates[-1]:.0f} commits/s (FULL), {normal[-1]:.0f} (NORMAL)")
+        cold.append(cache_cold_commits_per_s(data / f"raw-cold-{r}.db", n // 5))
+        log(f"raw sqlite repeat {r + 1}: {rates[-1]:.0f} commits/s (FULL), {normal[-1]:.0f} (NORMAL), {cold[-1]:.0f} (FULL, caches evicted before each)")
     return {
-        "params": {"commits_per_repeat": n, "row_bytes": 64, "journal_mode": "wal"},
+        "params": {"commits_per_repeat": n, "row_bytes": 64, "journal_mode": "wal", "cache_evicting_copy_mib": CACHE_EVICTING_COPY >> 20},
         "metrics": {
             "commits_per_s": metric(rates, "commits/s", "higher"),
             "commits_per_s_synchronous_normal": metric(normal, "commits/s", "higher"),
+            "commits_per_s_caches_evicted": metric(cold, "commits/s", "higher"),
         },
         "raw": {"fsync_4k": fsync_probe(data)},
     }
@@ -1632,6 +1660,7 @@ def evaluate_targets(tf: Json, peers: Json, interleaved: Optional[Json] = None) 
     seq_il = (interleaved or {}).get("summary", {}).get("sequential_steps.steps_per_s.dbos")
     seq = _m(w.get("sequential_steps"), "steps_per_s")
     raw = _m(w.get("raw_sqlite"), "commits_per_s")
+    raw_cold = _m(w.get("raw_sqlite"), "commits_per_s_caches_evicted")
     dbos = _m(_peer_section(peers, "dbos", "sequential_steps"), "steps_per_s") if peers else None
     waiting = w.get("footprint_waiting", {})
     runs = waiting.get("raw", {}).get("runs", []) if waiting.get("status") == "ok" else []
@@ -1646,7 +1675,8 @@ def evaluate_targets(tf: Json, peers: Json, interleaved: Optional[Json] = None) 
             f"tenantflow {_fmt(seq_il['tenantflow_median'], 'steps/s')}, DBOS {_fmt(seq_il['peer_median'], 'steps/s')}; "
             "[Interleaved in time](#interleaved-in-time))")] if seq_il else []),
         ("Sequential ≥ 45% of the raw commit limit", seq / raw if seq and raw else None, 0.45, "higher",
-         f"{100 * seq / raw:.0f}% of {_fmt(raw, 'commits/s')}" if seq and raw else "—"),
+         (f"{100 * seq / raw:.0f}% of {_fmt(raw, 'commits/s')}" + (f" ({100 * seq / raw_cold:.0f}% of the {_fmt(raw_cold, 'commits/s')} "
+          "of bare commits each right after an 8 MiB copy, caches cold as after a step's code)" if raw_cold else "")) if seq and raw else "—"),
         ("Aggregate ≥ 10,000 steps/s", _m(w.get("aggregate_steps"), "total_steps_per_s"), 10_000, "higher",
          f"{_fmt(_m(w.get('aggregate_steps'), 'total_steps_per_s'), 'steps/s')} ({agg_config_text(w.get('aggregate_steps', {}))})"),
         *footprint_rows(runs, f"{tenants} tenants, each its own component version, default isolate cache"),
@@ -1678,6 +1708,21 @@ runs), on 2 cores shared with other jobs (±30%).
 
 ### What changed this round
 
+- **A commit after a step's code costs 2-3× a bare one** (why sequential steps reach ~30% of
+  the raw commit limit, not 45%). Timing each `COMMIT` of the engine's writer during a 1,000-step
+  run (a probe wrapping the connection): p50 283 µs of wall time and 96 µs of its thread's CPU.
+  The same journal insert on the engine's schema, committed in a bare loop: 75-90 µs and 30 µs,
+  like the raw commit's 80-99 µs and 30-38 µs. Nothing differs but what ran in between: in the
+  bare loop with an 8 MiB copy before each transaction (the guest's CPython-in-Wasm and the
+  host's Python do the same to the caches), the commit's CPU went 23-37 → 55-79 µs and its wall
+  time 69-107 → 158-244 µs. So the raw workload measures that as well
+  (`commits_per_s_caches_evicted`, the target's row and *Sequential steps* below); the 45% target
+  stays against the warm figure.
+- **A guest's values are checked before they are journaled** (`limits.json_problem`, 1.5 µs a
+  step): a step's result and the workflow's output must be one JSON value of at most 1 MiB
+  (`StepResultNotJSON`, `OutputNotJSON`, `OutputTooLarge`). A guest calling its raw bindings
+  could store text that every status read of that instance then failed to decode; the output
+  had no size bound at all.
 - **Every result says how much CPU the machine gave it** (`bench/hostcpu.py`: the conditions
   table under [How each workload is measured](#how-each-workload-is-measured), a sentence in the
   header, per round under [Interleaved in time](#interleaved-in-time), `python_speed_us_before`
@@ -1940,6 +1985,11 @@ there costs two thread wake-ups and GIL hand-offs per step, more than the guest'
 steps that it would overlap; the guest's own thread leading its commit is the cheaper path on this machine, so it
 stays. Letting the next step's body start before the previous result is durable would overlap
 more, but it is not what this workload measures (each step committed before the next).
+The raw commit limit is a bare commit with its caches warm; a step's commit follows the guest's
+and the host's code, which leaves the caches holding their memory. A bare commit right after an
+8 MiB copy managed {raw_cold} commits/s in this run ({raw_cold_share} of the warm figure), and
+sequential steps ran at {seq_of_cold} of that: the fsync and the commit's own CPU, cold, are most
+of a step.
 
 **One-step latency.** In this run, back to back: {latency_breakdown}. Two commits remain (the
 instance row; the step result with the completion) and three thread hops (create, dispatch, the
@@ -2076,6 +2126,8 @@ def analysis_values(tf: Json, peers: Optional[Json] = None, interleaved: Optiona
     compile_ms = _m(w.get("cold_start"), "compile_ms")
     dbos_seq = _m(_peer_section(peers or {}, "dbos", "sequential_steps"), "steps_per_s")
     raw_commits = _m(w.get("raw_sqlite"), "commits_per_s")
+    raw_cold = _m(w.get("raw_sqlite"), "commits_per_s_caches_evicted")
+    seq_rate = _m(w.get("sequential_steps"), "steps_per_s")
     agg_metrics = (w.get("aggregate_steps") or {}).get("metrics", {})
     in_process = [m.get("median") for k, m in agg_metrics.items() if k.startswith("total_steps_per_s_workers_") and m.get("median")]
     runners = [m.get("median") for k, m in agg_metrics.items() if k.startswith("total_steps_per_s_processes_") and m.get("median")]
@@ -2107,6 +2159,9 @@ def analysis_values(tf: Json, peers: Optional[Json] = None, interleaved: Optiona
             f"{seq_il['peer_median']:,.0f} steps/s)."),
         "dbos_4x": "—" if dbos_seq is None else f"{4 * dbos_seq:,.0f}",
         "dbos_4x_raw": "—" if dbos_seq is None or not raw_commits else f"{400 * dbos_seq / raw_commits:.0f}",
+        "raw_cold": "—" if not raw_cold else f"{raw_cold:,.0f}",
+        "raw_cold_share": "—" if not raw_cold or not raw_commits else f"{100 * raw_cold / raw_commits:.0f}%",
+        "seq_of_cold": "—" if not raw_cold or not seq_rate else f"{100 * seq_rate / raw_cold:.0f}%",
         "replay_peers": peer_values_text(peers or {}, "replay", "us_per_step", "µs"),
         "cold_peers": peer_values_text(peers or {}, "cold_start", "first_step_ms", "ms"),
         "cold_tf": num("cold_start", "disk_artifact_ms", 1),
@@ -2242,7 +2297,7 @@ def render_markdown(tf: Json, peers: Optional[Json], tf_path: Path, peers_path: 
         ("wakeup_latency", ["timer_due_to_step_p50_ms", "timer_due_to_step_p99_ms"]),
         ("aggregate_steps", [k for k in (w.get("aggregate_steps") or {}).get("metrics", {}) if k.startswith(("total_steps_per_s_", "cpu_us_per_step"))]),
         ("sequential_steps", ["cpu_us_per_step"]),
-        ("raw_sqlite", ["commits_per_s", "commits_per_s_synchronous_normal"]),
+        ("raw_sqlite", ["commits_per_s", "commits_per_s_synchronous_normal", "commits_per_s_caches_evicted"]),
     ]
     for workload, names in only:
         section = w.get(workload)
