@@ -526,12 +526,18 @@ async def w_prepare(cfg: Json) -> Json:
 CACHE_EVICTING_COPY = 8 << 20
 
 
-def cache_cold_commits_per_s(path: Path, count: int) -> float:
-    """Bare FULL commits, each right after an 8 MiB copy; only the transactions are timed."""
+def raw_table(path: Path, sync: str) -> sqlite3.Connection:
+    """A fresh WAL database with one table of (key, text) rows."""
     conn = sqlite3.connect(str(path), isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA synchronous={sync}")
     conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+    return conn
+
+
+def cache_cold_commits_per_s(path: Path, count: int) -> float:
+    """Bare FULL commits, each right after an 8 MiB copy; only the transactions are timed."""
+    conn = raw_table(path, "FULL")
     source, target, value = bytearray(CACHE_EVICTING_COPY), bytearray(CACHE_EVICTING_COPY), "x" * 64
     spent = 0.0
     for _ in range(count):
@@ -555,11 +561,7 @@ async def w_raw_sqlite(cfg: Json) -> Json:
     cold: list[float] = []
     for r in range(cfg["repeats"]):
         for sync, out in (("FULL", rates), ("NORMAL", normal)):
-            path = data / f"raw-{sync}-{r}.db"
-            conn = sqlite3.connect(str(path), isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={sync}")
-            conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            conn = raw_table(data / f"raw-{sync}-{r}.db", sync)
             value = "x" * 64
             count = n if sync == "FULL" else n * 5
             t0 = time.perf_counter()
@@ -1709,8 +1711,9 @@ runs), on 2 cores shared with other jobs (±30%).
 ### What changed this round
 
 - **A commit after a step's code costs up to 2-3× a bare one** (why sequential steps reach
-  28-49% of the raw commit limit from one run to the next, against a 45% target). Timing each `COMMIT` of the engine's writer during a 1,000-step
-  run (a probe wrapping the connection): p50 283 µs of wall time and 96 µs of its thread's CPU.
+  28-49% of the raw commit limit from one run to the next, against a 45% target). Timing each
+  `COMMIT` of the engine's writer during a 1,000-step run (a probe wrapping the connection):
+  p50 283 µs of wall time and 96 µs of its thread's CPU.
   The same journal insert on the engine's schema, committed in a bare loop: 75-90 µs and 30 µs,
   like the raw commit's 80-99 µs and 30-38 µs. Nothing differs but what ran in between: in the
   bare loop with an 8 MiB copy before each transaction (the guest's CPython-in-Wasm and the

@@ -27,7 +27,7 @@ from .clock import Clock
 from .database import Readers, Writer
 from .exports import ExportCalls
 from .isolates import IsolateCache
-from .limits import EVENT_TYPE, Limits, format_bytes, json_problem
+from .limits import EVENT_TYPE, Limits, format_bytes, json_problem, size_over
 from .loader import LoaderError
 from .policy import DEFAULT_POLICY, TenantPolicy
 from .sandbox import INTERRUPTED, POOL_EXHAUSTED, new_store
@@ -446,9 +446,9 @@ class Invocation:
 
     def succeeded_or_too_large(self, run: _StepRun, result: str) -> Optional[wc.Record]:
         limit = self.limits.max_step_result_bytes
-        # A character is at most 4 UTF-8 bytes: short results need no encoding to check.
-        if len(result) * 4 > limit and len(result.encode()) > limit:
-            message = f"step {run.name!r} returned {format_bytes(len(result.encode()))}; the limit is {format_bytes(limit)}"
+        size = size_over(result, limit)
+        if size is not None:
+            message = f"step {run.name!r} returned {format_bytes(size)}; the limit is {format_bytes(limit)}"
             return self.attempt_failed(run, "StepResultTooLarge", message, retryable=False).payload
         problem = json_problem(result)  # only a guest that bypasses the SDK's encoder sends such text
         if problem is not None:
@@ -1096,8 +1096,9 @@ class Executor:
     def output_refused(self, output: str) -> Optional[tuple[str, str]]:
         """Why a workflow's output cannot be its result (too large, not JSON), or None."""
         limit = self.limits.max_output_bytes
-        if len(output) * 4 > limit and len(output.encode()) > limit:
-            return "OutputTooLarge", f"the workflow returned {format_bytes(len(output.encode()))}; the limit is {format_bytes(limit)}"
+        size = size_over(output, limit)
+        if size is not None:
+            return "OutputTooLarge", f"the workflow returned {format_bytes(size)}; the limit is {format_bytes(limit)}"
         problem = json_problem(output)
         return None if problem is None else ("OutputNotJSON", f"the workflow returned text that is not JSON: {problem}")
 

@@ -93,9 +93,18 @@ def json_problem(text: str) -> Optional[str]:
     return None
 
 
-def check_size(text: str, limit: int, what: str) -> None:
+def size_over(text: str, limit: int) -> Optional[int]:
+    """The UTF-8 size of `text` when it is over `limit` bytes, else None. A character is at
+    most 4 bytes: short texts (nearly all) need no encoding to tell."""
+    if len(text) * 4 <= limit:
+        return None
     size = len(text.encode())
-    if size > limit:
+    return size if size > limit else None
+
+
+def check_size(text: str, limit: int, what: str) -> None:
+    size = size_over(text, limit)
+    if size is not None:
         raise PayloadTooLarge(f"{what} is {format_bytes(size)}; the limit is {format_bytes(limit)}")
 
 
