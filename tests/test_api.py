@@ -22,6 +22,8 @@ from enginekit import ARTIFACTS, cli, component, open_engine
 
 from tenantflow.auth import revoke_key
 from tenantflow.clock import ManualClock
+from tenantflow.engine import INLINE_STATUS_STEPS
+from tenantflow.models import InstanceStatus
 from tenantflow.server import create_standalone_app
 
 
@@ -234,6 +236,20 @@ def test_auth_failures(api: Api) -> None:
     assert api.admin.get("/metrics").status_code == 200
     error_of(api.acme.get("/metrics"), 403, "forbidden")
     error_of(api.anonymous.get("/metrics"), 401, "unauthenticated")
+
+
+def test_a_long_history_reads_whole_and_in_order(api: Api) -> None:
+    """Past INLINE_STATUS_STEPS the status is read, built and encoded on threads: the same
+    document as a short one's, every step in order."""
+    n = INLINE_STATUS_STEPS + 20
+    body = wait_status(api.acme, "acme", create(api.acme, "acme", "Grind", {"n": n, "ms": 0}))
+    response = api.acme.get(f"/v1/tenants/acme/instances/{body['id']}")
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == body and body["status"] == "complete" and body["output"] == list(range(n))
+    assert [(s["seq"], s["name"], s["output"]) for s in body["steps"]] == [(i, "work", i) for i in range(n)]
+    short = wait_status(api.acme, "acme", create(api.acme, "acme", "Grind", {"n": 2, "ms": 0}))
+    assert set(short) == set(body) and set(short["steps"][0]) == set(body["steps"][0])
+    assert InstanceStatus.model_validate(body).steps[-1].seq == n - 1
 
 
 def test_health_readiness_and_metrics(api: Api) -> None:

@@ -15,6 +15,7 @@ from enginekit import open_engine, settle
 
 from tenantflow import executor
 from tenantflow.clock import ManualClock, SystemClock
+from tenantflow.engine import INLINE_STATUS_STEPS
 from tenantflow.errors import (
     InstanceAlreadyExists,
     InstanceNotFound,
@@ -484,6 +485,40 @@ async def test_step_result_limits_and_serializability(tmp_path: Path, clock: Man
         assert long_name.error is not None and "at most 256" in long_name.error.message
 
 
+async def test_a_long_history_is_read_and_built_off_the_event_loop(tmp_path: Path, clock: ManualClock) -> None:
+    """A status of more than INLINE_STATUS_STEPS steps lets other tasks run while it is
+    built (a 10,000-step one takes ~0.3 s); a short one is built at once, with no trip."""
+    n = INLINE_STATUS_STEPS + 44
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        long_id, short_id = await t.create("Steps", {"n": n}), await t.create("Steps", {"n": INLINE_STATUS_STEPS})
+        ticks = 0
+
+        async def bystander() -> None:  # counts the event loop's turns given to other tasks
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        waited = {iid: await t.wait(iid, timeout=60) for iid in (long_id, short_id)}
+        task = asyncio.create_task(bystander())
+        try:
+            await asyncio.sleep(0)
+            turns = {}
+            for iid in (long_id, short_id):
+                before = ticks
+                status = await t.status(iid)
+                turns[iid] = ticks - before
+                assert status == waited[iid]
+        finally:
+            task.cancel()
+        assert turns[long_id] > 0 and turns[short_id] == 0
+        long = waited[long_id]
+        assert long.status == "complete" and long.output == {"total": sum(range(n))}
+        assert [(s.seq, s.name, s.output) for s in long.steps] == [(i, "add", i) for i in range(n)]
+        assert len(waited[short_id].steps) == INLINE_STATUS_STEPS
+
+
 async def test_step_count_limit(tmp_path: Path, clock: ManualClock) -> None:
     async with open_engine(tmp_path / "flows.db", clock=clock, limits=Limits(max_steps_per_instance=5), deploy={"t": "basics"}) as engine:
         t = engine.tenant("t")
@@ -506,8 +541,11 @@ async def test_bad_input_gets_precise_errors(tmp_path: Path, clock: ManualClock)
             with pytest.raises(InvalidInput):
                 await t.create("Steps", id=bad)
         assert len(await t.create("Steps", id="a" * 100)) == 100
-        with pytest.raises(PayloadTooLarge, match="limit is 1 MiB"):
+        # Just over: exact sizes, where rounding would read "1 MiB; the limit is 1 MiB".
+        with pytest.raises(PayloadTooLarge, match=r"^params is 1048587 bytes; the limit is 1048576 bytes$"):
             await t.create("Steps", {"blob": "x" * (1024 * 1024)})
+        with pytest.raises(PayloadTooLarge, match=r"^params is 2 MiB; the limit is 1 MiB$"):
+            await t.create("Steps", {"blob": "x" * (2 * 1024 * 1024 - 11)})
         with pytest.raises(InvalidInput, match="JSON-serializable"):
             await t.create("Steps", {"bad": {1, 2}})
         with pytest.raises(UnknownWorkflow):

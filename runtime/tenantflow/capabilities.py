@@ -51,7 +51,7 @@ import httpx
 
 from .egress import EgressError, NonPublicAddress, PublicOnlyBackend, Target, check_egress
 from .executor import Invocation, Unwind, current_invocation, err, ok, record
-from .limits import MiB, format_bytes
+from .limits import MiB, format_bytes, format_sizes, over_limit
 from .policy import TenantPolicy
 
 MAX_REQUEST_BODY_BYTES = MiB
@@ -145,11 +145,9 @@ def check_request(request: FetchRequest) -> None:
             raise FetchFailed("InvalidRequest", f"header {name!r} is set by the host from the URL and body; do not set it")
         size += len(name) + len(value.encode())
     if size > MAX_REQUEST_HEADER_BYTES:
-        total, limit = _sizes(size, MAX_REQUEST_HEADER_BYTES)
-        raise FetchFailed("RequestTooLarge", f"request headers are {total}; the limit is {limit}")
+        raise FetchFailed("RequestTooLarge", f"request headers are {over_limit(size, MAX_REQUEST_HEADER_BYTES)}")
     if request.body is not None and len(request.body) > MAX_REQUEST_BODY_BYTES:
-        body_size, body_limit = _sizes(len(request.body), MAX_REQUEST_BODY_BYTES)
-        raise FetchFailed("RequestTooLarge", f"request body is {body_size}; the limit is {body_limit}")
+        raise FetchFailed("RequestTooLarge", f"request body is {over_limit(len(request.body), MAX_REQUEST_BODY_BYTES)}")
     if request.timeout_ms is not None and request.timeout_ms <= 0:
         raise FetchFailed("InvalidRequest", f"timeout must be positive, got {request.timeout_ms} ms")
 
@@ -283,7 +281,7 @@ def _origin(url: str, policy: TenantPolicy, tenant: str) -> str:
 def _read_capped(chunks: Iterator[bytes], response: httpx.Response, target: Target, cap: int, end: float, timeout_ms: int) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
-        shown, limit = _sizes(int(declared), cap)
+        shown, limit = format_sizes(int(declared), cap)
         raise FetchFailed("ResponseTooLarge", f"the response from {target.origin} is {shown} (Content-Length); the limit is {limit}")
     parts: list[bytes] = []
     size = 0
@@ -295,12 +293,6 @@ def _read_capped(chunks: Iterator[bytes], response: httpx.Response, target: Targ
         if time.monotonic() > end:
             raise FetchFailed("TimeoutError", f"fetch to {target.origin} timed out after {timeout_ms} ms")
     return b"".join(parts)
-
-
-def _sizes(size: int, limit: int) -> tuple[str, str]:
-    """Both sizes for a message, exact when rounding would make them look equal."""
-    a, b = format_bytes(size), format_bytes(limit)
-    return (f"{size} bytes", f"{limit} bytes") if a == b else (a, b)
 
 
 def _redirected(

@@ -27,7 +27,7 @@ from .clock import Clock
 from .database import Readers, Writer
 from .exports import ExportCalls
 from .isolates import IsolateCache
-from .limits import EVENT_TYPE, Limits, format_bytes, json_problem, size_over
+from .limits import EVENT_TYPE, Limits, format_bytes, json_problem, over_limit, size_over
 from .loader import LoaderError
 from .policy import DEFAULT_POLICY, TenantPolicy
 from .sandbox import INTERRUPTED, POOL_EXHAUSTED, new_store
@@ -448,7 +448,7 @@ class Invocation:
         limit = self.limits.max_step_result_bytes
         size = size_over(result, limit)
         if size is not None:
-            message = f"step {run.name!r} returned {format_bytes(size)}; the limit is {format_bytes(limit)}"
+            message = f"step {run.name!r} returned {over_limit(size, limit)}"
             return self.attempt_failed(run, "StepResultTooLarge", message, retryable=False).payload
         problem = json_problem(result)  # only a guest that bypasses the SDK's encoder sends such text
         if problem is not None:
@@ -1098,7 +1098,7 @@ class Executor:
         limit = self.limits.max_output_bytes
         size = size_over(output, limit)
         if size is not None:
-            return "OutputTooLarge", f"the workflow returned {format_bytes(size)}; the limit is {format_bytes(limit)}"
+            return "OutputTooLarge", f"the workflow returned {over_limit(size, limit)}"
         problem = json_problem(output)
         return None if problem is None else ("OutputNotJSON", f"the workflow returned text that is not JSON: {problem}")
 

@@ -142,8 +142,9 @@ def instance_by_pk_query(pk: int) -> Query[Optional[InstanceRow]]:
     return Query(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE pk=?", (pk,), _first_instance)
 
 
-def journal_query(pk: int) -> Query[list[JournalEntry]]:
-    return Query(f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE instance_pk=? ORDER BY seq", (pk,), lambda rows: [_entry(r) for r in rows])
+def journal_query(pk: int, limit: int = -1) -> Query[list[JournalEntry]]:
+    """The instance's journal in order; with `limit`, its first `limit` entries."""
+    return Query(f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE instance_pk=? ORDER BY seq LIMIT ?", (pk, limit), lambda rows: [_entry(r) for r in rows])
 
 
 @dataclass(frozen=True)
@@ -151,14 +152,15 @@ class StatusSnapshot:
     row: InstanceRow
     journal: Optional[list[JournalEntry]]  # None: not read (the status is not settled yet)
     parent_id: Optional[str] = None  # the instance that started this one as a child
+    truncated: bool = False  # the journal is longer than the read's `journal_limit`: not all of it read
 
 
 def status_snapshot(
-    tenant: str, instance_id: str, settled: Optional[frozenset[str]] = None
+    tenant: str, instance_id: str, settled: Optional[frozenset[str]] = None, journal_limit: Optional[int] = None
 ) -> Callable[[sqlite3.Connection], Optional[StatusSnapshot]]:
     """An instance's row, its journal and its parent's id, read together (one read
     transaction); with `settled`, the journal only when the status is one of those (`wait`
-    polling)."""
+    polling); with `journal_limit`, at most that many entries (`truncated` says if more)."""
 
     def read(conn: sqlite3.Connection) -> Optional[StatusSnapshot]:
         conn.execute("BEGIN")
@@ -172,7 +174,10 @@ def status_snapshot(
             if row.parent_pk is not None:  # a child's parent is always of its tenant
                 found = conn.execute("SELECT id FROM instances WHERE pk=?", (row.parent_pk,)).fetchone()
                 parent = str(found[0]) if found else None
-            return StatusSnapshot(row, journal_query(row.pk).run(conn), parent)
+            if journal_limit is None:
+                return StatusSnapshot(row, journal_query(row.pk).run(conn), parent)
+            journal = journal_query(row.pk, journal_limit + 1).run(conn)
+            return StatusSnapshot(row, journal[:journal_limit], parent, truncated=len(journal) > journal_limit)
         finally:
             conn.execute("COMMIT")
 

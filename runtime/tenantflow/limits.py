@@ -105,7 +105,7 @@ def size_over(text: str, limit: int) -> Optional[int]:
 def check_size(text: str, limit: int, what: str) -> None:
     size = size_over(text, limit)
     if size is not None:
-        raise PayloadTooLarge(f"{what} is {format_bytes(size)}; the limit is {format_bytes(limit)}")
+        raise PayloadTooLarge(f"{what} is {over_limit(size, limit)}")
 
 
 def format_bytes(n: int) -> str:
@@ -114,3 +114,16 @@ def format_bytes(n: int) -> str:
     if n >= 1024:
         return f"{n / 1024:.1f} KiB".replace(".0 KiB", " KiB")
     return f"{n} bytes"
+
+
+def format_sizes(size: int, limit: int) -> tuple[str, str]:
+    """A size and its limit for a message, exact when rounding would make them look equal
+    ("1048577 bytes; the limit is 1048576 bytes", not "1 MiB; the limit is 1 MiB")."""
+    a, b = format_bytes(size), format_bytes(limit)
+    return (f"{size} bytes", f"{limit} bytes") if a == b else (a, b)
+
+
+def over_limit(size: int, limit: int) -> str:
+    """'<size>; the limit is <limit>', for a message about a size over its limit."""
+    shown, cap = format_sizes(size, limit)
+    return f"{shown}; the limit is {cap}"

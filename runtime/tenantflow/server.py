@@ -12,6 +12,7 @@ and an instance of another tenant is a plain 404 (the binding is scoped by the p
 
 # No `from __future__ import annotations`: FastAPI must see the dependency objects that
 # the route signatures close over when it reads their annotations.
+import asyncio
 import contextlib
 import logging
 import os
@@ -56,7 +57,7 @@ from .api_models import (
     WorkflowVersion,
 )
 from .auth import Action, ApiKeyAuthorizer, Authorizer, KeyAdmin, Principal
-from .engine import Engine, TenantBinding
+from .engine import INLINE_STATUS_STEPS, Engine, TenantBinding
 from .errors import (
     ComponentError,
     Forbidden,
@@ -285,9 +286,14 @@ def create_app(
         return await binding.list(workflow=workflow, status=status, limit=limit, cursor=cursor, parent=parent)
 
     @app.get(f"{base}/instances/{{instance_id}}", response_model=InstanceStatus, tags=["instances"], responses=_errors(*common, 404))
-    async def get_instance(instance_id: InstanceId, binding: Annotated[TenantBinding, Depends(instance_scope(Action.READ))]) -> InstanceStatus:
+    async def get_instance(instance_id: InstanceId, binding: Annotated[TenantBinding, Depends(instance_scope(Action.READ))]) -> Response:
         """Status, output or error, and the step history."""
-        return await binding.status(instance_id)
+        status = await binding.status(instance_id)
+        # Encoded here, not by FastAPI: a long history (~2 MB at the step cap) is encoded on
+        # a thread, so the event loop serves other requests meanwhile (see `_snapshot`).
+        if len(status.steps) > INLINE_STATUS_STEPS:
+            return Response(await asyncio.to_thread(status.model_dump_json), media_type="application/json")
+        return Response(status.model_dump_json(), media_type="application/json")
 
     def control_route(name: Literal["pause", "resume", "terminate", "restart"], summary: str) -> None:
         async def control(instance_id: InstanceId, binding: Annotated[TenantBinding, Depends(instance_scope(Action.CONTROL))]) -> ControlResult:
