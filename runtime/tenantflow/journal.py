@@ -174,10 +174,10 @@ def status_snapshot(
             if row.parent_pk is not None:  # a child's parent is always of its tenant
                 found = conn.execute("SELECT id FROM instances WHERE pk=?", (row.parent_pk,)).fetchone()
                 parent = str(found[0]) if found else None
-            if journal_limit is None:
-                return StatusSnapshot(row, journal_query(row.pk).run(conn), parent)
-            journal = journal_query(row.pk, journal_limit + 1).run(conn)
-            return StatusSnapshot(row, journal[:journal_limit], parent, truncated=len(journal) > journal_limit)
+            journal = journal_query(row.pk, -1 if journal_limit is None else journal_limit + 1).run(conn)
+            if journal_limit is not None and len(journal) > journal_limit:
+                return StatusSnapshot(row, journal[:journal_limit], parent, truncated=True)
+            return StatusSnapshot(row, journal, parent)
         finally:
             conn.execute("COMMIT")
 

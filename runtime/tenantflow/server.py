@@ -291,9 +291,8 @@ def create_app(
         status = await binding.status(instance_id)
         # Encoded here, not by FastAPI: a long history (~2 MB at the step cap) is encoded on
         # a thread, so the event loop serves other requests meanwhile (see `_snapshot`).
-        if len(status.steps) > INLINE_STATUS_STEPS:
-            return Response(await asyncio.to_thread(status.model_dump_json), media_type="application/json")
-        return Response(status.model_dump_json(), media_type="application/json")
+        body = await asyncio.to_thread(status.model_dump_json) if len(status.steps) > INLINE_STATUS_STEPS else status.model_dump_json()
+        return Response(body, media_type="application/json")
 
     def control_route(name: Literal["pause", "resume", "terminate", "restart"], summary: str) -> None:
         async def control(instance_id: InstanceId, binding: Annotated[TenantBinding, Depends(instance_scope(Action.CONTROL))]) -> ControlResult:
