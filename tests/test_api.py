@@ -84,8 +84,9 @@ def test_full_lifecycle_for_two_tenants(api: Api) -> None:
         assert (status["tenant"], status["status"], status["output"]) == (tenant, "complete", {"echo": {"who": tenant}})
         assert status["digest"] == api.digest
         assert [(s["seq"], s["kind"], s["name"], s["status"]) for s in status["steps"]] == [(0, "step", "echo", "done")]
-        logs = client.get(f"/v1/tenants/{tenant}/instances/order-1/logs").json()["logs"]
-        assert [(line["stream"], line["message"]) for line in logs] == [("stdout", f"echo {{'who': '{tenant}'}}")]
+        logs = client.get(f"/v1/tenants/{tenant}/instances/order-1/logs").json()
+        assert [(line["stream"], line["message"]) for line in logs["logs"]] == [("stdout", f"echo {{'who': '{tenant}'}}")]
+        assert logs["next_cursor"] is None
 
     # Events, pause and resume.
     approval = create(api.acme, "acme", "Approval")
@@ -149,6 +150,7 @@ def test_every_error_status(api: Api) -> None:
     error_of(api.acme.get(f"{base}/instances", params={"limit": 0}), 400, "invalid_input")
     error_of(api.acme.get(f"{base}/instances", params={"status": "sleeping"}), 400, "invalid_input")
     assert "cursor" in error_of(api.acme.get(f"{base}/instances", params={"cursor": "!!"}), 400, "invalid_input")
+    assert "cursor" in error_of(api.acme.get(f"{base}/instances/done-1/logs", params={"cursor": "!!"}), 400, "invalid_input")
     error_of(api.acme.post(f"{base}/instances/done-1/events/no spaces", json=1), 400, "invalid_input")
     error_of(api.acme.post(f"{base}/components", content=b"", headers={"Content-Type": "application/wasm"}), 400, "invalid_input")
     assert "not a valid WebAssembly component" in error_of(
@@ -250,6 +252,22 @@ def test_a_long_history_reads_whole_and_in_order(api: Api) -> None:
     short = wait_status(api.acme, "acme", create(api.acme, "acme", "Grind", {"n": 2, "ms": 0}))
     assert set(short) == set(body) and set(short["steps"][0]) == set(body["steps"][0])
     assert InstanceStatus.model_validate(body).steps[-1].seq == n - 1
+    # A page at a time, inline and on a thread alike; the rest of the document unchanged.
+    url = f"/v1/tenants/acme/instances/{body['id']}"
+    for limit in (50, INLINE_STATUS_STEPS + 1):
+        steps, params = [], {"steps_limit": limit}
+        while True:
+            page = api.acme.get(url, params=params).json()
+            assert {k: v for k, v in page.items() if k not in ("steps", "next_steps_from")} == {k: v for k, v in body.items() if k not in ("steps", "next_steps_from")}
+            steps += page["steps"]
+            if page["next_steps_from"] is None:
+                break
+            params = {"steps_limit": limit, "steps_from": page["next_steps_from"]}
+        assert steps == body["steps"]
+    assert api.acme.get(url, params={"steps_limit": 0}).json()["steps"] == []
+    assert "steps_limit" in error_of(api.acme.get(url, params={"steps_limit": -1}), 400, "invalid_input")
+    assert "steps_from" in error_of(api.acme.get(url, params={"steps_from": "x"}), 400, "invalid_input")
+    error_of(api.acme.get(url, params={"steps_limit": 10_001}), 400, "invalid_input")
 
 
 def test_health_readiness_and_metrics(api: Api) -> None:

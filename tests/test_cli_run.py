@@ -31,6 +31,12 @@ def test_run_fast_forwards_through_sleeps_and_prints_the_output(tmp_path: Path) 
     assert described["logs"][0]["message"] == "order 77 needs approval (1400)"
     timeline = tenantflow("instances", "describe", "order-77", "--db", str(db), "--tenant", "acme").stdout
     assert "wait for warehouse pickup" in timeline and "60.0 min" in timeline
+    # A page of the timeline: two steps from seq 1, and where the rest starts.
+    page = tenantflow("instances", "describe", "order-77", "--db", str(db), "--tenant", "acme", "--steps", "2", "--steps-from", "1", "--no-logs").stdout
+    assert "reserve stock" in page and "manager approval" in page and "validate order" not in page and "charge card" not in page
+    assert "(more steps follow: --steps-from 3)" in page and "logs:" not in page
+    paged = json.loads(tenantflow("instances", "describe", "order-77", "--db", str(db), "--tenant", "acme", "--json", "--steps", "2").stdout)
+    assert [s["seq"] for s in paged["steps"]] == [0, 1] and paged["next_steps_from"] == 2 and paged["logs_next_cursor"] is None
 
 
 def test_run_exit_codes_and_instance_commands(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import sqlite3
 import threading
 import time
@@ -519,6 +520,42 @@ async def test_a_long_history_is_read_and_built_off_the_event_loop(tmp_path: Pat
         assert len(waited[short_id].steps) == INLINE_STATUS_STEPS
 
 
+async def test_a_status_pages_through_its_history(tmp_path: Path, clock: ManualClock) -> None:
+    """`steps_limit` and `steps_from` cut a page of the steps, inline or (past
+    INLINE_STATUS_STEPS) on a thread; `next_steps_from` leads through the rest in order."""
+    n = INLINE_STATUS_STEPS + 44
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Steps", {"n": n})
+        whole = await t.wait(iid, timeout=60)
+        assert whole.next_steps_from is None and len(whole.steps) == n
+        for limit in (7, INLINE_STATUS_STEPS, INLINE_STATUS_STEPS + 1):
+            pages, start = [], 0
+            while True:
+                page = await t.status(iid, steps_limit=limit, steps_from=start)
+                assert page.model_copy(update={"steps": [], "next_steps_from": None}) == whole.model_copy(update={"steps": []})
+                assert len(page.steps) <= limit
+                pages.append(page.steps)
+                if page.next_steps_from is None:
+                    break
+                assert page.next_steps_from == page.steps[-1].seq + 1
+                start = page.next_steps_from
+            assert [s for steps in pages for s in steps] == whole.steps, limit
+            assert len(pages) == -(-n // limit)  # no empty page at the end
+        assert (await t.status(iid, steps_limit=n)).next_steps_from is None
+        none = await t.status(iid, steps_limit=0)
+        assert none.steps == [] and none.next_steps_from == 0 and none.output == whole.output
+        assert (await t.status(iid, steps_limit=0, steps_from=n)).next_steps_from is None  # nothing at or past the end
+        assert (await t.status(iid, steps_from=n - 2)).steps == whole.steps[-2:]
+        for bad, message in [
+            ({"steps_limit": -1}, "steps_limit must be between 0 and 10000, got -1"),
+            ({"steps_limit": 10_001}, "steps_limit must be between 0 and 10000, got 10001"),
+            ({"steps_from": -1}, "steps_from must be a step's seq (0 or more), got -1"),
+        ]:
+            with pytest.raises(InvalidInput, match=re.escape(message)):
+                await t.status(iid, **bad)
+
+
 async def test_step_count_limit(tmp_path: Path, clock: ManualClock) -> None:
     async with open_engine(tmp_path / "flows.db", clock=clock, limits=Limits(max_steps_per_instance=5), deploy={"t": "basics"}) as engine:
         t = engine.tenant("t")
@@ -604,6 +641,16 @@ async def test_logs_are_captured_once_despite_replays(tmp_path: Path, clock: Man
         assert lines == [("stdout", "hello from the guest"), ("info", "a log line"), ("stdout", "after the nap")]
         with sqlite3.connect(tmp_path / "flows.db") as conn:
             assert conn.execute("SELECT status, lines FROM seen").fetchall() == [("waiting", 2), ("complete", 3)]
+        # A page at a time: each cursor picks up after the last line, the last page has none.
+        first = await t.log_page(iid, limit=2)
+        assert [line.message.strip() for line in first.logs] == ["hello from the guest", "a log line"] and first.next_cursor
+        rest = await t.log_page(iid, limit=2, cursor=first.next_cursor)
+        assert [line.message.strip() for line in rest.logs] == ["after the nap"] and rest.next_cursor is None
+        exact = await t.log_page(iid, limit=3)
+        assert len(exact.logs) == 3 and exact.next_cursor is None  # no empty page after a full one
+        for bad, message in [({"limit": 0}, "limit must be between 1 and 10000, got 0"), ({"cursor": "nope"}, "invalid cursor 'nope'")]:
+            with pytest.raises(InvalidInput, match=re.escape(message)):
+                await t.log_page(iid, **bad)  # type: ignore[arg-type]
 
 
 async def test_async_workflows_in_cloudflare_style(tmp_path: Path, clock: ManualClock) -> None:

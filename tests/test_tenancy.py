@@ -54,6 +54,8 @@ async def test_every_binding_operation_refuses_another_tenants_instance_like_a_m
             "delete": lambda b, i: b.delete(i),
             "send_event": lambda b, i: b.send_event(i, "go", {}),
             "logs": lambda b, i: b.logs(i),
+            "log_page": lambda b, i: b.log_page(i, limit=1),
+            "a page of the status": lambda b, i: b.status(i, steps_limit=1, steps_from=1),
         }
         for name, operation in operations.items():
             with pytest.raises(InstanceNotFound) as foreign:

@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .models import LogLine, Status, UpgradeResult
+from .models import Status, UpgradeResult
 
 # The engine's validation rules, as JSON Schema patterns (see tenantflow.limits).
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -62,10 +62,6 @@ class ControlResult(BaseModel):
 class EventAccepted(BaseModel):
     id: str
     type: str
-
-
-class LogPage(BaseModel):
-    logs: list[LogLine]
 
 
 class WorkflowVersion(BaseModel):

@@ -7,7 +7,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Optional
 
 import click
 from rich.console import Console
@@ -245,25 +245,36 @@ def list_command(db: Path, tenant: str, workflow: str | None, status: str | None
 @REMOTE_OPTIONS
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--logs/--no-logs", default=True, help="Show the instance's log lines.")
-def describe_command(instance_id: str, db: Path, tenant: str, as_json: bool, logs: bool) -> None:
+@click.option("--steps", "steps_limit", type=click.IntRange(0, 10_000), default=None, help="Show at most this many steps (default: all).")
+@click.option("--steps-from", type=click.IntRange(min=0), default=0, help="Start the timeline at the step with this seq.")
+@click.option("--log-lines", type=click.IntRange(1, 10_000), default=1000, show_default=True, help="Show at most this many log lines.")
+def describe_command(
+    instance_id: str, db: Path, tenant: str, as_json: bool, logs: bool, steps_limit: Optional[int], steps_from: int, log_lines: int
+) -> None:
     """Show an instance's status and step timeline."""
     from .console import make_console, render_describe
 
     async def both(b: Any) -> Any:
-        return await b.status(instance_id), await b.logs(instance_id)
+        status = await b.status(instance_id, steps_limit=steps_limit, steps_from=steps_from)
+        return status, (await b.log_page(instance_id, limit=log_lines) if logs or as_json else None)
 
-    status, lines = _binding_call(db, tenant, both)
+    status, page = _binding_call(db, tenant, both)
     if as_json:
         data = json.loads(status.model_dump_json())
-        data["logs"] = [json.loads(line.model_dump_json()) for line in lines]
+        data["logs"] = [json.loads(line.model_dump_json()) for line in page.logs]
+        data["logs_next_cursor"] = page.next_cursor
         click.echo(json.dumps(data, indent=2))
         return
     console = make_console()
     render_describe(status, console)
-    if logs and lines:
+    if status.next_steps_from is not None:
+        console.print(f"  (more steps follow: --steps-from {status.next_steps_from})", style="dim")
+    if page is not None and page.logs:
         console.print("\nlogs:", style="bold")
-        for line in lines:
+        for line in page.logs:
             console.print(f"  {line.at:%H:%M:%S} {line.stream:<7} {line.message}", markup=False)
+        if page.next_cursor is not None:
+            console.print(f"  (the first {len(page.logs)} lines; more follow)", style="dim")
         if status.log_dropped_bytes:
             console.print(f"  ({status.log_dropped_bytes} bytes dropped over the log limit)", style="yellow")
 

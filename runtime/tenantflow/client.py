@@ -38,7 +38,7 @@ from .errors import (
     Unauthenticated,
     UnknownWorkflow,
 )
-from .models import ComponentInfo, InstancePage, InstanceStatus, LogLine, UpgradeResult
+from .models import ComponentInfo, InstancePage, InstanceStatus, LogLine, LogPage, UpgradeResult
 
 ERRORS: dict[str, type[TenantflowError]] = {
     cls.code: cls
@@ -147,8 +147,11 @@ class RemoteTenant:
         response = await self.client.request("POST", f"{self._base}/instances/batch", json={"instances": list(items)})
         return BatchCreated.model_validate(response.json()).ids
 
-    async def status(self, instance_id: str) -> InstanceStatus:
-        return InstanceStatus.model_validate((await self.client.request("GET", self._instance(instance_id))).json())
+    async def status(self, instance_id: str, *, steps_limit: Optional[int] = None, steps_from: int = 0) -> InstanceStatus:
+        params = {"steps_from": steps_from} if steps_from else {}
+        if steps_limit is not None:
+            params["steps_limit"] = steps_limit
+        return InstanceStatus.model_validate((await self.client.request("GET", self._instance(instance_id), params=params)).json())
 
     async def _control(self, instance_id: str, action: str) -> str:
         response = await self.client.request("POST", self._instance(instance_id, f"/{action}"))
@@ -181,8 +184,11 @@ class RemoteTenant:
         return InstancePage.model_validate((await self.client.request("GET", f"{self._base}/instances", params=params)).json())
 
     async def logs(self, instance_id: str, limit: int = 1000) -> builtins.list[LogLine]:
-        response = await self.client.request("GET", self._instance(instance_id, "/logs"), params={"limit": limit})
-        return [LogLine.model_validate(line) for line in response.json()["logs"]]
+        return (await self.log_page(instance_id, limit=limit)).logs
+
+    async def log_page(self, instance_id: str, *, limit: int = 1000, cursor: Optional[str] = None) -> LogPage:
+        params: dict[str, Any] = {"limit": limit} if cursor is None else {"limit": limit, "cursor": cursor}
+        return LogPage.model_validate((await self.client.request("GET", self._instance(instance_id, "/logs"), params=params)).json())
 
     async def deploy(self, wasm: bytes) -> ComponentInfo:
         response = await self.client.request("POST", f"{self._base}/components", content=wasm, headers={"Content-Type": "application/wasm"})

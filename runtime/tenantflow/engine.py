@@ -19,7 +19,7 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import Future
 from pathlib import Path
-from typing import IO, Any, Callable, List, Optional, Sequence, TypeVar
+from typing import IO, Any, Callable, List, NamedTuple, Optional, Sequence, TypeVar
 
 import wasmtime
 
@@ -40,6 +40,7 @@ from .models import (
     InstanceStatus,
     InstanceSummary,
     LogLine,
+    LogPage,
     UpgradeResult,
     instance_status,
     ts,
@@ -60,7 +61,19 @@ SETTLED = frozenset({"complete", "errored", "terminated", "paused"})
 CREATED_PK_HINTS = 4096
 # Statuses with more steps than this are read and built off the event loop (`_snapshot`).
 INLINE_STATUS_STEPS = 256
+MAX_STATUS_STEPS = 10_000  # the largest page of a status's steps one may ask for (the default journal cap)
+MAX_LOG_PAGE = 10_000  # the largest page of log lines one may ask for
 WAIT_POLL_S = 0.25  # `wait` re-reads at least this often (another process may change an instance)
+
+
+class StepPage(NamedTuple):
+    """Which of an instance's steps a status carries: `limit` (None: all) from seq `start` on."""
+
+    limit: Optional[int] = None
+    start: int = 0
+
+
+WHOLE_HISTORY = StepPage()
 
 
 def default_artifact_dir() -> Path:
@@ -498,34 +511,49 @@ class TenantBinding:
             raise InstanceNotFound(instance_id)
         return row
 
-    async def status(self, instance_id: str) -> InstanceStatus:
+    async def status(self, instance_id: str, *, steps_limit: Optional[int] = None, steps_from: int = 0) -> InstanceStatus:
+        """The instance's status with its history: every step from `steps_from` (a `seq`)
+        on, or at most `steps_limit` of them (0: none). A page that stops short of the
+        end says where the next one starts (`next_steps_from`)."""
         await self._allow(Action.READ, instance_id)
-        status = await self._snapshot(instance_id)
+        if steps_limit is not None and not 0 <= steps_limit <= MAX_STATUS_STEPS:
+            raise InvalidInput(f"steps_limit must be between 0 and {MAX_STATUS_STEPS}, got {steps_limit}")
+        if steps_from < 0:
+            raise InvalidInput(f"steps_from must be a step's seq (0 or more), got {steps_from}")
+        status = await self._snapshot(instance_id, page=StepPage(steps_limit, steps_from))
         assert status is not None
         return status
 
-    async def _snapshot(self, instance_id: str, settled: Optional[frozenset[str]] = None) -> Optional[InstanceStatus]:
+    async def _snapshot(self, instance_id: str, settled: Optional[frozenset[str]] = None, page: StepPage = WHOLE_HISTORY) -> Optional[InstanceStatus]:
         """The instance's status (row and journal in one read); None when `settled` is
         given and the instance is not in one of those statuses yet.
 
-        A short history is read and built right here (a trip to another thread would cost
-        more). A long one is read and built again on a thread: ~30 µs a step, 0.3 s for
-        the 10,000-step cap, that would otherwise hold the event loop and every request
-        of every tenant with it; on a thread the loop gets the GIL back every few ms."""
+        A short history (or page of one) is read and built right here (a trip to another
+        thread would cost more). A long one is read and built again on a thread: ~30 µs a
+        step, 0.3 s for the 10,000-step cap, that would otherwise hold the event loop and
+        every request of every tenant with it; on a thread the loop gets the GIL back
+        every few ms."""
         check_instance_id(instance_id)
-        snapshot = self.engine.read_now(jn.status_snapshot(self.name, instance_id, settled, INLINE_STATUS_STEPS))
-        if snapshot is not None and snapshot.truncated:
-            return await asyncio.to_thread(self._read_status, instance_id, settled)
-        return self._built(instance_id, snapshot)
+        inline = INLINE_STATUS_STEPS if page.limit is None else min(page.limit, INLINE_STATUS_STEPS)
+        snapshot = self.engine.read_now(jn.status_snapshot(self.name, instance_id, settled, inline, page.start))
+        if snapshot is not None and snapshot.truncated and inline != page.limit:
+            return await asyncio.to_thread(self._read_status, instance_id, settled, page)
+        return self._built(instance_id, snapshot, page)
 
-    def _read_status(self, instance_id: str, settled: Optional[frozenset[str]]) -> Optional[InstanceStatus]:
-        return self._built(instance_id, self.engine.read_now(jn.status_snapshot(self.name, instance_id, settled)))
+    def _read_status(self, instance_id: str, settled: Optional[frozenset[str]], page: StepPage) -> Optional[InstanceStatus]:
+        snapshot = self.engine.read_now(jn.status_snapshot(self.name, instance_id, settled, page.limit, page.start))
+        return self._built(instance_id, snapshot, page)
 
     @staticmethod
-    def _built(instance_id: str, snapshot: Optional[jn.StatusSnapshot]) -> Optional[InstanceStatus]:
+    def _built(instance_id: str, snapshot: Optional[jn.StatusSnapshot], page: StepPage) -> Optional[InstanceStatus]:
         if snapshot is None:
             raise InstanceNotFound(instance_id)
-        return None if snapshot.journal is None else instance_status(snapshot.row, snapshot.journal, snapshot.parent_id)
+        if snapshot.journal is None:
+            return None
+        next_from = None
+        if snapshot.truncated:  # the next page starts after this one's last step (where it began, if empty)
+            next_from = snapshot.journal[-1].seq + 1 if snapshot.journal else page.start
+        return instance_status(snapshot.row, snapshot.journal, snapshot.parent_id, next_from)
 
     def get(self, instance_id: str) -> "Instance":
         return Instance(self, check_instance_id(instance_id))
@@ -622,10 +650,23 @@ class TenantBinding:
         return results
 
     async def logs(self, instance_id: str, limit: int = 1000) -> List[LogLine]:
+        """The instance's first `limit` log lines, oldest first (`log_page` for the rest)."""
+        return (await self.log_page(instance_id, limit=limit)).logs
+
+    async def log_page(self, instance_id: str, *, limit: int = 1000, cursor: Optional[str] = None) -> LogPage:
+        """At most `limit` of the instance's log lines, oldest first, from `cursor` (the
+        last page's `next_cursor`) on."""
         await self._allow(Action.READ, instance_id)
+        if not 1 <= limit <= MAX_LOG_PAGE:
+            raise InvalidInput(f"limit must be between 1 and {MAX_LOG_PAGE}, got {limit}")
+        after = _decode_cursor(cursor) if cursor else 0
         row = await self._row(instance_id)
-        lines = await self.engine.read(jn.logs_query(row.pk, limit))
-        return [LogLine(at=ts(at), stream=stream, message=message) for at, stream, message in lines]  # type: ignore[arg-type]
+        lines = await self.engine.read(jn.logs_query(row.pk, limit + 1, after))
+        page = lines[:limit]
+        return LogPage(
+            logs=[LogLine(at=ts(at), stream=stream, message=message) for _, at, stream, message in page],  # type: ignore[arg-type]
+            next_cursor=_encode_cursor(page[-1][0]) if len(lines) > limit else None,
+        )
 
     async def wait(self, instance_id: str, *, timeout: float = 60.0, statuses: frozenset[str] = SETTLED) -> InstanceStatus:
         """Wait until the instance reaches one of `statuses` (default: finished or paused)."""
@@ -661,8 +702,8 @@ class Instance:
         self.binding = binding
         self.id = instance_id
 
-    async def status(self) -> InstanceStatus:
-        return await self.binding.status(self.id)
+    async def status(self, *, steps_limit: Optional[int] = None, steps_from: int = 0) -> InstanceStatus:
+        return await self.binding.status(self.id, steps_limit=steps_limit, steps_from=steps_from)
 
     async def pause(self) -> str:
         return await self.binding.pause(self.id)

@@ -142,9 +142,12 @@ def instance_by_pk_query(pk: int) -> Query[Optional[InstanceRow]]:
     return Query(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE pk=?", (pk,), _first_instance)
 
 
-def journal_query(pk: int, limit: int = -1) -> Query[list[JournalEntry]]:
-    """The instance's journal in order; with `limit`, its first `limit` entries."""
-    return Query(f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE instance_pk=? ORDER BY seq LIMIT ?", (pk, limit), lambda rows: [_entry(r) for r in rows])
+def journal_query(pk: int, limit: int = -1, from_seq: int = 0) -> Query[list[JournalEntry]]:
+    """The instance's journal in order from `from_seq` on; with `limit`, its first `limit` entries."""
+    return Query(
+        f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE instance_pk=? AND seq>=? ORDER BY seq LIMIT ?",
+        (pk, from_seq, limit), lambda rows: [_entry(r) for r in rows],
+    )
 
 
 @dataclass(frozen=True)
@@ -152,15 +155,17 @@ class StatusSnapshot:
     row: InstanceRow
     journal: Optional[list[JournalEntry]]  # None: not read (the status is not settled yet)
     parent_id: Optional[str] = None  # the instance that started this one as a child
-    truncated: bool = False  # the journal is longer than the read's `journal_limit`: not all of it read
+    truncated: bool = False  # the journal goes on past the read's `journal_limit`: not all of it read
 
 
 def status_snapshot(
-    tenant: str, instance_id: str, settled: Optional[frozenset[str]] = None, journal_limit: Optional[int] = None
+    tenant: str, instance_id: str, settled: Optional[frozenset[str]] = None, journal_limit: Optional[int] = None,
+    from_seq: int = 0,
 ) -> Callable[[sqlite3.Connection], Optional[StatusSnapshot]]:
     """An instance's row, its journal and its parent's id, read together (one read
     transaction); with `settled`, the journal only when the status is one of those (`wait`
-    polling); with `journal_limit`, at most that many entries (`truncated` says if more)."""
+    polling); from `from_seq` on, with `journal_limit` at most that many entries
+    (`truncated` says if more follow)."""
 
     def read(conn: sqlite3.Connection) -> Optional[StatusSnapshot]:
         conn.execute("BEGIN")
@@ -174,7 +179,7 @@ def status_snapshot(
             if row.parent_pk is not None:  # a child's parent is always of its tenant
                 found = conn.execute("SELECT id FROM instances WHERE pk=?", (row.parent_pk,)).fetchone()
                 parent = str(found[0]) if found else None
-            journal = journal_query(row.pk, -1 if journal_limit is None else journal_limit + 1).run(conn)
+            journal = journal_query(row.pk, -1 if journal_limit is None else journal_limit + 1, from_seq).run(conn)
             if journal_limit is not None and len(journal) > journal_limit:
                 return StatusSnapshot(row, journal[:journal_limit], parent, truncated=True)
             return StatusSnapshot(row, journal, parent)
@@ -219,8 +224,12 @@ def list_query(
     return Query(sql, (*params, limit), lambda rows: [_instance(r) for r in rows])
 
 
-def logs_query(pk: int, limit: int) -> Query[list[tuple[int, str, str]]]:
-    return Query("SELECT at, stream, message FROM logs WHERE instance_pk=? ORDER BY pk LIMIT ?", (pk, limit), lambda rows: [tuple(r) for r in rows])
+def logs_query(pk: int, limit: int, after_pk: int = 0) -> Query[list[tuple[int, int, str, str]]]:
+    """(pk, at, stream, message) of the instance's log lines in order, after `after_pk` (a page's cursor)."""
+    return Query(
+        "SELECT pk, at, stream, message FROM logs WHERE instance_pk=? AND pk>? ORDER BY pk LIMIT ?",
+        (pk, after_pk, limit), lambda rows: [tuple(r) for r in rows],
+    )
 
 
 def current_digest_query(tenant: str, workflow: str) -> Query[Optional[str]]:

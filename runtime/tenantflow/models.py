@@ -66,6 +66,9 @@ class InstanceStatus(BaseModel):
     wake_at: Optional[dt.datetime] = None
     waiting_for: Optional[str] = None
     steps: list[StepInfo] = Field(default_factory=list)
+    next_steps_from: Optional[int] = Field(
+        default=None, description="`steps` holds a page of the history that more steps follow: the `steps_from` of the next page.",
+    )
     log_dropped_bytes: int = 0
     parent: Optional[str] = Field(default=None, description="The instance that started this one as a child workflow.")
 
@@ -79,6 +82,11 @@ class LogLine(BaseModel):
     at: dt.datetime
     stream: str
     message: str
+
+
+class LogPage(BaseModel):
+    logs: list[LogLine]
+    next_cursor: Optional[str] = Field(default=None, description="More lines follow: pass this as `cursor` for the next page.")
 
 
 class UpgradeResult(BaseModel):
@@ -126,7 +134,9 @@ def step_info(e: JournalEntry) -> StepInfo:
     )
 
 
-def instance_status(row: InstanceRow, journal: list[JournalEntry], parent: Optional[str] = None) -> InstanceStatus:
+def instance_status(
+    row: InstanceRow, journal: list[JournalEntry], parent: Optional[str] = None, next_steps_from: Optional[int] = None
+) -> InstanceStatus:
     return InstanceStatus(
         id=row.id,
         tenant=row.tenant,
@@ -142,6 +152,7 @@ def instance_status(row: InstanceRow, journal: list[JournalEntry], parent: Optio
         wake_at=ts(row.wake_at),
         waiting_for=row.waiting_for,
         steps=[step_info(e) for e in journal],
+        next_steps_from=next_steps_from,
         log_dropped_bytes=row.log_dropped,
         parent=parent,
     )

@@ -47,7 +47,6 @@ from .api_models import (
     IssueKey,
     KeyInfo,
     KeyList,
-    LogPage,
     TenantInfo,
     TenantList,
     UpgradeRequest,
@@ -57,7 +56,7 @@ from .api_models import (
     WorkflowVersion,
 )
 from .auth import Action, ApiKeyAuthorizer, Authorizer, KeyAdmin, Principal
-from .engine import INLINE_STATUS_STEPS, Engine, TenantBinding
+from .engine import INLINE_STATUS_STEPS, MAX_LOG_PAGE, MAX_STATUS_STEPS, Engine, TenantBinding
 from .errors import (
     ComponentError,
     Forbidden,
@@ -73,7 +72,7 @@ from .errors import (
 )
 from .limits import MiB, format_bytes
 from .metrics import Metrics
-from .models import ComponentInfo, InstancePage, InstanceStatus, Status, ts
+from .models import ComponentInfo, InstancePage, InstanceStatus, LogPage, Status, ts
 
 log = logging.getLogger("tenantflow.server")
 
@@ -286,9 +285,14 @@ def create_app(
         return await binding.list(workflow=workflow, status=status, limit=limit, cursor=cursor, parent=parent)
 
     @app.get(f"{base}/instances/{{instance_id}}", response_model=InstanceStatus, tags=["instances"], responses=_errors(*common, 404))
-    async def get_instance(instance_id: InstanceId, binding: Annotated[TenantBinding, Depends(instance_scope(Action.READ))]) -> Response:
-        """Status, output or error, and the step history."""
-        status = await binding.status(instance_id)
+    async def get_instance(
+        instance_id: InstanceId,
+        binding: Annotated[TenantBinding, Depends(instance_scope(Action.READ))],
+        steps_limit: Annotated[Optional[int], Query(ge=0, le=MAX_STATUS_STEPS, description="At most this many steps (0: none); all of them when left out.")] = None,
+        steps_from: Annotated[int, Query(ge=0, description="The `seq` of the first step to include: a page's `next_steps_from`.")] = 0,
+    ) -> Response:
+        """Status, output or error, and the step history (or a page of it)."""
+        status = await binding.status(instance_id, steps_limit=steps_limit, steps_from=steps_from)
         # Encoded here, not by FastAPI: a long history (~2 MB at the step cap) is encoded on
         # a thread, so the event loop serves other requests meanwhile (see `_snapshot`).
         body = await asyncio.to_thread(status.model_dump_json) if len(status.steps) > INLINE_STATUS_STEPS else status.model_dump_json()
@@ -334,10 +338,11 @@ def create_app(
     async def instance_logs(
         instance_id: InstanceId,
         binding: Annotated[TenantBinding, Depends(instance_scope(Action.READ))],
-        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+        limit: Annotated[int, Query(ge=1, le=MAX_LOG_PAGE)] = 1000,
+        cursor: Annotated[Optional[str], Query(min_length=1, max_length=200, description="`next_cursor` of the previous page.")] = None,
     ) -> LogPage:
-        """The instance's captured stdout/stderr and log lines, oldest first."""
-        return LogPage(logs=await binding.logs(instance_id, limit=limit))
+        """The instance's captured stdout/stderr and log lines, oldest first, a page at a time."""
+        return await binding.log_page(instance_id, limit=limit, cursor=cursor)
 
     # ---- components and workflows -------------------------------------------------------
     @app.post(
