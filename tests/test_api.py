@@ -360,6 +360,14 @@ def test_upgrade_over_http_and_the_remote_cli(tmp_path: Path) -> None:
             dry = client.post(path, json={"digest": v2, "instance_ids": ["p1"]}).json()["results"]
             assert [(r["id"], r["result"], r["from_digest"], r["to_digest"]) for r in dry] == [("p1", "compatible", v1, v2)]
             assert client.get("/v1/tenants/t/instances/p1").json()["digest"] == v1  # a dry run changes nothing
+            first = client.post(path, json={"digest": v2, "limit": 1}).json()  # a page of one, then the rest
+            assert [r["id"] for r in first["results"]] == ["p1"] and first["next_cursor"]
+            rest = client.post(path, json={"digest": v2, "limit": 1, "cursor": first["next_cursor"]}).json()
+            assert [r["id"] for r in rest["results"]] == ["p2"] and rest["next_cursor"] is None
+            assert diverged.json()["next_cursor"] is None
+            error_of(client.post(path, json={"digest": v2, "limit": 0}), 400, "invalid_input")
+            error_of(client.post(path, json={"digest": v2, "limit": 1001}), 400, "invalid_input")
+            assert "cursor" in error_of(client.post(path, json={"digest": v2, "cursor": "!!"}), 400, "invalid_input")
 
             assert error_of(client.post(path, json={"digest": "sha256:nope"}), 400, "invalid_input")
             assert error_of(client.post(path, json={"digest": v2, "force": True}), 400, "invalid_input")

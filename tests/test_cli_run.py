@@ -80,13 +80,15 @@ def test_instances_upgrade_dry_run_and_apply(tmp_path: Path) -> None:
         clock = ManualClock()
         async with open_engine(db, clock=clock, deploy={"t": "flow_v1"}) as engine:
             await engine.tenant("t").create("pipeline", {"commit": "c"}, id="p1")
+            await engine.tenant("t").create("pipeline", {"commit": "d"}, id="p2")
             await engine.scheduler.quiesce()
 
     asyncio.run(prepare())
     v2, v3 = component("flow_v2"), component("flow_v3")
     refused = tenantflow("instances", "upgrade", "-w", "pipeline", "--to", str(v3), "--db", str(db), "--tenant", "t", "--apply", check=False)
     assert refused.returncode == 1 and "p1: diverged" in refused.stdout and "position 0" in refused.stdout
-    dry = tenantflow("instances", "upgrade", "-w", "pipeline", "--to", str(v2), "--db", str(db), "--tenant", "t")
-    assert "p1: compatible" in dry.stdout and "dry run" in dry.stdout
-    applied = tenantflow("instances", "upgrade", "-w", "pipeline", "--to", str(v2), "--db", str(db), "--tenant", "t", "--apply", "--json")
-    assert [r["result"] for r in json.loads(applied.stdout)] == ["upgraded"]
+    dry = tenantflow("instances", "upgrade", "-w", "pipeline", "--to", str(v2), "--db", str(db), "--tenant", "t", "--page-size", "1")
+    assert "p1: compatible" in dry.stdout and "p2: compatible" in dry.stdout and "dry run" in dry.stdout
+    assert dry.stderr.count("examined so far") == 1  # a page of one each: progress between them
+    applied = tenantflow("instances", "upgrade", "-w", "pipeline", "--to", str(v2), "--db", str(db), "--tenant", "t", "--apply", "--json", "--page-size", "1")
+    assert [(r["id"], r["result"]) for r in json.loads(applied.stdout)] == [("p1", "upgraded"), ("p2", "upgraded")]

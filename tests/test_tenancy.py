@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from enginekit import component, open_engine
 
 from tenantflow.clock import ManualClock
 from tenantflow.engine import Engine
-from tenantflow.errors import InstanceNotFound
+from tenantflow.errors import InstanceNotFound, InvalidInput
 from tenantflow.registry import digest_of
 
 
@@ -106,6 +107,38 @@ async def test_upgrade_moves_compatible_instances_and_refuses_divergent_code(tmp
         await t.send_event(waiting, "go", {"env": "prod"})
         done = await t.wait(waiting)
         assert done.output["version"] == 2 and [s.name for s in done.steps][-1] == "notify"
+
+
+
+async def test_an_upgrade_goes_a_page_at_a_time(tmp_path: Path) -> None:
+    """`upgrade_page` examines at most `limit` instances, oldest first, and its cursor leads
+    through the rest; upgraded ones leave the set, diverged ones are passed over."""
+    clock = ManualClock()
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "flow_v1"}) as engine:
+        t = engine.tenant("t")
+        ids = [await t.create("pipeline", {"commit": c}, id=c) for c in ("a", "b", "c", "d", "e")]
+        await _to_approval(engine, "t", "a", clock)
+        v2 = (await engine.register_component(component("flow_v2").read_bytes())).digest
+        v3 = (await engine.register_component(component("flow_v3").read_bytes())).digest
+
+        async def pages(digest: str, limit: int, **kw: object) -> list[list[tuple[str, str]]]:
+            out, cursor = [], None
+            while True:
+                page = await t.upgrade_page("pipeline", digest, limit=limit, cursor=cursor, **kw)  # type: ignore[arg-type]
+                out.append([(r.id, r.result) for r in page.results])
+                if page.next_cursor is None:
+                    return out
+                cursor = page.next_cursor
+
+        assert await pages(v3, 2) == [[("a", "diverged"), ("b", "diverged")], [("c", "diverged"), ("d", "diverged")], [("e", "diverged")]]
+        assert await pages(v2, 5) == [[(i, "compatible") for i in ids]]  # a full last page: no empty one after it
+        assert await pages(v2, 1, instance_ids=["e", "b", "nope"]) == [[("b", "compatible")], [("e", "compatible")]]
+        assert await pages(v2, 2, apply=True, instance_ids=["a", "c", "d"]) == [[("a", "upgraded"), ("c", "upgraded")], [("d", "upgraded")]]
+        assert [(r.id, r.result) for r in await t.upgrade("pipeline", v2)] == [("b", "compatible"), ("e", "compatible")]
+        assert {i: (await t.status(i)).digest == v2 for i in ids} == {"a": True, "b": False, "c": True, "d": True, "e": False}
+        for bad, message in [({"limit": 0}, "limit must be between 1 and 1000, got 0"), ({"cursor": "???"}, "invalid cursor '???'")]:
+            with pytest.raises(InvalidInput, match=re.escape(message)):
+                await t.upgrade_page("pipeline", v2, **bad)  # type: ignore[arg-type]
 
 
 class FlakyLoader:

@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .models import Status, UpgradeResult
+from .models import DEFAULT_UPGRADE_PAGE, MAX_UPGRADE_PAGE, Status
 
 # The engine's validation rules, as JSON Schema patterns (see tenantflow.limits).
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -88,10 +88,11 @@ class UpgradeRequest(BaseModel):
     instance_ids: Optional[list[str]] = Field(
         default=None, min_length=1, max_length=1000, description="Only these instances (default: every in-flight instance of the workflow)."
     )
-
-
-class UpgradeResults(BaseModel):
-    results: list[UpgradeResult]
+    limit: int = Field(
+        default=DEFAULT_UPGRADE_PAGE, ge=1, le=MAX_UPGRADE_PAGE,
+        description="Examine at most this many instances (each replayed against the new code) in this request.",
+    )
+    cursor: Optional[str] = Field(default=None, min_length=1, max_length=200, description="`next_cursor` of the previous page.")
 
 
 # ---- platform administration (platform-admin keys) ---------------------------------------

@@ -322,7 +322,10 @@ def send_event_command(instance_id: str, event_type: str, payload: str, db: Path
 @TENANT_OPTION
 @REMOTE_OPTIONS
 @click.option("--json", "as_json", is_flag=True)
-def upgrade_command(workflow: str, target: str, instance_ids: tuple[str, ...], apply: bool, db: Path, tenant: str, as_json: bool) -> None:
+@click.option("--page-size", type=click.IntRange(1, 1000), default=100, show_default=True, help="Instances examined per request.")
+def upgrade_command(
+    workflow: str, target: str, instance_ids: tuple[str, ...], apply: bool, db: Path, tenant: str, as_json: bool, page_size: int
+) -> None:
     """Move in-flight instances to other code, after replaying each journal against it.
 
     An instance whose recorded calls all match the new code is `compatible` (and
@@ -331,6 +334,24 @@ def upgrade_command(workflow: str, target: str, instance_ids: tuple[str, ...], a
     from .engine import Engine
 
     digest = target.removeprefix("sha256:")
+
+    async def every_page(binding: Any, to: str) -> list[Any]:
+        # A page per call (each instance in it is replayed): its lines show as it ends.
+        results: list[Any] = []
+        cursor = None
+        while True:
+            page = await binding.upgrade_page(workflow, to, apply=apply, instance_ids=instance_ids or None, limit=page_size, cursor=cursor)
+            results += page.results
+            if not as_json:
+                for r in page.results:
+                    line = f"{r.id}: {r.result} ({r.from_digest[:12]} -> {r.to_digest[:12]})"
+                    click.echo(line + (f": {r.divergence}" if r.divergence else ""))
+            if page.next_cursor is None:
+                return results
+            cursor = page.next_cursor
+            if not as_json:
+                click.echo(f"... {len(results)} examined so far", err=True)
+
     if target.endswith(".wasm"):
         if _remote()[0]:
             _fail("with --url, --to takes the digest of a component registered there (`tenantflow deploy --url` prints it)")
@@ -340,19 +361,16 @@ def upgrade_command(workflow: str, target: str, instance_ids: tuple[str, ...], a
         async def register_and_upgrade() -> Any:
             async with Engine(db, run_scheduler=False) as engine:
                 registered = (await engine.register_component(Path(target).read_bytes())).digest
-                return await engine.tenant(tenant).upgrade(workflow, registered, apply=apply, instance_ids=instance_ids or None)
+                return await every_page(engine.tenant(tenant), registered)
 
         results = _run_async(register_and_upgrade())
     else:
-        results = _binding_call(db, tenant, lambda b: b.upgrade(workflow, digest, apply=apply, instance_ids=instance_ids or None))
+        results = _binding_call(db, tenant, lambda b: every_page(b, digest))
     if as_json:
         click.echo(json.dumps([json.loads(r.model_dump_json()) for r in results], indent=2))
         return
     if not results:
         click.echo(f"no in-flight instances of {workflow!r} run other code")
-    for r in results:
-        line = f"{r.id}: {r.result} ({r.from_digest[:12]} -> {r.to_digest[:12]})"
-        click.echo(line + (f": {r.divergence}" if r.divergence else ""))
     if not apply and any(r.result == "compatible" for r in results):
         click.echo("dry run: nothing changed; use --apply to switch the compatible instances")
     if any(r.result == "diverged" for r in results):

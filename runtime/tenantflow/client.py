@@ -22,7 +22,6 @@ from .api_models import (
     KeyList,
     TenantInfo,
     TenantList,
-    UpgradeResults,
     WorkflowList,
 )
 from .errors import (
@@ -38,7 +37,17 @@ from .errors import (
     Unauthenticated,
     UnknownWorkflow,
 )
-from .models import ComponentInfo, InstancePage, InstanceStatus, LogLine, LogPage, UpgradeResult
+from .models import (
+    DEFAULT_UPGRADE_PAGE,
+    MAX_UPGRADE_PAGE,
+    ComponentInfo,
+    InstancePage,
+    InstanceStatus,
+    LogLine,
+    LogPage,
+    UpgradeResult,
+    UpgradeResults,
+)
 
 ERRORS: dict[str, type[TenantflowError]] = {
     cls.code: cls
@@ -200,6 +209,20 @@ class RemoteTenant:
     async def upgrade(
         self, workflow: str, digest: str, *, apply: bool = False, instance_ids: Optional[Sequence[str]] = None
     ) -> builtins.list[UpgradeResult]:
-        body = {"digest": digest, "apply": apply, "instance_ids": list(instance_ids) if instance_ids is not None else None}
+        """Every in-flight instance, a page per request."""
+        results: builtins.list[UpgradeResult] = []
+        cursor = None
+        while True:
+            page = await self.upgrade_page(workflow, digest, apply=apply, instance_ids=instance_ids, limit=MAX_UPGRADE_PAGE, cursor=cursor)
+            results += page.results
+            if page.next_cursor is None:
+                return results
+            cursor = page.next_cursor
+
+    async def upgrade_page(
+        self, workflow: str, digest: str, *, apply: bool = False, instance_ids: Optional[Sequence[str]] = None,
+        limit: int = DEFAULT_UPGRADE_PAGE, cursor: Optional[str] = None,
+    ) -> UpgradeResults:
+        body = {"digest": digest, "apply": apply, "instance_ids": list(instance_ids) if instance_ids is not None else None, "limit": limit, "cursor": cursor}
         response = await self.client.request("POST", f"{self._base}/workflows/{_q(workflow)}/upgrade", json=body)
-        return UpgradeResults.model_validate(response.json()).results
+        return UpgradeResults.model_validate(response.json())

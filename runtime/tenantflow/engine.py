@@ -35,6 +35,8 @@ from .limits import Limits, check_event_type, check_instance_id, check_tenant, c
 from .loader import Loader, RegistryLoader, load_verified
 from .manifest import ManifestError, TenantManifest
 from .models import (
+    DEFAULT_UPGRADE_PAGE,
+    MAX_UPGRADE_PAGE,
     ComponentInfo,
     InstancePage,
     InstanceStatus,
@@ -42,6 +44,7 @@ from .models import (
     LogLine,
     LogPage,
     UpgradeResult,
+    UpgradeResults,
     instance_status,
     ts,
 )
@@ -621,33 +624,55 @@ class TenantBinding:
         )
 
     async def upgrade(self, workflow: str, digest: str, *, apply: bool = False, instance_ids: Optional[Sequence[str]] = None) -> List[UpgradeResult]:
-        """Move in-flight instances of `workflow` to component `digest`.
+        """Move every in-flight instance of `workflow` to component `digest` (a page at a
+        time: `upgrade_page`).
 
         Each instance's journal is first replayed against the new code without side
         effects; only if every recorded call matches is its pin switched (when `apply`;
         the default is a dry run). Otherwise the first divergence is reported and the
         instance is left untouched."""
+        results: List[UpgradeResult] = []
+        cursor = None
+        while True:
+            page = await self.upgrade_page(workflow, digest, apply=apply, instance_ids=instance_ids, limit=MAX_UPGRADE_PAGE, cursor=cursor)
+            results += page.results
+            if page.next_cursor is None:
+                return results
+            cursor = page.next_cursor
+
+    async def upgrade_page(
+        self, workflow: str, digest: str, *, apply: bool = False, instance_ids: Optional[Sequence[str]] = None,
+        limit: int = DEFAULT_UPGRADE_PAGE, cursor: Optional[str] = None,
+    ) -> UpgradeResults:
+        """`upgrade` for at most `limit` instances (oldest first) after `cursor`, the last
+        page's `next_cursor`: each one examined is replayed, so a page bounds one call."""
         await self._allow(Action.CONTROL)
+        if not 1 <= limit <= MAX_UPGRADE_PAGE:
+            raise InvalidInput(f"limit must be between 1 and {MAX_UPGRADE_PAGE}, got {limit}")
+        after = _decode_cursor(cursor) if cursor else 0
+        wanted = sorted({check_instance_id(i) for i in instance_ids}) if instance_ids is not None else None
         await self._digest_for(workflow, digest)  # registered and defines the workflow
-        rows = await self.engine.read(jn.upgradable_query(self.name, workflow, digest))
-        if instance_ids is not None:
-            wanted = {check_instance_id(i) for i in instance_ids}
-            rows = [r for r in rows if r.id in wanted]
-        results = []
-        for row in rows:
-            if self.engine.run_scheduler and self.engine.scheduler.is_running(row.pk) or row.status in ("running", "waitingForPause"):
-                results.append(UpgradeResult(id=row.id, from_digest=row.digest, to_digest=digest, result="busy"))
-                continue
-            length = await self.engine.read(jn.journal_length_query(row.pk))
-            divergence = await asyncio.to_thread(self.engine.executor.verify, row.pk, digest)
-            outcome = "compatible"
-            if divergence is not None:
-                outcome = "diverged"
-            elif apply:
-                moved = await self.engine.write(jn.repin(row.pk, row.generation, length, row.digest, digest, self.engine.now()))
-                outcome = "upgraded" if moved else "busy"
-            results.append(UpgradeResult(id=row.id, from_digest=row.digest, to_digest=digest, result=outcome, divergence=divergence))  # type: ignore[arg-type]
-        return results
+        rows = await self.engine.read(jn.upgradable_query(self.name, workflow, digest, after, limit + 1, wanted))
+        page = rows[:limit]
+        return UpgradeResults(
+            results=[await self._upgrade_one(row, digest, apply) for row in page],
+            next_cursor=_encode_cursor(page[-1].pk) if len(rows) > limit else None,
+        )
+
+    async def _upgrade_one(self, row: jn.InstanceRow, digest: str, apply: bool) -> UpgradeResult:
+        def result(outcome: str, divergence: Optional[str] = None) -> UpgradeResult:
+            return UpgradeResult(id=row.id, from_digest=row.digest, to_digest=digest, result=outcome, divergence=divergence)  # type: ignore[arg-type]
+
+        if self.engine.run_scheduler and self.engine.scheduler.is_running(row.pk) or row.status in ("running", "waitingForPause"):
+            return result("busy")
+        length = await self.engine.read(jn.journal_length_query(row.pk))
+        divergence = await asyncio.to_thread(self.engine.executor.verify, row.pk, digest)
+        if divergence is not None:
+            return result("diverged", divergence)
+        if not apply:
+            return result("compatible")
+        moved = await self.engine.write(jn.repin(row.pk, row.generation, length, row.digest, digest, self.engine.now()))
+        return result("upgraded" if moved else "busy")
 
     async def logs(self, instance_id: str, limit: int = 1000) -> List[LogLine]:
         """The instance's first `limit` log lines, oldest first (`log_page` for the rest)."""

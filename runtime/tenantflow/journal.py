@@ -14,7 +14,7 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Generic, Iterable, Optional, TypeVar
+from typing import Any, Callable, Generic, Iterable, Optional, Sequence, TypeVar
 
 import aiosqlite
 
@@ -650,12 +650,16 @@ def step_timings_query(pks: list[int], ended_after: int) -> Query[list[tuple[int
     )
 
 
-def upgradable_query(tenant: str, workflow: str, exclude_digest: str) -> Query[list[InstanceRow]]:
-    """In-flight instances of a workflow pinned to another digest."""
+def upgradable_query(
+    tenant: str, workflow: str, exclude_digest: str, after_pk: int = 0, limit: int = -1, ids: Optional[Sequence[str]] = None
+) -> Query[list[InstanceRow]]:
+    """In-flight instances of a workflow pinned to another digest, in pk order after
+    `after_pk` (a page's cursor); with `ids`, only those."""
+    only = " AND id IN (SELECT value FROM json_each(?))" if ids is not None else ""
     return Query(
         f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE tenant=? AND workflow=? AND digest<>? "
-        "AND status IN ('queued','running','waiting','waitingForPause','paused') ORDER BY pk",
-        (tenant, workflow, exclude_digest),
+        f"AND status IN ('queued','running','waiting','waitingForPause','paused') AND pk>?{only} ORDER BY pk LIMIT ?",
+        (tenant, workflow, exclude_digest, after_pk, *([json.dumps(list(ids))] if ids is not None else []), limit),
         lambda rows: [_instance(r) for r in rows],
     )
 

@@ -100,6 +100,17 @@ class UpgradeResult(BaseModel):
     divergence: Optional[str] = None
 
 
+# An upgrade replays each instance it examines (milliseconds to a second each): a page
+# bounds what one request (or call) does.
+DEFAULT_UPGRADE_PAGE = 100
+MAX_UPGRADE_PAGE = 1000
+
+
+class UpgradeResults(BaseModel):
+    results: list[UpgradeResult]
+    next_cursor: Optional[str] = Field(default=None, description="More instances are left to examine: pass this as `cursor`.")
+
+
 class ComponentInfo(BaseModel):
     digest: str
     size: int

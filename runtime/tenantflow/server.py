@@ -50,7 +50,6 @@ from .api_models import (
     TenantInfo,
     TenantList,
     UpgradeRequest,
-    UpgradeResults,
     WorkflowInfo,
     WorkflowList,
     WorkflowVersion,
@@ -72,7 +71,7 @@ from .errors import (
 )
 from .limits import MiB, format_bytes
 from .metrics import Metrics
-from .models import ComponentInfo, InstancePage, InstanceStatus, LogPage, Status, ts
+from .models import ComponentInfo, InstancePage, InstanceStatus, LogPage, Status, UpgradeResults, ts
 
 log = logging.getLogger("tenantflow.server")
 
@@ -382,8 +381,12 @@ def create_app(
         """Move in-flight instances of a workflow to another registered version. Each journal is
         replayed against the new code first (no side effects): `compatible` (dry run) or
         `upgraded` (with `apply`) when every recorded call matches, else `diverged` with the
-        first divergence (the instance is left as it was), or `busy` while it runs (retry)."""
-        return UpgradeResults(results=await binding.upgrade(workflow, spec.digest, apply=spec.apply, instance_ids=spec.instance_ids))
+        first divergence (the instance is left as it was), or `busy` while it runs (retry).
+        At most `limit` instances are examined per request, oldest first: while `next_cursor`
+        is set, post again with it as `cursor` for the next page."""
+        return await binding.upgrade_page(
+            workflow, spec.digest, apply=spec.apply, instance_ids=spec.instance_ids, limit=spec.limit, cursor=spec.cursor,
+        )
 
     # ---- platform administration: tenants and keys (platform-admin) ---------------------
     # Only where keys live in this engine's database: another authorizer has its own.
