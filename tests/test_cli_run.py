@@ -92,3 +92,31 @@ def test_instances_upgrade_dry_run_and_apply(tmp_path: Path) -> None:
     assert dry.stderr.count("examined so far") == 1  # a page of one each: progress between them
     applied = tenantflow("instances", "upgrade", "-w", "pipeline", "--to", str(v2), "--db", str(db), "--tenant", "t", "--apply", "--json", "--page-size", "1")
     assert [(r["id"], r["result"]) for r in json.loads(applied.stdout)] == [("p1", "upgraded"), ("p2", "upgraded")]
+
+
+def test_instances_logs_prints_every_line_a_page_at_a_time(tmp_path: Path) -> None:
+    import asyncio
+
+    from enginekit import open_engine
+
+    from tenantflow.engine import Engine
+
+    db = tmp_path / "flows.db"
+
+    async def prepare() -> None:
+        async with open_engine(db, deploy={"t": "hostile"}) as engine:
+            t = engine.tenant("t")
+            assert (await t.wait(await t.create("Shout", {"lines": 2500, "line_bytes": 10}, id="loud"))).output == "shouted"
+        async with Engine(db, run_scheduler=False) as engine:  # queued, never run: no lines yet
+            await engine.tenant("t").create("Shout", id="quiet")
+
+    asyncio.run(prepare())
+    printed = tenantflow("instances", "logs", "loud", "--db", str(db), "--tenant", "t").stdout.splitlines()
+    assert len(printed) == 2501  # three pages of 1,000
+    assert all(line.endswith("stdout  " + "x" * 9) for line in printed[:2500]) and printed[-1].endswith("stderr  done shouting")
+    as_json = [json.loads(line) for line in tenantflow("instances", "logs", "loud", "--db", str(db), "--tenant", "t", "--json").stdout.splitlines()]
+    assert [(line["stream"], line["message"]) for line in as_json] == [("stdout", "x" * 9)] * 2500 + [("stderr", "done shouting")]
+    quiet = tenantflow("instances", "logs", "quiet", "--db", str(db), "--tenant", "t")
+    assert quiet.stdout == "" and "quiet has no log lines" in quiet.stderr
+    missing = tenantflow("instances", "logs", "nope", "--db", str(db), "--tenant", "t", check=False)
+    assert missing.returncode == 1 and "instance 'nope' not found" in missing.stderr

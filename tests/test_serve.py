@@ -119,7 +119,7 @@ def test_cli_against_a_server_prints_what_it_prints_locally(remote: tuple[Path, 
         wait_status(client, "acme", "e1")
         wait_status(client, "acme", "a1", "waiting")
         for args in (["list"], ["list", "--json"], ["list", "--status", "waiting"], ["describe", "e1"], ["describe", "e1", "--json"], ["describe", "a1"],
-                     ["describe", "a1", "--steps", "1"], ["describe", "a1", "--steps", "0", "--json"]):
+                     ["describe", "a1", "--steps", "1"], ["describe", "a1", "--steps", "0", "--json"], ["logs", "e1"], ["logs", "e1", "--json"]):
             assert cli("instances", *args, *over_http).stdout == cli("instances", *args, *local).stdout, args
 
         assert cli("instances", "pause", "a1", *over_http).stdout == "a1: paused\n"

@@ -279,6 +279,30 @@ def describe_command(
             console.print(f"  ({status.log_dropped_bytes} bytes dropped over the log limit)", style="yellow")
 
 
+@instances.command("logs")
+@click.argument("instance_id")
+@DB_OPTION
+@TENANT_OPTION
+@REMOTE_OPTIONS
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def logs_command(instance_id: str, db: Path, tenant: str, as_json: bool) -> None:
+    """Print every log line of an instance, oldest first (read a page at a time)."""
+
+    async def every_page(b: Any) -> int:
+        shown, cursor = 0, None
+        while True:
+            page = await b.log_page(instance_id, limit=1000, cursor=cursor)
+            for line in page.logs:
+                click.echo(line.model_dump_json() if as_json else f"{line.at:%Y-%m-%d %H:%M:%S} {line.stream:<7} {line.message}")
+            shown += len(page.logs)
+            if page.next_cursor is None:
+                return shown
+            cursor = page.next_cursor
+
+    if not _binding_call(db, tenant, every_page) and not as_json:
+        click.echo(f"{instance_id} has no log lines", err=True)
+
+
 def _control_command(name: str, help_text: str) -> None:
     @instances.command(name, help=help_text)
     @click.argument("instance_id")

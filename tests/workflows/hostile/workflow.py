@@ -97,11 +97,11 @@ class HugeStepResult(WorkflowEntrypoint):
 
 
 class Shout(WorkflowEntrypoint):
-    """Prints `mib` MiB to stdout in 1 MiB lines (and some to stderr)."""
+    """Prints `mib` MiB to stdout in 1 MiB lines (or `lines` of `line_bytes`), then a line to stderr."""
 
     def run(self, event, step):
-        line = "x" * (MiB - 1)
-        for _ in range(event.payload.get("mib", 100)):
+        line = "x" * (event.payload.get("line_bytes", MiB) - 1)
+        for _ in range(event.payload.get("lines", event.payload.get("mib", 100))):
             print(line)
         print("done shouting", file=sys.stderr)
         return "shouted"
