@@ -21,8 +21,10 @@ from apikit import admin, bearer, deploy, make_key, make_tenant, serve_in_thread
 from enginekit import ARTIFACTS, cli, component, open_engine
 
 from tenantflow.auth import revoke_key
+from tenantflow.client import ApiClient
 from tenantflow.clock import ManualClock
 from tenantflow.engine import INLINE_STATUS_STEPS
+from tenantflow.errors import InstanceNotFound
 from tenantflow.models import InstanceStatus
 from tenantflow.server import create_standalone_app
 
@@ -268,6 +270,35 @@ def test_a_long_history_reads_whole_and_in_order(api: Api) -> None:
     assert "steps_limit" in error_of(api.acme.get(url, params={"steps_limit": -1}), 400, "invalid_input")
     assert "steps_from" in error_of(api.acme.get(url, params={"steps_from": "x"}), 400, "invalid_input")
     error_of(api.acme.get(url, params={"steps_limit": 10_001}), 400, "invalid_input")
+
+
+def test_the_python_client_pages_and_waits_like_the_engine(api: Api) -> None:
+    """`ApiClient`'s tenant: `wait` polls without the steps and answers with all of them;
+    status and upgrade pages, log pages, a timeout naming the status it stopped at."""
+    token = api.acme.headers["authorization"].split(" ", 1)[1]
+
+    async def go() -> None:
+        async with ApiClient(api.url, token) as client:
+            acme = client.tenant("acme")
+            iid = await acme.create("Grind", {"n": 5, "ms": 0})
+            done = await acme.wait(iid, timeout=60)
+            assert done.status == "complete" and [s.seq for s in done.steps] == [0, 1, 2, 3, 4]
+            page = await acme.status(iid, steps_limit=2, steps_from=1)
+            assert [s.seq for s in page.steps] == [1, 2] and page.next_steps_from == 3
+            assert (await acme.status(iid, steps_from=4)).steps == done.steps[4:]
+            approval = await acme.create("Approval")
+            with pytest.raises(TimeoutError, match=r"is still (queued|running|waiting) after 0.3 s"):
+                await acme.wait(approval, timeout=0.3)
+            assert (await acme.wait(approval, statuses=frozenset({"waiting"}))).waiting_for == "approval"
+            await acme.send_event(approval, "approval", "kim")
+            assert (await acme.wait(approval)).output == {"approved_by": "kim"}
+            logs = await acme.log_page(iid, limit=1)
+            assert logs.logs == [] and logs.next_cursor is None
+            assert await acme.upgrade("Grind", api.digest) == []  # every instance runs that code already
+            with pytest.raises(InstanceNotFound):
+                await acme.wait("nothing-here", timeout=1)
+
+    asyncio.run(go())
 
 
 def test_health_readiness_and_metrics(api: Api) -> None:

@@ -7,7 +7,9 @@ code path. API errors come back as the engine's own exception classes (by error 
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import time
 from typing import Any, Optional, Sequence
 from urllib.parse import quote
 
@@ -40,6 +42,7 @@ from .errors import (
 from .models import (
     DEFAULT_UPGRADE_PAGE,
     MAX_UPGRADE_PAGE,
+    SETTLED,
     ComponentInfo,
     InstancePage,
     InstanceStatus,
@@ -161,6 +164,23 @@ class RemoteTenant:
         if steps_limit is not None:
             params["steps_limit"] = steps_limit
         return InstanceStatus.model_validate((await self.client.request("GET", self._instance(instance_id), params=params)).json())
+
+    async def wait(
+        self, instance_id: str, *, timeout: float = 60.0, statuses: frozenset[str] = SETTLED, poll_seconds: float = 0.2
+    ) -> InstanceStatus:
+        """Poll until the instance reaches one of `statuses` (default: finished or paused),
+        reading the status without its steps meanwhile; the answer has them all."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if (await self.status(instance_id, steps_limit=0)).status in statuses:
+                status = await self.status(instance_id)
+                if status.status in statuses:  # it may have moved on between the two reads
+                    return status
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                current = (await self.status(instance_id, steps_limit=0)).status
+                raise TimeoutError(f"instance {instance_id!r} is still {current} after {timeout} s")
+            await asyncio.sleep(min(poll_seconds, remaining))
 
     async def _control(self, instance_id: str, action: str) -> str:
         response = await self.client.request("POST", self._instance(instance_id, f"/{action}"))

@@ -37,6 +37,7 @@ from .manifest import ManifestError, TenantManifest
 from .models import (
     DEFAULT_UPGRADE_PAGE,
     MAX_UPGRADE_PAGE,
+    SETTLED,
     ComponentInfo,
     InstancePage,
     InstanceStatus,
@@ -60,7 +61,6 @@ from .warm import WarmPool
 T = TypeVar("T")
 log = logging.getLogger("tenantflow.engine")
 DEFAULT_TENANT = "default"
-SETTLED = frozenset({"complete", "errored", "terminated", "paused"})
 CREATED_PK_HINTS = 4096
 # Statuses with more steps than this are read and built off the event loop (`_snapshot`).
 INLINE_STATUS_STEPS = 256

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from .journal import InstanceRow, JournalEntry
 
 Status = Literal["queued", "running", "paused", "waitingForPause", "waiting", "errored", "terminated", "complete"]
+SETTLED = frozenset({"complete", "errored", "terminated", "paused"})  # what `wait` waits for by default
 
 
 class ErrorInfo(BaseModel):
