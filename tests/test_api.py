@@ -9,6 +9,7 @@ a missing one.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 from collections.abc import Iterator
@@ -153,6 +154,11 @@ def test_every_error_status(api: Api) -> None:
     error_of(api.acme.get(f"{base}/instances", params={"status": "sleeping"}), 400, "invalid_input")
     assert "cursor" in error_of(api.acme.get(f"{base}/instances", params={"cursor": "!!"}), 400, "invalid_input")
     assert "cursor" in error_of(api.acme.get(f"{base}/instances/done-1/logs", params={"cursor": "!!"}), 400, "invalid_input")
+    for crafted in ({"pk": 10**20}, {"pk": -5}, {"pk": True}, {"pk": 1.5}, [1], {"pk": "1"}):  # decodes, yet no row id
+        cursor = base64.urlsafe_b64encode(json.dumps(crafted).encode()).decode().rstrip("=")
+        for route in ("instances", "instances/done-1/logs"):
+            assert "invalid cursor" in error_of(api.acme.get(f"{base}/{route}", params={"cursor": cursor}), 400, "invalid_input")
+    assert "steps_from" in error_of(api.acme.get(f"{base}/instances/done-1", params={"steps_from": 2**63}), 400, "invalid_input")
     error_of(api.acme.post(f"{base}/instances/done-1/events/no spaces", json=1), 400, "invalid_input")
     error_of(api.acme.post(f"{base}/components", content=b"", headers={"Content-Type": "application/wasm"}), 400, "invalid_input")
     assert "not a valid WebAssembly component" in error_of(

@@ -401,10 +401,13 @@ def _encode_cursor(pk: int) -> str:
 
 def _decode_cursor(cursor: str) -> int:
     try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return int(data["pk"])
+        pk = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["pk"]
     except (ValueError, KeyError, TypeError):
-        raise InvalidInput(f"invalid cursor {cursor!r}") from None
+        pk = None
+    # A crafted cursor is anything JSON can hold: only a row id SQLite can compare is one.
+    if type(pk) is not int or not 0 <= pk <= jn.MAX_ROW_ID:
+        raise InvalidInput(f"invalid cursor {cursor!r}")
+    return pk
 
 
 class TenantBinding:
@@ -521,7 +524,7 @@ class TenantBinding:
         await self._allow(Action.READ, instance_id)
         if steps_limit is not None and not 0 <= steps_limit <= MAX_STATUS_STEPS:
             raise InvalidInput(f"steps_limit must be between 0 and {MAX_STATUS_STEPS}, got {steps_limit}")
-        if steps_from < 0:
+        if not 0 <= steps_from <= jn.MAX_ROW_ID:
             raise InvalidInput(f"steps_from must be a step's seq (0 or more), got {steps_from}")
         status = await self._snapshot(instance_id, page=StepPage(steps_limit, steps_from))
         assert status is not None
@@ -649,9 +652,9 @@ class TenantBinding:
         await self._allow(Action.CONTROL)
         if not 1 <= limit <= MAX_UPGRADE_PAGE:
             raise InvalidInput(f"limit must be between 1 and {MAX_UPGRADE_PAGE}, got {limit}")
+        await self._digest_for(workflow, digest)  # registered and defines the workflow
         after = _decode_cursor(cursor) if cursor else 0
         wanted = sorted({check_instance_id(i) for i in instance_ids}) if instance_ids is not None else None
-        await self._digest_for(workflow, digest)  # registered and defines the workflow
         rows = await self.engine.read(jn.upgradable_query(self.name, workflow, digest, after, limit + 1, wanted))
         page = rows[:limit]
         return UpgradeResults(

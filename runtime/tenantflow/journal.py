@@ -30,6 +30,7 @@ INSTANCE_COLUMNS = (
     "pk, tenant, id, workflow, digest, params, metadata, status, output, error_name, error_message, "
     "created_at, updated_at, started_at, ended_at, wake_at, waiting_for, pause_requested, generation, log_bytes, log_dropped, parent_pk"
 )
+MAX_ROW_ID = 2**63 - 1  # SQLite's largest INTEGER: a bound for ids and cursors taken from callers
 JOURNAL_COLUMNS = "seq, kind, name, status, attempts, result, error_name, error_message, wake_at, event_type, started_at, ended_at, history"
 
 

@@ -288,7 +288,7 @@ def create_app(
         instance_id: InstanceId,
         binding: Annotated[TenantBinding, Depends(instance_scope(Action.READ))],
         steps_limit: Annotated[Optional[int], Query(ge=0, le=MAX_STATUS_STEPS, description="At most this many steps (0: none); all of them when left out.")] = None,
-        steps_from: Annotated[int, Query(ge=0, description="The `seq` of the first step to include: a page's `next_steps_from`.")] = 0,
+        steps_from: Annotated[int, Query(ge=0, le=jn.MAX_ROW_ID, description="The `seq` of the first step to include: a page's `next_steps_from`.")] = 0,
     ) -> Response:
         """Status, output or error, and the step history (or a page of it)."""
         status = await binding.status(instance_id, steps_limit=steps_limit, steps_from=steps_from)
