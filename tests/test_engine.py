@@ -438,6 +438,33 @@ async def test_a_failed_step_write_is_never_followed_by_the_outcome(
         assert [(s.name, s.status) for s in status.steps] == [("add", "done"), ("add", "done")]
 
 
+async def test_an_invocation_failing_in_the_host_is_retried_later_each_time(
+    tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host fault that persists (a bug, a full disk) is retried after 1 s, then 2, 4, ...
+    (up to 5 minutes), not every second forever; a success resets the count."""
+    invoke = executor.Executor.invoke
+    calls: list[int] = []
+
+    def failing_thrice(self: executor.Executor, pk: int, *args: Any, **kwargs: Any) -> Any:
+        calls.append(clock.now_ms())
+        if len(calls) <= 3:
+            raise RuntimeError("a host bug")
+        return invoke(self, pk, *args, **kwargs)
+
+    monkeypatch.setattr(executor.Executor, "invoke", failing_thrice)
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Steps", {"n": 1})
+        await engine.scheduler.quiesce()
+        start = calls[0]
+        for step_s in (0.9, 0.1, 1.9, 0.1, 3.9, 0.1):
+            clock.advance(step_s)
+            await engine.scheduler.quiesce()
+        assert [at - start for at in calls] == [0, 1000, 3000, 7000]
+        assert (await t.wait(iid, timeout=30)).output == {"total": 0}
+
+
 async def test_an_outcome_reaches_its_waiter_before_the_store_is_let_go(tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker publishes an invocation's outcome before it hands the instance's store to
     the closer thread (woken first, the closer preempted the worker on its core for the
@@ -554,6 +581,41 @@ async def test_a_status_pages_through_its_history(tmp_path: Path, clock: ManualC
         ]:
             with pytest.raises(InvalidInput, match=re.escape(message)):
                 await t.status(iid, **bad)
+
+
+async def test_a_wait_past_the_longest_ends_the_instance_precisely(tmp_path: Path, clock: ManualClock) -> None:
+    """A guest may ask for any u64 of milliseconds: past `max_wait_ms` (365 days) a sleep,
+    a sleep_until, an event timeout or a retry delay errs the instance at once. It used to
+    overflow SQLite's INTEGER in the host (the invocation failing and retrying every second,
+    forever) or store a wake-up no status could turn into a date. A backoff grows to the cap."""
+    year = 365 * 86_400_000
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        refused = {
+            "sleep": ("Sleeper", {"duration": 2**64 - 1}, "sleep 'nap' is 213,503,982,334 days 51951.6 s, longer than the longest wait (365 days)"),
+            "just over": ("Sleeper", {"duration": year + 1}, "sleep 'nap' is 365 days 1 ms, longer than the longest wait (365 days)"),
+            "until": ("Sleeper", {"duration": 0, "until": 2**62 // 1000}, "sleep_until 'alarm': the time to wait is"),
+            "event": ("Waiter", {"timeout": 2**63}, "wait_for_event 'approval': its timeout is 106,751,991,167 days 25975.8 s, longer than"),
+            "retry": ("Retry", {"fail": 1, "delay": 2**63}, "step 'flaky': its retry delay is 106,751,991,167 days 25975.8 s, longer than"),
+        }
+        ids = {case: await t.create(workflow, params) for case, (workflow, params, _) in refused.items()}
+        for case, (_, _, message) in refused.items():
+            status = await t.wait(ids[case], timeout=30)
+            assert status.status == "errored" and status.error is not None, (case, status)
+            assert (status.error.name, status.error.message[: len(message)]) == ("InvalidDuration", message), case
+        longest = await t.create("Sleeper", {"duration": year})  # the longest wait itself is fine
+        backoff = await t.create("Retry", {"fail": 2, "limit": 3, "delay": year, "backoff": "exponential"})
+        await engine.scheduler.quiesce()
+        waits = []
+        for _ in range(2):
+            status = await t.status(backoff)
+            assert status.status == "waiting" and status.wake_at is not None
+            waits.append(round((status.wake_at.timestamp() * 1000 - clock.now_ms()) / year, 6))
+            clock.advance(year / 1000)
+            await engine.scheduler.quiesce()
+        assert waits == [1.0, 1.0]  # 2 years, capped to one
+        assert (await t.wait(backoff, timeout=30)).output["attempt"] == 3
+        assert (await t.wait(longest, timeout=30)).output == ["before", "after"]
 
 
 async def test_step_count_limit(tmp_path: Path, clock: ManualClock) -> None:

@@ -127,6 +127,8 @@ def _join(_: Any, name: str, ids: list[str], timeout: Optional[int]) -> Any:
     if entry is not None and entry.status == "done":
         return _decode(entry.result or "{}", tagged=False, convert=_to_child_results)
     if entry is None:
+        if timeout is not None:
+            inv.check_wait(f"join {name!r}: its timeout", timeout)
         wake = now + timeout if timeout is not None else None
         entry = jn.JournalEntry(seq=inv.seq - 1, kind="join", name=name, status="waiting", wake_at=wake, started_at=now)
         inv.journal.append(entry)

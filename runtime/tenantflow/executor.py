@@ -142,6 +142,9 @@ def format_duration_ms(ms: int) -> str:
         if ms >= size and ms % size == 0:
             n = ms // size
             return f"{n} {unit}{'s' if n != 1 else ''}"
+    if ms >= 86_400_000:  # days and the rest: exact, and a guest's absurd wait reads as one
+        days, rest = divmod(ms, 86_400_000)
+        return f"{days:,} day{'s' if days != 1 else ''} {format_duration_ms(rest)}"
     return f"{ms / 1000:g} s" if ms >= 1000 else f"{ms} ms"
 
 
@@ -289,6 +292,13 @@ class Invocation:
     def fatal(self, name: str, message: str) -> Unwind:
         return Unwind("errored", (name, message))
 
+    def check_wait(self, what: str, ms: int) -> None:
+        """A wait the guest asked for (any u64 crosses the boundary) ends the instance with
+        a precise error past `max_wait_ms`, before its wake-up time is computed or stored."""
+        longest = self.x.limits.max_wait_ms
+        if ms > longest:
+            raise self.fatal("InvalidDuration", f"{what} is {format_duration_ms(ms)}, longer than the longest wait ({format_duration_ms(longest)})")
+
     def check_control(self) -> None:
         if self.control.cancelled:
             raise Unwind("cancelled")
@@ -399,6 +409,7 @@ class Invocation:
                 return entry.result or "null"
             if entry.status == "failed":
                 return error_info(entry.error_name or "Error", entry.error_message or "")
+        self.check_wait(f"step {name!r}: its retry delay", delay_ms)
         run = _StepRun(
             seq=self.seq - 1, name=name, limit=limit, delay_ms=delay_ms, backoff=backoff,
             timeout_ms=min(timeout_ms, self.policy.max_step_timeout_ms or 2**63), attempt=1, started_at=0, entry=entry,
@@ -482,7 +493,7 @@ class Invocation:
             entry.status, entry.ended_at, entry.wake_at = "failed", now, None
             self.commit(jn.record_entry(self.row.pk, self.generation, entry, now=now))
             return _failed(error_name, message)
-        delay = backoff_delay_ms(run.backoff, run.delay_ms, run.attempt)
+        delay = min(backoff_delay_ms(run.backoff, run.delay_ms, run.attempt), self.x.limits.max_wait_ms)  # backoff grows to the cap
         entry.status = "retrying"
         if delay <= 0:  # retry in place: nothing to wait for
             entry.wake_at = None
@@ -510,6 +521,8 @@ class Invocation:
         entry = self.next_call(kind, name)
         now = self.now()
         if entry is None:
+            ahead = until - now if until is not None else duration or 0
+            self.check_wait(f"sleep {name!r}" if until is None else f"sleep_until {name!r}: the time to wait", ahead)
             wake = until if until is not None else now + (duration or 0)
             entry = jn.JournalEntry(seq=self.seq - 1, kind=kind, name=name, status="waiting", wake_at=wake, started_at=now)
             self.journal.append(entry)
@@ -552,6 +565,7 @@ class Invocation:
         now = self.now()
         if entry is None:
             timeout_ms = self.x.limits.default_event_timeout_ms if timeout is None else timeout
+            self.check_wait(f"wait_for_event {name!r}: its timeout", timeout_ms)
             entry = jn.JournalEntry(seq=self.seq - 1, kind="event", name=name, status="waiting", event_type=event_type, wake_at=now + timeout_ms, started_at=now)
             self.journal.append(entry)
         elif entry.event_type != event_type:

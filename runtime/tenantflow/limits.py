@@ -30,6 +30,9 @@ class Limits:
     # Wall-clock budget of one invocation (replay plus new work), beyond step timeouts.
     invocation_timeout_ms: int = 15 * 60 * 1000
     default_event_timeout_ms: int = 24 * 3600 * 1000
+    # The longest a guest may ask to wait (sleep, event or join timeout, retry delay), like
+    # Cloudflare's 365 days: every wake-up time then fits SQLite and a datetime.
+    max_wait_ms: int = 365 * 24 * 3600 * 1000
     # A sleep this short is served in place (the worker waits, the instance stays loaded)
     # when no other instance is queued for a worker: no unwind, replay and new instance.
     # 0 turns it off. Always journaled first, so a crash mid-sleep resumes it.

@@ -23,7 +23,8 @@ from .clock import Clock, FastForwardClock, ManualClock
 from .executor import Control, Executor, InvocationResult, Prepared
 
 log = logging.getLogger("tenantflow.scheduler")
-HOST_FAILURE_RETRY_MS = 1000
+HOST_FAILURE_RETRY_MS = 1000  # an invocation that failed in the host is retried after this,
+HOST_FAILURE_MAX_RETRY_MS = 5 * 60 * 1000  # doubling each time it fails again, up to this
 
 
 class Dispatch(Protocol):
@@ -117,6 +118,7 @@ class Scheduler:
         self._running: dict[int, Control] = {}
         self._running_by_tenant: defaultdict[str, int] = defaultdict(int)
         self._dirty: set[int] = set()  # got an event or a resume while running
+        self._host_failures: dict[int, int] = {}  # pk -> invocations in a row that failed in the host
         self._timers: list[tuple[int, int]] = []
         self._timer_at: dict[int, int] = {}
         self._wake = asyncio.Event()
@@ -193,6 +195,7 @@ class Scheduler:
     def forget(self, pk: int) -> None:
         """The instance left the scheduler's care (paused, finished, deleted)."""
         self._wake_watchers(pk)
+        self._host_failures.pop(pk, None)
         self._timer_at.pop(pk, None)
         self._prepared.pop(pk, None)
         if pk in self._queued:
@@ -282,11 +285,14 @@ class Scheduler:
             result = InvocationResult("abandoned")
         elif future.exception() is not None:
             exc = future.exception()
-            log.error("invocation of instance %s failed in the host: %r; retrying in %d ms", pk, exc, HOST_FAILURE_RETRY_MS, exc_info=exc)
-            # Replayed later, not at once: a host fault that persists (a full disk, a bug)
-            # must not spin a worker on the same instance.
-            result = InvocationResult("waiting", wake_at=self._clock.now_ms() + HOST_FAILURE_RETRY_MS)
+            failures = self._host_failures[pk] = self._host_failures.get(pk, 0) + 1
+            retry_ms = min(HOST_FAILURE_RETRY_MS << min(failures - 1, 30), HOST_FAILURE_MAX_RETRY_MS)
+            log.error("invocation of instance %s failed in the host (%d in a row): %r; retrying in %d ms", pk, failures, exc, retry_ms, exc_info=exc)
+            # Replayed later, not at once, and later each time: a host fault that persists (a
+            # full disk, a bug) must not spin a worker on the same instance or flood the log.
+            result = InvocationResult("waiting", wake_at=self._clock.now_ms() + retry_ms)
         else:
+            self._host_failures.pop(pk, None)
             result = future.result()
         if not self._closing:
             self._route(pk, tenant, result, dirty)
