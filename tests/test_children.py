@@ -9,6 +9,7 @@ from enginekit import open_engine
 
 from tenantflow.clock import ManualClock
 from tenantflow.errors import InstanceNotFound
+from tenantflow.limits import Limits
 
 
 async def test_fan_out_of_20_children_awaited_by_a_parent(tmp_path: Path) -> None:
@@ -94,3 +95,24 @@ async def test_terminating_a_child_wakes_its_joining_parent(tmp_path: Path) -> N
         result = await t.wait(supervisor)
         assert result.status == "errored" and result.error is not None
         assert result.error.name == "ChildFailedError" and "was terminated" in result.error.message
+
+
+async def test_a_guests_fan_out_is_bounded_per_call_and_per_instance(tmp_path: Path) -> None:
+    """A `start` may create at most `max_children_per_call` children and an instance at most
+    `max_children_per_instance` over its life: a hostile fan-out gets a precise error (the
+    guest may catch it) and creates nothing, rather than filling the disk."""
+    limits = Limits(max_children_per_call=3, max_children_per_instance=4)
+    async with open_engine(tmp_path / "flows.db", limits=limits, deploy={"t": "family"}) as engine:
+        t = engine.tenant("t")
+        too_many = await t.wait(await t.create("FanOut", {"n": 4}, id="too-many"))
+        assert too_many.status == "errored" and too_many.error is not None
+        assert (too_many.error.name, too_many.error.message) == ("ChildWorkflowError", "start of 4 children: at most 3 at once")
+        assert (await t.list(parent="too-many")).instances == []
+        assert (await t.wait(await t.create("FanOut", {"n": 3}))).output["squares"] == [0, 1, 4]
+        over_life = await t.wait(await t.create("Spawner", {"batches": [3, 2]}, id="over-life"))
+        assert over_life.status == "complete", over_life.error
+        assert over_life.output == [
+            {"started": 3},
+            {"error": "ChildLimitExceeded", "message": "instance 'over-life' has started 3 children; 2 more would pass its limit of 4"},
+        ]
+        assert len((await t.list(parent="over-life")).instances) == 3

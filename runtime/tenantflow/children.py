@@ -72,8 +72,17 @@ def _start(_: Any, name: str, specs: list[Any]) -> Any:
     created: list[jn.NewInstance] = []
 
     def build() -> list[str]:
+        limits = inv.x.limits
         if not specs:
             raise _CallError("InvalidInput", "start needs at least one child")
+        if len(specs) > limits.max_children_per_call:
+            raise _CallError("InvalidInput", f"start of {len(specs)} children: at most {limits.max_children_per_call} at once")
+        started = jn.child_count_query(inv.row.pk).run(conn)
+        if started + len(specs) > limits.max_children_per_instance:
+            raise _CallError(
+                "ChildLimitExceeded",
+                f"instance {inv.row.id!r} has started {started} children; {len(specs)} more would pass its limit of {limits.max_children_per_instance}",
+            )
         for index, spec in enumerate(specs):
             workflow = check_workflow_name(spec.workflow)
             params = spec.params

@@ -665,6 +665,10 @@ def upgradable_query(
     )
 
 
+def child_count_query(parent_pk: int) -> Query[int]:
+    return Query("SELECT COUNT(*) FROM instances WHERE parent_pk=?", (parent_pk,), lambda rows: int(rows[0][0]))
+
+
 def journal_length_query(pk: int) -> Query[int]:
     return Query("SELECT COUNT(*) FROM journal WHERE instance_pk=?", (pk,), lambda rows: int(rows[0][0]))
 

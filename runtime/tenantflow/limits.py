@@ -26,6 +26,10 @@ class Limits:
     max_step_name_chars: int = 256
     max_steps_per_instance: int = 10_000
     max_log_bytes_per_instance: int = MiB
+    # Child workflows one `start` may create (like a batch create over HTTP), and one
+    # instance over its life: a guest's fan-out must not fill the disk or hold the writer.
+    max_children_per_call: int = 1000
+    max_children_per_instance: int = 10_000
     memory_bytes: int = 256 * MiB
     # Wall-clock budget of one invocation (replay plus new work), beyond step timeouts.
     invocation_timeout_ms: int = 15 * 60 * 1000

@@ -20,6 +20,20 @@ class FanOut(WorkflowEntrypoint):
         return {"sum": sum(squares), "squares": squares}
 
 
+class Spawner(WorkflowEntrypoint):
+    """Starts `batches` of children (without waiting for them); reports each start's outcome."""
+
+    def run(self, event, step):
+        outcomes = []
+        for size in event.payload["batches"]:
+            try:
+                step.workflows.create_batch([("Child", {"i": i}) for i in range(size)])
+                outcomes.append({"started": size})
+            except ChildWorkflowError as exc:
+                outcomes.append({"error": exc.error_name, "message": exc.message})
+        return outcomes
+
+
 class Supervisor(WorkflowEntrypoint):
     """Awaits one failing child and one that succeeds; reports both."""
 
