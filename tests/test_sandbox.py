@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -175,6 +176,30 @@ async def test_printing_100_MiB_keeps_a_bounded_log_and_bounded_host_memory(tmp_
         # The host buffered at most the log budget (plus one partial line), never the 100 MiB
         # (the peak includes the guest's own memory, and the bystander's).
         assert peak < 48 * MiB, f"the host's resident memory grew by {peak / MiB:.1f} MiB at its peak"
+
+
+async def test_empty_lines_count_against_a_log_budget_of_lines(tmp_path: Path) -> None:
+    """An empty line costs no bytes, yet a row (and host memory while its invocation runs):
+    an instance keeps at most `max_log_lines_per_instance` lines, over all its invocations."""
+    async with open_engine(tmp_path / "flows.db", deploy=DEPLOY) as engine:
+        hostile = engine.tenant(HOSTILE)
+        iid = await hostile.create("Shout", {"lines": 30_000, "line_bytes": 1})  # 30,000 print("")
+        assert (await hostile.wait(iid, timeout=120)).output == "shouted"
+        await engine.write(lambda conn: None)  # the log lines were submitted before: now they are durable
+        with sqlite3.connect(tmp_path / "flows.db") as conn:
+            stored = conn.execute("SELECT COUNT(*) FROM logs").fetchone()[0]
+        assert stored == engine.limits.max_log_lines_per_instance == 10_000
+        page = await hostile.log_page(iid, limit=10_000)
+        assert len(page.logs) == 10_000 and page.next_cursor is None and {line.message for line in page.logs} == {""}
+    clock = ManualClock()
+    async with open_engine(tmp_path / "chatty.db", limits=Limits(max_log_lines_per_instance=2), clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("Chatty")  # two lines, a sleep, a line in the next invocation
+        await engine.scheduler.quiesce()
+        clock.advance(1)
+        status = await t.wait(iid)
+        assert status.output == "ok" and status.log_dropped_bytes == len("after the nap")
+        assert [line.message for line in await t.logs(iid)] == ["hello from the guest", "a log line"]
 
 
 async def test_invalid_components_are_refused_precisely_and_the_engine_keeps_working(tmp_path: Path) -> None:

@@ -630,7 +630,8 @@ class Invocation:
         if self.seq < self.replay_len and stream != "host":
             return  # this line was logged when the code first ran: replays stay quiet
         size = len(message.encode())
-        if self.log_bytes + size > self.x.limits.max_log_bytes_per_instance:
+        limits = self.x.limits
+        if self.log_bytes + size > limits.max_log_bytes_per_instance or len(self.logs) >= limits.max_log_lines_per_instance:
             self.log_dropped += size
             return
         self.log_bytes += size
@@ -664,7 +665,7 @@ class Invocation:
             return None
         lines, dropped = self.logs, self.log_dropped
         self.logs, self.log_dropped = [], 0
-        return jn.append_logs(self.row.pk, lines, self.limits.max_log_bytes_per_instance, dropped)
+        return jn.append_logs(self.row.pk, lines, self.limits.max_log_bytes_per_instance, self.limits.max_log_lines_per_instance, dropped)
 
 
 def _invocation() -> Invocation:

@@ -446,20 +446,24 @@ def _requeue(pk: int, generation: int, now: int, conn: sqlite3.Connection) -> No
     conn.execute("UPDATE instances SET status='queued', updated_at=?, claim_owner=NULL, lease_until=NULL WHERE pk=?", (now, pk))
 
 
-def append_logs(pk: int, lines: list[tuple[int, str, str]], limit_bytes: int, dropped_before: int = 0) -> WriteOp[None]:
-    """Store log lines up to the instance's byte budget; count the rest (and the
-    `dropped_before` bytes the invocation already discarded) as dropped."""
-    return partial(_append_logs, pk, lines, limit_bytes, dropped_before)
+def append_logs(pk: int, lines: list[tuple[int, str, str]], limit_bytes: int, limit_lines: int, dropped_before: int = 0) -> WriteOp[None]:
+    """Store log lines up to the instance's budgets of bytes and lines; count the rest (and
+    the `dropped_before` bytes the invocation already discarded) as dropped."""
+    return partial(_append_logs, pk, lines, limit_bytes, limit_lines, dropped_before)
 
 
-def _append_logs(pk: int, lines: list[tuple[int, str, str]], limit_bytes: int, dropped_before: int, conn: sqlite3.Connection) -> None:
-    row = conn.execute("SELECT log_bytes FROM instances WHERE pk=?", (pk,)).fetchone()
+def _append_logs(
+    pk: int, lines: list[tuple[int, str, str]], limit_bytes: int, limit_lines: int, dropped_before: int, conn: sqlite3.Connection
+) -> None:
+    row = conn.execute("SELECT log_bytes, (SELECT COUNT(*) FROM logs WHERE instance_pk=?) FROM instances WHERE pk=?", (pk, pk)).fetchone()
     if row is None:
         return
-    used, kept, dropped = row[0], [], dropped_before
+    used, stored = row
+    kept: list[tuple[int, int, str, str]] = []
+    dropped = dropped_before
     for at, stream, message in lines:
         size = len(message.encode())
-        if used + size > limit_bytes:
+        if used + size > limit_bytes or stored + len(kept) >= limit_lines:
             dropped += size
             continue
         used += size

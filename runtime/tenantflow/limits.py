@@ -26,6 +26,9 @@ class Limits:
     max_step_name_chars: int = 256
     max_steps_per_instance: int = 10_000
     max_log_bytes_per_instance: int = MiB
+    # Lines too, not only bytes: empty lines cost no bytes, yet a row each (and host memory
+    # while the invocation runs); lines past either bound are dropped and counted.
+    max_log_lines_per_instance: int = 10_000
     # Child workflows one `start` may create (like a batch create over HTTP), and one
     # instance over its life: a guest's fan-out must not fill the disk or hold the writer.
     max_children_per_call: int = 1000
