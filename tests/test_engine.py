@@ -618,6 +618,29 @@ async def test_a_wait_past_the_longest_ends_the_instance_precisely(tmp_path: Pat
         assert (await t.wait(longest, timeout=30)).output == ["before", "after"]
 
 
+async def test_an_instances_recorded_state_is_bounded(tmp_path: Path, clock: ManualClock) -> None:
+    """Step results add up to at most `max_state_bytes_per_instance`, counted over the whole
+    journal (a later invocation counts what earlier ones recorded): the step that would pass
+    it fails for good, as the guest sees it."""
+    async with open_engine(tmp_path / "flows.db", clock=clock, limits=Limits(max_state_bytes_per_instance=14), deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        steps = await t.wait(await t.create("Steps", {"n": 13}))  # "0".."9": 10 bytes, "10" and "11": 14, "12": 16
+        assert steps.status == "errored" and steps.error is not None and steps.error.name == "StateLimitExceeded"
+        assert [s.status for s in steps.steps] == ["done"] * 12 + ["failed"]
+        assert steps.steps[-1].error is not None and steps.steps[-1].error.name == "StateLimitExceeded"
+        assert steps.steps[-1].error.message == "step 'add': its result would bring the instance's recorded state to 16 bytes; the limit is 14 bytes"
+        caught = await t.wait(await t.create("BigResult", {"size": 13}))
+        assert caught.output == {"caught": "StateLimitExceeded", "message": "step 'big': its result would bring the instance's recorded state to 15 bytes; the limit is 14 bytes"}
+        # `before` (8 bytes) in one invocation, `after` (7) in the next, after the sleep: 15 in all.
+        sleeper = await t.create("Sleeper", {"duration": "1 minute"})
+        await engine.scheduler.quiesce()
+        assert (await t.status(sleeper)).status == "waiting"
+        clock.advance(60)
+        slept = await t.wait(sleeper)
+        assert slept.status == "errored" and [s.status for s in slept.steps] == ["done", "done", "failed"]
+        assert slept.steps[-1].error is not None and "recorded state to 15 bytes" in slept.steps[-1].error.message
+
+
 async def test_step_count_limit(tmp_path: Path, clock: ManualClock) -> None:
     async with open_engine(tmp_path / "flows.db", clock=clock, limits=Limits(max_steps_per_instance=5), deploy={"t": "basics"}) as engine:
         t = engine.tenant("t")

@@ -27,7 +27,7 @@ from .clock import Clock
 from .database import Readers, Writer
 from .exports import ExportCalls
 from .isolates import IsolateCache
-from .limits import EVENT_TYPE, Limits, format_bytes, json_problem, over_limit, size_over
+from .limits import EVENT_TYPE, Limits, format_bytes, json_problem, over_limit, size_over, utf8_size
 from .loader import LoaderError
 from .policy import DEFAULT_POLICY, TenantPolicy
 from .sandbox import INTERRUPTED, POOL_EXHAUSTED, new_store
@@ -226,6 +226,7 @@ class Invocation:
         self.verifying = False
         self.log_bytes = 0
         self.log_dropped = 0
+        self.state_bytes = -1  # what the journal's recorded results add up to (-1: not counted yet)
         self.out_of_memory = False  # the guest reported running out of memory on stderr
         self.in_flight: Optional[Future[Any]] = None  # a step result queued to commit
         self.prefix_len = -1  # steps handed to the guest by recorded-steps (-1: not asked)
@@ -464,6 +465,13 @@ class Invocation:
         problem = json_problem(result)  # only a guest that bypasses the SDK's encoder sends such text
         if problem is not None:
             return self.attempt_failed(run, "StepResultNotJSON", f"step {run.name!r} returned text that is not JSON: {problem}", retryable=False).payload
+        if self.state_bytes < 0:  # once per invocation that records a step: the results so far
+            self.state_bytes = sum(utf8_size(e.result) for e in self.journal if e.result is not None)
+        state, budget = self.state_bytes + utf8_size(result), self.limits.max_state_bytes_per_instance
+        if state > budget:
+            message = f"step {run.name!r}: its result would bring the instance's recorded state to {over_limit(state, budget)}"
+            return self.attempt_failed(run, "StateLimitExceeded", message, retryable=False).payload
+        self.state_bytes = state
         self.attempt_succeeded(run, result)
         return None
 

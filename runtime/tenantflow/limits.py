@@ -21,6 +21,9 @@ MAX_INSTANCE_ID = 100
 class Limits:
     max_params_bytes: int = MiB
     max_step_result_bytes: int = MiB
+    # What the results an instance records may add up to (Cloudflare's free tier keeps 100 MB
+    # per instance); a step past it fails: 10,000 steps of 1 MiB would be 10 GiB on the disk.
+    max_state_bytes_per_instance: int = 100 * MiB
     max_output_bytes: int = MiB  # what a workflow returns
     max_event_payload_bytes: int = MiB
     max_step_name_chars: int = 256
@@ -110,6 +113,10 @@ def size_over(text: str, limit: int) -> Optional[int]:
         return None
     size = len(text.encode())
     return size if size > limit else None
+
+
+def utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def check_size(text: str, limit: int, what: str) -> None:
