@@ -50,6 +50,7 @@ from .models import (
     LogPage,
     UpgradeResult,
     UpgradeResults,
+    every_upgrade_page,
 )
 
 ERRORS: dict[str, type[TenantflowError]] = {
@@ -230,14 +231,9 @@ class RemoteTenant:
         self, workflow: str, digest: str, *, apply: bool = False, instance_ids: Optional[Sequence[str]] = None
     ) -> builtins.list[UpgradeResult]:
         """Every in-flight instance, a page per request."""
-        results: builtins.list[UpgradeResult] = []
-        cursor = None
-        while True:
-            page = await self.upgrade_page(workflow, digest, apply=apply, instance_ids=instance_ids, limit=MAX_UPGRADE_PAGE, cursor=cursor)
-            results += page.results
-            if page.next_cursor is None:
-                return results
-            cursor = page.next_cursor
+        return await every_upgrade_page(
+            lambda cursor: self.upgrade_page(workflow, digest, apply=apply, instance_ids=instance_ids, limit=MAX_UPGRADE_PAGE, cursor=cursor)
+        )
 
     async def upgrade_page(
         self, workflow: str, digest: str, *, apply: bool = False, instance_ids: Optional[Sequence[str]] = None,

@@ -46,6 +46,7 @@ from .models import (
     LogPage,
     UpgradeResult,
     UpgradeResults,
+    every_upgrade_page,
     instance_status,
     ts,
 )
@@ -634,14 +635,9 @@ class TenantBinding:
         effects; only if every recorded call matches is its pin switched (when `apply`;
         the default is a dry run). Otherwise the first divergence is reported and the
         instance is left untouched."""
-        results: List[UpgradeResult] = []
-        cursor = None
-        while True:
-            page = await self.upgrade_page(workflow, digest, apply=apply, instance_ids=instance_ids, limit=MAX_UPGRADE_PAGE, cursor=cursor)
-            results += page.results
-            if page.next_cursor is None:
-                return results
-            cursor = page.next_cursor
+        return await every_upgrade_page(
+            lambda cursor: self.upgrade_page(workflow, digest, apply=apply, instance_ids=instance_ids, limit=MAX_UPGRADE_PAGE, cursor=cursor)
+        )
 
     async def upgrade_page(
         self, workflow: str, digest: str, *, apply: bool = False, instance_ids: Optional[Sequence[str]] = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any, Literal, Optional
+from typing import Any, Awaitable, Callable, Literal, Optional
 
 from pydantic import BaseModel, Field
 
@@ -110,6 +110,18 @@ MAX_UPGRADE_PAGE = 1000
 class UpgradeResults(BaseModel):
     results: list[UpgradeResult]
     next_cursor: Optional[str] = Field(default=None, description="More instances are left to examine: pass this as `cursor`.")
+
+
+async def every_upgrade_page(page_from: Callable[[Optional[str]], Awaitable[UpgradeResults]]) -> list[UpgradeResult]:
+    """The results of every page of an upgrade, `page_from(cursor)` following `next_cursor`."""
+    results: list[UpgradeResult] = []
+    cursor = None
+    while True:
+        page = await page_from(cursor)
+        results += page.results
+        if page.next_cursor is None:
+            return results
+        cursor = page.next_cursor
 
 
 class ComponentInfo(BaseModel):
