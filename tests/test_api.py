@@ -25,7 +25,8 @@ from tenantflow.auth import revoke_key
 from tenantflow.client import ApiClient
 from tenantflow.clock import ManualClock
 from tenantflow.engine import INLINE_STATUS_STEPS
-from tenantflow.errors import InstanceNotFound
+from tenantflow.errors import InstanceNotFound, QuotaExceeded
+from tenantflow.limits import Limits
 from tenantflow.models import InstanceStatus
 from tenantflow.server import create_standalone_app
 
@@ -344,6 +345,29 @@ def test_request_bodies_over_the_limit_are_refused_before_reading(tmp_path: Path
         # Components get their own limit; under it, the request goes on to authentication.
         error_of(client.post("/v1/tenants/acme/components", content=b"z" * 1500), 401, "unauthenticated")
         error_of(client.post("/v1/tenants/acme/components", content=b"z" * 4096), 413, "payload_too_large")
+
+
+def test_a_tenant_over_its_quota_gets_429(tmp_path: Path) -> None:
+    db = tmp_path / "quota.db"
+    make_tenant(db, "acme")
+    key = make_key(db, "acme")
+    app = create_standalone_app(db, artifact_dir=ARTIFACTS, workers=2, limits=Limits(max_unfinished_instances_per_tenant=1))
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, headers=bearer(key), timeout=60) as client:
+        deploy(client, "acme")
+        create(client, "acme", "Approval", id="waits")
+        wait_status(client, "acme", "waits", "waiting")
+        message = error_of(client.post("/v1/tenants/acme/instances", json={"workflow": "Echo"}), 429, "quota_exceeded")
+        assert message == "tenant 'acme' has 1 unfinished instances; 1 more would pass its quota of 1"
+        error_of(client.post("/v1/tenants/acme/instances/batch", json={"instances": [{"workflow": "Echo"}]}), 429, "quota_exceeded")
+
+        async def over_the_client() -> None:
+            async with ApiClient(url, key) as remote:
+                with pytest.raises(QuotaExceeded, match="quota of 1"):
+                    await remote.tenant("acme").create("Echo")
+
+        asyncio.run(over_the_client())
+        assert client.post("/v1/tenants/acme/instances/waits/terminate").status_code == 200
+        create(client, "acme", "Echo", id="fits-again")
 
 
 def test_openapi_document_declares_every_route_and_its_errors(api: Api) -> None:

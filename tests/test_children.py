@@ -8,7 +8,7 @@ import pytest
 from enginekit import open_engine
 
 from tenantflow.clock import ManualClock
-from tenantflow.errors import InstanceNotFound
+from tenantflow.errors import InstanceNotFound, QuotaExceeded
 from tenantflow.limits import Limits
 
 
@@ -116,3 +116,33 @@ async def test_a_guests_fan_out_is_bounded_per_call_and_per_instance(tmp_path: P
             {"error": "ChildLimitExceeded", "message": "instance 'over-life' has started 3 children; 2 more would pass its limit of 4"},
         ]
         assert len((await t.list(parent="over-life")).instances) == 3
+
+
+async def test_a_tenants_unfinished_instances_are_bounded_by_its_quota(tmp_path: Path) -> None:
+    """`max_unfinished_instances_per_tenant` bounds what a tenant has in flight, whoever
+    starts it (the API, a batch, a guest's children starting children): past it a create is
+    refused whole (QuotaExceeded) and a guest's start gets a catchable error; an instance that
+    finishes, is terminated or deleted frees its place (counted by triggers in the database)."""
+    async with open_engine(tmp_path / "flows.db", limits=Limits(max_unfinished_instances_per_tenant=3), deploy={"t": "family", "u": "family"}) as engine:
+        t = engine.tenant("t")
+        listener = await t.create("Listener", id="l1")  # waits for an event: unfinished
+        spawner = await t.wait(await t.create("Spawner", {"batches": [1, 1]}, id="sp"))  # itself, l1, then its children
+        assert spawner.output == [
+            {"started": 1},
+            {"error": "QuotaExceeded", "message": "tenant 't' has 3 unfinished instances; 1 more would pass its quota of 3"},
+        ]
+        await engine.scheduler.quiesce()
+        with pytest.raises(QuotaExceeded, match="tenant 't' has 1 unfinished instances; 3 more would pass its quota of 3"):
+            await t.create_batch([{"workflow": "Listener"} for _ in range(3)])  # all or nothing (the spawner and its child are done)
+        assert len((await t.list(workflow="Listener")).instances) == 1
+        await engine.tenant("u").create_batch([{"workflow": "Listener"} for _ in range(3)])  # another tenant's quota is its own
+        await t.create("Listener", id="l2")
+        third = await t.create("Listener", id="l3")
+        with pytest.raises(QuotaExceeded):
+            await t.create("Listener")
+        await t.terminate(third)
+        await t.delete(listener)
+        for i in range(2):  # two places freed
+            await t.create("Listener", id=f"again-{i}")
+        with pytest.raises(QuotaExceeded):
+            await t.create("Listener")

@@ -47,3 +47,35 @@ os.kill(os.getpid(), 9)
     conn = sqlite3.connect(db)  # recovers from the log the killed writer left
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert conn.execute("SELECT COUNT(*) FROM meta WHERE key LIKE 'k%'").fetchone() == (500,)
+
+
+def test_unfinished_instances_are_counted_from_the_migration_on(tmp_path: Path) -> None:
+    """Migration 4 counts each tenant's unfinished instances of an existing database; its
+    triggers keep the count through inserts, finishes, restarts and deletes."""
+    from tenantflow import database
+
+    path = tmp_path / "v3.db"
+    conn = database.connect(path)
+    conn.execute("BEGIN IMMEDIATE")
+    for script in database.MIGRATIONS[:3]:
+        for statement in database._statements(script):
+            conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '3')")
+    add = "INSERT INTO instances (tenant, id, workflow, digest, params, status, created_at, updated_at) VALUES (?, ?, 'w', 'd', 'null', ?, 0, 0)"
+    for i, status in enumerate(["queued", "waiting", "complete", "paused", "errored"]):
+        conn.execute(add, ("a", f"a{i}", status))
+    conn.execute(add, ("b", "b0", "terminated"))
+    conn.execute("COMMIT")
+    conn.close()
+    database.migrate(path)
+    with sqlite3.connect(path) as conn:
+        usage = lambda: dict(conn.execute("SELECT tenant, unfinished FROM tenant_usage").fetchall())  # noqa: E731
+        assert usage() == {"a": 3}
+        conn.execute(add, ("b", "b1", "queued"))
+        conn.execute("UPDATE instances SET status='complete' WHERE id='a0'")
+        conn.execute("UPDATE instances SET status='running' WHERE id='a1'")  # unfinished to unfinished: no change
+        conn.execute("UPDATE instances SET status='queued' WHERE id='b0'")  # a restart of a finished one
+        conn.execute("DELETE FROM instances WHERE id IN ('a3', 'a4')")  # one unfinished, one finished
+        assert usage() == {"a": 1, "b": 2}
+        actual = "SELECT tenant, COUNT(*) FROM instances WHERE status NOT IN ('complete','errored','terminated') GROUP BY tenant"
+        assert usage() == dict(conn.execute(actual).fetchall())

@@ -96,7 +96,8 @@ def _start(_: Any, name: str, specs: list[Any]) -> Any:
     answer = _answer(build)
     new_entry = jn.JournalEntry(seq=seq, kind="children", name=name, status="done", result=answer, started_at=now, ended_at=now)
     children = created if created and "ok" in json.loads(answer) else []
-    pks, new_entry.result = inv.commit(jn.start_children(inv.row.pk, inv.generation, new_entry, children))  # children and the entry together
+    quota = inv.x.limits.max_unfinished_instances_per_tenant
+    pks, new_entry.result = inv.commit(jn.start_children(inv.row.pk, inv.generation, new_entry, children, quota))  # children and the entry together
     inv.journal.append(new_entry)
     for pk in pks:
         inv.x.wake(pk, inv.row.tenant)

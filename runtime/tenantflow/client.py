@@ -35,6 +35,7 @@ from .errors import (
     InvalidInput,
     InvalidState,
     PayloadTooLarge,
+    QuotaExceeded,
     TenantflowError,
     Unauthenticated,
     UnknownWorkflow,
@@ -57,7 +58,7 @@ ERRORS: dict[str, type[TenantflowError]] = {
     cls.code: cls
     for cls in (
         InvalidInput, PayloadTooLarge, InstanceNotFound, InstanceAlreadyExists, InvalidState, UnknownWorkflow,
-        ComponentError, HostBusy, Unauthenticated, Forbidden,
+        ComponentError, HostBusy, Unauthenticated, Forbidden, QuotaExceeded,
     )
 }
 

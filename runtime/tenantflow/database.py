@@ -30,7 +30,7 @@ WriteOp = Callable[[sqlite3.Connection], T]
 DEFER_MS = 50  # how long a deferred write may wait for a commit to ride along with
 # The write-ahead log is grown to this many pages before the first commit (see `prefill_wal`).
 WAL_PREFILL_PAGES = 1100  # SQLite checkpoints (and restarts the log) at 1000 pages
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each entry migrates from version i to i+1.
 MIGRATIONS: list[str] = [
@@ -140,7 +140,48 @@ MIGRATIONS: list[str] = [
         updated_at INTEGER NOT NULL
     );
     """,
+    # 4: each tenant's unfinished instances, counted by triggers in the transaction that
+    # changes them (any process, any code path), so a quota check is one row read.
+    """
+    CREATE TABLE tenant_usage (
+        tenant TEXT PRIMARY KEY,
+        unfinished INTEGER NOT NULL DEFAULT 0  -- instances not complete, errored or terminated
+    );
+    INSERT INTO tenant_usage (tenant, unfinished)
+        SELECT tenant, COUNT(*) FROM instances WHERE status NOT IN ('complete','errored','terminated') GROUP BY tenant;
+    CREATE TRIGGER usage_created AFTER INSERT ON instances WHEN NEW.status NOT IN ('complete','errored','terminated')
+    BEGIN
+        INSERT INTO tenant_usage (tenant, unfinished) VALUES (NEW.tenant, 1)
+            ON CONFLICT(tenant) DO UPDATE SET unfinished = unfinished + 1;
+    END;
+    CREATE TRIGGER usage_finished AFTER UPDATE OF status ON instances
+        WHEN OLD.status NOT IN ('complete','errored','terminated') AND NEW.status IN ('complete','errored','terminated')
+    BEGIN
+        UPDATE tenant_usage SET unfinished = unfinished - 1 WHERE tenant = NEW.tenant;
+    END;
+    CREATE TRIGGER usage_revived AFTER UPDATE OF status ON instances
+        WHEN OLD.status IN ('complete','errored','terminated') AND NEW.status NOT IN ('complete','errored','terminated')
+    BEGIN
+        INSERT INTO tenant_usage (tenant, unfinished) VALUES (NEW.tenant, 1)
+            ON CONFLICT(tenant) DO UPDATE SET unfinished = unfinished + 1;
+    END;
+    CREATE TRIGGER usage_deleted AFTER DELETE ON instances WHEN OLD.status NOT IN ('complete','errored','terminated')
+    BEGIN
+        UPDATE tenant_usage SET unfinished = unfinished - 1 WHERE tenant = OLD.tenant;
+    END;
+    """,
 ]
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration, whole (a trigger's body has semicolons of its own)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -197,9 +238,8 @@ def migrate(path: Path | str) -> None:
             conn.execute("ROLLBACK")
             raise RuntimeError(f"database {path} has schema version {version}; this tenantflow supports up to {SCHEMA_VERSION}")
         for script in MIGRATIONS[version:]:
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(script):
+                conn.execute(statement)
         conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         conn.execute("COMMIT")
     finally:

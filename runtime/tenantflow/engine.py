@@ -485,7 +485,7 @@ class TenantBinding:
             # Dispatched once committed, from the rows just written: the worker need not
             # read back a row, a journal and events that cannot have changed (`Prepared`).
             rows: list[jn.InstanceRow] = []
-            committed = engine.writer.submit(jn.insert_instances(new, on_inserted=rows.extend))
+            committed = engine.writer.submit(jn.insert_instances(new, on_inserted=rows.extend, quota=engine.limits.max_unfinished_instances_per_tenant))
             await asyncio.wrap_future(committed)
             engine._note_created(rows)
             if engine.run_scheduler:
@@ -507,7 +507,7 @@ class TenantBinding:
         def inserted(rows: list[jn.InstanceRow]) -> None:  # on the writer's thread, before the commit
             loop.call_soon_threadsafe(start, rows)
 
-        committing.append(engine.writer.submit(jn.insert_instances(new, on_inserted=inserted)))
+        committing.append(engine.writer.submit(jn.insert_instances(new, on_inserted=inserted, quota=engine.limits.max_unfinished_instances_per_tenant)))
         await asyncio.wrap_future(committing[0])
         return [n.id for n in new]
 

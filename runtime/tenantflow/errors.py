@@ -41,6 +41,12 @@ class InstanceAlreadyExists(TenantflowError):
         return type(self), (self.instance_id,)
 
 
+class QuotaExceeded(TenantflowError):
+    """The tenant has as many unfinished instances as it may (`Limits`)."""
+
+    code = "quota_exceeded"
+
+
 class InvalidState(TenantflowError):
     """The operation does not apply to the instance's current status."""
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Generic, Iterable, Optional, Sequence, TypeVar
 
 import aiosqlite
 
-from .errors import InstanceAlreadyExists, TenantflowError, UnknownWorkflow
+from .errors import InstanceAlreadyExists, QuotaExceeded, TenantflowError, UnknownWorkflow
 
 ACTIVE = ("queued", "running", "waiting", "waitingForPause")
 FINISHED = ("complete", "errored", "terminated")
@@ -251,13 +252,29 @@ def component_query(digest: str) -> Query[Optional[tuple[str, int, list[str]]]]:
 
 # ---- writes (run by the group-commit writer) ----------------------------------------
 
-def insert_instances(new: list[NewInstance], on_inserted: Optional[Callable[[list[InstanceRow]], None]] = None) -> WriteOp[list[int]]:
-    """All or nothing: a duplicate id fails the whole batch, naming the id. `on_inserted`
-    hears the rows as inserted, inside the transaction (before its commit)."""
-    return partial(_insert_instances, new, on_inserted)
+def insert_instances(
+    new: list[NewInstance], on_inserted: Optional[Callable[[list[InstanceRow]], None]] = None, quota: Optional[int] = None
+) -> WriteOp[list[int]]:
+    """All or nothing: a duplicate id fails the whole batch, naming the id, and so does a
+    tenant past its `quota` of unfinished instances. `on_inserted` hears the rows as
+    inserted, inside the transaction (before its commit)."""
+    return partial(_insert_instances, new, on_inserted, quota)
 
 
-def _insert_instances(new: list[NewInstance], on_inserted: Optional[Callable[[list[InstanceRow]], None]], conn: sqlite3.Connection) -> list[int]:
+def _check_quota(new: list[NewInstance], quota: Optional[int], conn: sqlite3.Connection) -> None:
+    if quota is None:
+        return
+    for tenant, count in Counter(inst.tenant for inst in new).items():
+        found = conn.execute("SELECT unfinished FROM tenant_usage WHERE tenant=?", (tenant,)).fetchone()  # kept by triggers
+        unfinished = found[0] if found else 0
+        if unfinished + count > quota:
+            raise QuotaExceeded(f"tenant {tenant!r} has {unfinished:,} unfinished instances; {count:,} more would pass its quota of {quota:,}")
+
+
+def _insert_instances(
+    new: list[NewInstance], on_inserted: Optional[Callable[[list[InstanceRow]], None]], quota: Optional[int], conn: sqlite3.Connection
+) -> list[int]:
+    _check_quota(new, quota, conn)
     rows = []
     current: dict[tuple[str, str], str] = {}
     for inst in new:
@@ -380,18 +397,22 @@ def _record_entry(
     return None
 
 
-def start_children(pk: int, generation: int, entry: JournalEntry, children: list[NewInstance]) -> WriteOp[tuple[list[int], str]]:
+def start_children(
+    pk: int, generation: int, entry: JournalEntry, children: list[NewInstance], quota: Optional[int] = None
+) -> WriteOp[tuple[list[int], str]]:
     """Insert a parent's children and its journal entry (the `start` answer) together;
     returns the children's pks and the answer recorded. An insert that fails (an explicit
-    child id that exists) becomes the recorded answer."""
-    return partial(_start_children, pk, generation, entry, children)
+    child id that exists, the tenant's quota) becomes the recorded answer."""
+    return partial(_start_children, pk, generation, entry, children, quota)
 
 
-def _start_children(pk: int, generation: int, entry: JournalEntry, children: list[NewInstance], conn: sqlite3.Connection) -> tuple[list[int], str]:
+def _start_children(
+    pk: int, generation: int, entry: JournalEntry, children: list[NewInstance], quota: Optional[int], conn: sqlite3.Connection
+) -> tuple[list[int], str]:
     pks: list[int] = []
     if children:
         try:
-            pks = _insert_instances(children, None, conn)
+            pks = _insert_instances(children, None, quota, conn)
         except TenantflowError as exc:
             entry.result = json.dumps({"err": {"name": type(exc).__name__, "message": str(exc)}})
     _record_entry(pk, generation, entry, None, None, entry.ended_at or 0, conn)

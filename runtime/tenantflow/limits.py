@@ -32,6 +32,9 @@ class Limits:
     # Lines too, not only bytes: empty lines cost no bytes, yet a row each (and host memory
     # while the invocation runs); lines past either bound are dropped and counted.
     max_log_lines_per_instance: int = 10_000
+    # Instances of one tenant not yet complete, errored or terminated (None: no quota): what
+    # bounds a guest's fan-out when children start children, and a tenant's share of a host.
+    max_unfinished_instances_per_tenant: Optional[int] = 1_000_000
     # Child workflows one `start` may create (like a batch create over HTTP), and one
     # instance over its life: a guest's fan-out must not fill the disk or hold the writer.
     max_children_per_call: int = 1000

@@ -96,7 +96,10 @@ STATUS_BY_ERROR: tuple[tuple[type[TenantflowError], int], ...] = (
     (InvalidState, 409),
     (HostBusy, 503),
 )
-STATUS_BY_CODE = {"invalid_input": 400, "payload_too_large": 413, "not_found": 404, "already_exists": 409, "invalid_state": 409, "compile_error": 400}
+STATUS_BY_CODE = {
+    "invalid_input": 400, "payload_too_large": 413, "not_found": 404, "already_exists": 409, "invalid_state": 409, "compile_error": 400,
+    "quota_exceeded": 429,
+}
 
 
 def http_status(exc: TenantflowError) -> int:
@@ -120,6 +123,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "No such instance or workflow in this tenant (another tenant's instance looks the same).",
         409: "The instance already exists, or is in a state that does not allow the operation.",
         413: "The request body, params or payload is over its size limit.",
+        429: "The tenant has as many unfinished instances as its quota allows.",
         503: "Not ready.",
     }
     return {s: {"model": ErrorResponse, "description": described[s]} for s in statuses}
@@ -260,12 +264,12 @@ def create_app(
     common = (400, 401, 403, 413)
 
     # ---- instances ----------------------------------------------------------------------
-    @app.post(f"{base}/instances", status_code=201, response_model=Created, tags=["instances"], responses=_errors(*common, 404, 409))
+    @app.post(f"{base}/instances", status_code=201, response_model=Created, tags=["instances"], responses=_errors(*common, 404, 409, 429))
     async def create_instance(spec: CreateInstance, binding: Annotated[TenantBinding, Depends(tenant_scope(Action.CREATE))]) -> Created:
         """Create an instance of a deployed workflow (queued at once)."""
         return Created(id=await binding.create(spec.workflow, spec.params, id=spec.id, digest=spec.digest, metadata=spec.metadata))
 
-    @app.post(f"{base}/instances/batch", status_code=201, response_model=BatchCreated, tags=["instances"], responses=_errors(*common, 404, 409))
+    @app.post(f"{base}/instances/batch", status_code=201, response_model=BatchCreated, tags=["instances"], responses=_errors(*common, 404, 409, 429))
     async def create_batch(batch: CreateBatch, binding: Annotated[TenantBinding, Depends(tenant_scope(Action.CREATE))]) -> BatchCreated:
         """Create several instances atomically: one bad or duplicate instance fails them all."""
         ids = await binding.create_batch([item.model_dump(exclude_none=False) for item in batch.instances])
