@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 from tenantflow.clock import Clock, ManualClock, SystemClock
 from tenantflow.engine import Engine, TenantBinding
@@ -47,9 +47,11 @@ async def open_engine(
     per_tenant: int | None = None,
     deploy: dict[str, str] | None = None,
     processes: int = 0,
+    **options: Any,
 ) -> AsyncIterator[Engine]:
     """An open engine (on a ManualClock unless told otherwise; runner processes need the
-    system clock); `deploy` maps tenant -> test workflow folder to deploy for it."""
+    system clock); `deploy` maps tenant -> test workflow folder to deploy for it; `options`
+    go to the Engine as they are."""
     engine = Engine(
         db,
         clock=clock or (SystemClock() if processes else ManualClock()),
@@ -58,6 +60,7 @@ async def open_engine(
         per_tenant_concurrency=per_tenant,
         artifact_dir=ARTIFACTS,
         processes=processes,
+        **options,
     )
     async with engine:
         for tenant, folder in (deploy or {}).items():

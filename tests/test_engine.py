@@ -16,7 +16,7 @@ from enginekit import open_engine, settle
 
 from tenantflow import executor
 from tenantflow.clock import ManualClock, SystemClock
-from tenantflow.engine import INLINE_STATUS_STEPS
+from tenantflow.engine import INLINE_STATUS_STEPS, Engine
 from tenantflow.errors import (
     InstanceAlreadyExists,
     InstanceNotFound,
@@ -894,3 +894,50 @@ async def test_a_status_waiter_hears_of_a_terminate_while_its_instance_waits(tmp
         assert await t.terminate(iid) == "terminated"
         status = await asyncio.wait_for(waiter, 10)
         assert status.status == "terminated"
+
+
+async def test_finished_instances_past_their_retention_are_deleted(tmp_path: Path, clock: ManualClock) -> None:
+    """With `retention_days`, an instance that finished longer ago than that goes with its
+    journal, events and logs (a batch per transaction); unfinished and recent ones stay, and
+    the tenant's quota count is untouched by finished ones leaving."""
+    from tenantflow import retention
+
+    db = tmp_path / "flows.db"
+    async with open_engine(db, clock=clock, deploy={"t": "basics"}, retention_days=1) as engine:
+        assert engine.retention is not None
+        t = engine.tenant("t")
+        old = [await t.create("Chatty") for _ in range(3)]  # logs lines, sleeps a second, completes
+        failed = await t.create("Uncaught")  # errored: finished too
+        await engine.scheduler.quiesce()
+        clock.advance(1)
+        for iid in old:
+            assert (await t.wait(iid)).status == "complete"
+        waiting = await t.create("Waiter", {"timeout": "30 days"})
+        await engine.scheduler.quiesce()
+        clock.advance(86_400 / 2)
+        assert await engine.retention.sweep() == 0  # half a day: all kept
+        assert (await t.status(failed)).status == "errored"
+        clock.advance(86_400)
+        recent = await t.wait(await t.create("Steps", {"n": 2}))
+        retention.SWEEP_BATCH, batch = 2, retention.SWEEP_BATCH  # several batches in one sweep
+        try:
+            gone = await engine.retention.sweep()
+        finally:
+            retention.SWEEP_BATCH = batch
+        assert gone == 4
+        for iid in (*old, failed):
+            with pytest.raises(InstanceNotFound):
+                await t.status(iid)
+        assert (await t.status(waiting)).status == "waiting" and (await t.status(recent.id)).status == "complete"
+        with sqlite3.connect(db) as conn:
+            left = {table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in ("instances", "journal", "logs")}
+            assert left["instances"] == 2 and left["logs"] == 0
+            assert conn.execute("SELECT unfinished FROM tenant_usage WHERE tenant='t'").fetchone()[0] == 1
+    clock.advance(2 * 86_400)
+    async with open_engine(db, clock=clock, retention_days=1) as engine:  # a host sweeps as it starts
+        deadline = time.monotonic() + 10
+        while len((await engine.tenant("t").list()).instances) > 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert [i.id for i in (await engine.tenant("t").list()).instances] == [waiting]
+    with pytest.raises(ValueError, match="retention_days must be positive, got 0"):
+        Engine(db, retention_days=0)

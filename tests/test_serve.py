@@ -4,6 +4,7 @@ against a server (`--url`) printing exactly what it prints against the database 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,25 @@ def test_restart_in_the_middle_of_a_sleep_picks_up_where_it_left_off(tmp_path: P
     finally:
         second.kill()
 
+    time.sleep(1)  # the napper ended over a second ago: past a retention of 0.864 s
+    third = ServeProcess(db, log, "--retention-days", "0.00001").start()
+    try:
+        with httpx.Client(base_url=third.url, headers=bearer(token), timeout=60) as client:
+            deadline = time.monotonic() + 30
+            while client.get("/v1/tenants/acme/instances/napper").status_code != 404 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert client.get("/v1/tenants/acme/instances/napper").status_code == 404  # swept as the host started
+        assert third.terminate() == 0
+    finally:
+        third.kill()
+
     records = log_records(log)
     assert {"ts", "level", "logger", "msg"} <= set(records[0])
     requests = [r for r in records if r["logger"] == "uvicorn.access"]
     assert any(r["method"] == "POST" and r["path"] == "/v1/tenants/acme/instances" and r["status"] == 201 for r in requests)
-    assert sum(r["msg"] == "engine open" for r in records) == 2 and sum(r["msg"] == "engine closed" for r in records) == 2
-    assert [r.get("signal") for r in records if r["msg"] == "stopped"] == ["SIGTERM", "SIGTERM"]
+    assert sum(r["msg"] == "engine open" for r in records) == 3 and sum(r["msg"] == "engine closed" for r in records) == 3
+    assert [r.get("signal") for r in records if r["msg"] == "stopped"] == ["SIGTERM"] * 3
+    assert any(r["logger"] == "tenantflow.retention" and r["msg"] == "deleted 1 instances that finished over 1e-05 days ago" for r in records)
 
 
 def test_sigterm_lets_running_instances_finish_or_replay(tmp_path: Path, server_db: tuple[Path, str]) -> None:

@@ -438,9 +438,11 @@ def _open_engine(db: Path) -> Any:
               help="Precompiled component cache (default: ~/.cache/tenantflow/artifacts or $TENANTFLOW_CACHE_DIR).")
 @click.option("--public-metrics", is_flag=True, help="Serve /metrics without a platform-admin key.")
 @click.option("--grace-seconds", default=10.0, show_default=True, help="How long open requests may take to finish on shutdown.")
+@click.option("--retention-days", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Delete finished instances (with their journal and logs) this many days after they end (default: keep them).")
 def serve_command(
     db: Path, host: str, port: int, workers: int, processes: int, log_format: str, log_level: str, artifact_dir: Path | None,
-    public_metrics: bool, grace_seconds: float,
+    public_metrics: bool, grace_seconds: float, retention_days: float | None,
 ) -> None:
     """Run the scheduler and the HTTP API on one database until SIGTERM.
 
@@ -450,7 +452,7 @@ def serve_command(
     from .serve import serve
 
     sys.exit(serve(db, host=host, port=port, workers=workers, processes=processes, log_format=log_format, log_level=log_level,  # type: ignore[arg-type]
-                   artifact_dir=artifact_dir, public_metrics=public_metrics, grace_seconds=grace_seconds))
+                   artifact_dir=artifact_dir, public_metrics=public_metrics, grace_seconds=grace_seconds, retention_days=retention_days))
 
 
 def _component_source(path: Path) -> tuple[Path, Any]:

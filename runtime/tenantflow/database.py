@@ -30,7 +30,7 @@ WriteOp = Callable[[sqlite3.Connection], T]
 DEFER_MS = 50  # how long a deferred write may wait for a commit to ride along with
 # The write-ahead log is grown to this many pages before the first commit (see `prefill_wal`).
 WAL_PREFILL_PAGES = 1100  # SQLite checkpoints (and restarts the log) at 1000 pages
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Each entry migrates from version i to i+1.
 MIGRATIONS: list[str] = [
@@ -169,6 +169,10 @@ MIGRATIONS: list[str] = [
     BEGIN
         UPDATE tenant_usage SET unfinished = unfinished - 1 WHERE tenant = OLD.tenant;
     END;
+    """,
+    # 5: finished instances by when they ended, for the retention sweep (retention.py).
+    """
+    CREATE INDEX instances_finished ON instances(ended_at) WHERE status IN ('complete','errored','terminated');
     """,
 ]
 

@@ -52,6 +52,7 @@ from .models import (
 )
 from .policy import DEFAULT_POLICY, TenantPolicy
 from .registry import ComponentStore, digest_of
+from .retention import RetentionSweeper
 from .runner import RunnerConfig
 from .runners import RunnerPool
 from .sandbox import EpochTicker, SandboxConfig, make_engine
@@ -124,8 +125,14 @@ class Engine:
         pool_slots: Optional[int] = None,
         processes: int = 0,
         hot_versions: int = hot.DEFAULT_VERSIONS,
+        # Finished instances older than this are deleted, with their journal and logs (None: kept).
+        retention_days: Optional[float] = None,
     ) -> None:
         self.path = Path(path)
+        self.retention: Optional[RetentionSweeper] = None
+        self._retention_ms = None if retention_days is None else int(retention_days * 86_400_000)
+        if self._retention_ms is not None and self._retention_ms <= 0:
+            raise ValueError(f"retention_days must be positive, got {retention_days}")
         self.clock: Clock = clock or SystemClock()
         self.limits = limits or Limits()
         self.workers = workers
@@ -237,11 +244,17 @@ class Engine:
         await self._load_manifests()
         if self.run_scheduler:
             self.scheduler.start(await self.read(jn.active_instances_query()))
+        if self._retention_ms is not None:
+            self.retention = RetentionSweeper(self.write, self.clock, self._retention_ms)
+            if self.run_scheduler:  # the host that owns the database sweeps it
+                self.retention.start()
 
     async def close(self) -> None:
         if not self._opened:
             return
         self._opened = False
+        if self.retention is not None:
+            await self.retention.stop()
         if self.run_scheduler:
             await self.scheduler.close()
         self.executor.close()

@@ -577,9 +577,31 @@ def restart(tenant: str, instance_id: str, now: int) -> Callable[[sqlite3.Connec
 def delete(tenant: str, instance_id: str) -> Callable[[sqlite3.Connection], ControlResult]:
     def op(conn: sqlite3.Connection) -> ControlResult:
         pk, status, _, _ = _require(conn, tenant, instance_id)
-        for table, column in (("journal", "instance_pk"), ("events", "instance_pk"), ("logs", "instance_pk"), ("instances", "pk")):
-            conn.execute(f"DELETE FROM {table} WHERE {column}=?", (pk,))
+        _delete_rows(conn, [pk])
         return ControlResult(pk, tenant, "deleted", status)
+
+    return op
+
+
+def _delete_rows(conn: sqlite3.Connection, pks: list[int]) -> None:
+    """Instances with their journal, events and logs."""
+    marks = ",".join("?" * len(pks))
+    for table, column in (("journal", "instance_pk"), ("events", "instance_pk"), ("logs", "instance_pk"), ("instances", "pk")):
+        conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", pks)
+
+
+def delete_finished_before(cutoff_ms: int, limit: int) -> WriteOp[int]:
+    """Delete up to `limit` instances that finished (complete, errored, terminated) before
+    `cutoff_ms`, oldest first, with everything they recorded; how many went."""
+
+    def op(conn: sqlite3.Connection) -> int:
+        pks = [int(r[0]) for r in conn.execute(
+            "SELECT pk FROM instances WHERE status IN ('complete','errored','terminated') AND ended_at < ? ORDER BY ended_at LIMIT ?",
+            (cutoff_ms, limit),
+        )]
+        if pks:
+            _delete_rows(conn, pks)
+        return len(pks)
 
     return op
 

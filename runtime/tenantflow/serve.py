@@ -82,6 +82,7 @@ def serve(
     artifact_dir: Optional[Path] = None,
     public_metrics: bool = False,
     grace_seconds: float = 10.0,
+    retention_days: Optional[float] = None,
 ) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit status."""
     import uvicorn
@@ -90,7 +91,9 @@ def serve(
 
     configure_logging(log_format, log_level)
     log = logging.getLogger("tenantflow.serve")
-    app = create_standalone_app(db, workers=workers, processes=processes, artifact_dir=artifact_dir, public_metrics=public_metrics)
+    app = create_standalone_app(
+        db, workers=workers, processes=processes, artifact_dir=artifact_dir, public_metrics=public_metrics, retention_days=retention_days,
+    )
     config = uvicorn.Config(
         app,
         host=host,
