@@ -146,3 +146,7 @@ async def test_a_tenants_unfinished_instances_are_bounded_by_its_quota(tmp_path:
             await t.create("Listener", id=f"again-{i}")
         with pytest.raises(QuotaExceeded):
             await t.create("Listener")
+        with pytest.raises(QuotaExceeded):  # a finished one restarted is unfinished again
+            await t.restart(third)
+        assert (await t.status(third)).status == "terminated"
+        assert await t.restart("again-0") == "queued"  # an unfinished one takes no new place

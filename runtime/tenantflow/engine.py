@@ -601,7 +601,8 @@ class TenantBinding:
 
     async def restart(self, instance_id: str) -> str:
         await self._allow(Action.CONTROL, instance_id)
-        return await self._control(jn.restart(self.name, check_instance_id(instance_id), self.engine.now()))
+        quota = self.engine.limits.max_unfinished_instances_per_tenant
+        return await self._control(jn.restart(self.name, check_instance_id(instance_id), self.engine.now(), quota))
 
     async def delete(self, instance_id: str) -> None:
         await self._allow(Action.CONTROL, instance_id)

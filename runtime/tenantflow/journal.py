@@ -262,13 +262,18 @@ def insert_instances(
 
 
 def _check_quota(new: list[NewInstance], quota: Optional[int], conn: sqlite3.Connection) -> None:
+    for tenant, count in Counter(inst.tenant for inst in new).items():
+        _check_room(conn, tenant, count, quota)
+
+
+def _check_room(conn: sqlite3.Connection, tenant: str, count: int, quota: Optional[int]) -> None:
+    """QuotaExceeded unless `count` more unfinished instances fit the tenant's quota."""
     if quota is None:
         return
-    for tenant, count in Counter(inst.tenant for inst in new).items():
-        found = conn.execute("SELECT unfinished FROM tenant_usage WHERE tenant=?", (tenant,)).fetchone()  # kept by triggers
-        unfinished = found[0] if found else 0
-        if unfinished + count > quota:
-            raise QuotaExceeded(f"tenant {tenant!r} has {unfinished:,} unfinished instances; {count:,} more would pass its quota of {quota:,}")
+    found = conn.execute("SELECT unfinished FROM tenant_usage WHERE tenant=?", (tenant,)).fetchone()  # kept by triggers
+    unfinished = found[0] if found else 0
+    if unfinished + count > quota:
+        raise QuotaExceeded(f"tenant {tenant!r} has {unfinished:,} unfinished instances; {count:,} more would pass its quota of {quota:,}")
 
 
 def _insert_instances(
@@ -556,11 +561,14 @@ def terminate(tenant: str, instance_id: str, now: int) -> Callable[[sqlite3.Conn
     return op
 
 
-def restart(tenant: str, instance_id: str, now: int) -> Callable[[sqlite3.Connection], ControlResult]:
-    """Clear the journal and run again from the top with the same params."""
+def restart(tenant: str, instance_id: str, now: int, quota: Optional[int] = None) -> Callable[[sqlite3.Connection], ControlResult]:
+    """Clear the journal and run again from the top with the same params (a finished
+    instance only if the tenant's quota has room for it again)."""
 
     def op(conn: sqlite3.Connection) -> ControlResult:
         pk, status, _, _ = _require(conn, tenant, instance_id)
+        if status in FINISHED:
+            _check_room(conn, tenant, 1, quota)
         conn.execute("DELETE FROM journal WHERE instance_pk=?", (pk,))
         conn.execute("DELETE FROM events WHERE instance_pk=? AND consumed_seq IS NOT NULL", (pk,))
         conn.execute(

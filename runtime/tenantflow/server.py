@@ -309,7 +309,7 @@ def create_app(
         control.__doc__ = summary
         app.post(
             f"{base}/instances/{{instance_id}}/{name}", response_model=ControlResult, tags=["instances"],
-            responses=_errors(*common, 404, 409), name=f"{name}_instance", operation_id=f"{name}_instance",
+            responses=_errors(*common, 404, 409, *([429] if name == "restart" else [])), name=f"{name}_instance", operation_id=f"{name}_instance",
         )(control)
 
     control_route("pause", "Pause (a running instance pauses at its next durable call).")
