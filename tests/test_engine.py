@@ -26,6 +26,7 @@ from tenantflow.errors import (
     UnknownWorkflow,
 )
 from tenantflow.limits import Limits
+from tenantflow.metrics import Metrics
 
 
 @pytest.fixture
@@ -924,7 +925,8 @@ async def test_finished_instances_past_their_retention_are_deleted(tmp_path: Pat
             gone = await engine.retention.sweep()
         finally:
             retention.SWEEP_BATCH = batch
-        assert gone == 4
+        assert gone == 4 and engine.retention.deleted == 4
+        assert "tenantflow_retention_deleted_total 4" in (await Metrics().render(engine)).splitlines()
         for iid in (*old, failed):
             with pytest.raises(InstanceNotFound):
                 await t.status(iid)

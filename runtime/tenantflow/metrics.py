@@ -115,6 +115,8 @@ class Metrics:
         metric("tenantflow_writer_commits_total", "counter", "Group commits (durable transactions) of the journal writer.", [("", engine.writer.commits)])
         metric("tenantflow_writer_operations_total", "counter", "Write operations committed by the journal writer.", [("", engine.writer.operations)])
         metric("tenantflow_scheduler_running", "gauge", "Invocations running now.", [("", engine.scheduler.running_count)])
+        if engine.retention is not None:
+            metric("tenantflow_retention_deleted_total", "counter", "Finished instances deleted past their retention.", [("", engine.retention.deleted)])
         metric(
             "tenantflow_invocations_total", "counter", "Finished invocations by the instance's status after them.",
             [(f'{{status="{s}"}}', n) for s, n in sorted(self.invocations.items())],

@@ -25,6 +25,7 @@ class RetentionSweeper:
             raise ValueError(f"a retention period must be positive, got {retention_ms} ms")
         self._write, self._clock, self.retention_ms, self._every_s = write, clock, retention_ms, every_s
         self._task: Optional[asyncio.Task[Any]] = None
+        self.deleted = 0  # instances deleted since the engine opened (`/metrics`)
 
     async def sweep(self) -> int:
         """Delete every instance past its retention now; how many went."""
@@ -33,6 +34,7 @@ class RetentionSweeper:
         while True:
             deleted = await self._write(jn.delete_finished_before(cutoff, SWEEP_BATCH))
             total += deleted
+            self.deleted += deleted
             if deleted < SWEEP_BATCH:
                 break
         if total:
