@@ -23,6 +23,7 @@ from tenantflow.errors import (
     InvalidInput,
     InvalidState,
     PayloadTooLarge,
+    QuotaExceeded,
     UnknownWorkflow,
 )
 from tenantflow.limits import Limits
@@ -943,3 +944,24 @@ async def test_finished_instances_past_their_retention_are_deleted(tmp_path: Pat
         assert [i.id for i in (await engine.tenant("t").list()).instances] == [waiting]
     with pytest.raises(ValueError, match="retention_days must be positive, got 0"):
         Engine(db, retention_days=0)
+
+
+async def test_events_an_instance_does_not_take_are_bounded(tmp_path: Path, clock: ManualClock) -> None:
+    """An instance holds at most `max_pending_events_per_instance` events it has not taken:
+    more are refused (QuotaExceeded) until a wait takes one, so a sender cannot fill the
+    disk through an instance that never waits for its type."""
+    async with open_engine(tmp_path / "flows.db", clock=clock, limits=Limits(max_pending_events_per_instance=2), deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        iid = await t.create("TwoEvents")  # takes two "tick" events
+        await engine.scheduler.quiesce()
+        for payload in ("a", "b"):
+            await t.send_event(iid, "other", payload)  # never taken
+        with pytest.raises(QuotaExceeded, match=f"instance '{iid}' holds 2 events it has not taken yet, its limit"):
+            await t.send_event(iid, "tick", 1)
+        await t.delete(iid)
+        again = await t.create("TwoEvents")
+        await engine.scheduler.quiesce()
+        for payload in (1, 2):  # each taken by a wait as it arrives: never two pending
+            await t.send_event(again, "tick", payload)
+            await engine.scheduler.quiesce()
+        assert (await t.wait(again)).output == [1, 2]

@@ -184,7 +184,8 @@ def _send_event(_: Any, name: str, child_id: str, event_type: str, payload: str)
         json.loads(payload)
         check_instance_id(child_id)
         try:
-            sent = inv.x.writer.run(jn.send_event(inv.row.tenant, child_id, event_type, payload, inv.now()))
+            limit = inv.x.limits.max_pending_events_per_instance
+            sent = inv.x.writer.run(jn.send_event(inv.row.tenant, child_id, event_type, payload, inv.now(), limit))
         except TenantflowError as exc:
             raise _CallError(type(exc).__name__, str(exc)) from None
         inv.x.wake(sent.pk, sent.tenant)

@@ -614,7 +614,8 @@ class TenantBinding:
         check_instance_id(instance_id)
         check_event_type(event_type)
         body = encode_json(payload, self.engine.limits.max_event_payload_bytes, "event payload")
-        sent = await self.engine.write(jn.send_event(self.name, instance_id, event_type, body, self.engine.now()))
+        limit = self.engine.limits.max_pending_events_per_instance
+        sent = await self.engine.write(jn.send_event(self.name, instance_id, event_type, body, self.engine.now(), limit))
         if self.engine.run_scheduler and sent.status in ("waiting", "running", "waitingForPause", "queued"):
             if sent.status != "waiting" or sent.waiting_for == event_type:
                 self.engine.scheduler.make_ready(sent.pk, self.name)

@@ -622,15 +622,22 @@ class EventSent:
     waiting_for: Optional[str]
 
 
-def send_event(tenant: str, instance_id: str, event_type: str, payload: str, now: int) -> WriteOp[EventSent]:
-    """Store the event durably; it is delivered to the first wait for its type (FIFO)."""
-    return partial(_send_event, tenant, instance_id, event_type, payload, now)
+def send_event(tenant: str, instance_id: str, event_type: str, payload: str, now: int, max_pending: Optional[int] = None) -> WriteOp[EventSent]:
+    """Store the event durably; it is delivered to the first wait for its type (FIFO). An
+    instance holding `max_pending` events it has not taken refuses more (QuotaExceeded)."""
+    return partial(_send_event, tenant, instance_id, event_type, payload, now, max_pending)
 
 
-def _send_event(tenant: str, instance_id: str, event_type: str, payload: str, now: int, conn: sqlite3.Connection) -> EventSent:
+def _send_event(
+    tenant: str, instance_id: str, event_type: str, payload: str, now: int, max_pending: Optional[int], conn: sqlite3.Connection
+) -> EventSent:
     pk, status, _, _ = _require(conn, tenant, instance_id)
     if status in FINISHED:
         raise _invalid(instance_id, status, "send an event to")
+    if max_pending is not None:
+        pending = conn.execute("SELECT COUNT(*) FROM events WHERE instance_pk=? AND consumed_seq IS NULL", (pk,)).fetchone()[0]
+        if pending >= max_pending:
+            raise QuotaExceeded(f"instance {instance_id!r} holds {pending:,} events it has not taken yet, its limit; send more once it takes some")
     conn.execute("INSERT INTO events (instance_pk, event_type, payload, created_at) VALUES (?, ?, ?, ?)", (pk, event_type, payload, now))
     waiting_for = conn.execute("SELECT waiting_for FROM instances WHERE pk=?", (pk,)).fetchone()[0]
     return EventSent(pk, tenant, status, waiting_for)

@@ -26,6 +26,9 @@ class Limits:
     max_state_bytes_per_instance: int = 100 * MiB
     max_output_bytes: int = MiB  # what a workflow returns
     max_event_payload_bytes: int = MiB
+    # Events sent to an instance and not yet taken by a wait: a sender cannot fill the disk
+    # (shared by every tenant) through an instance that never waits for its type.
+    max_pending_events_per_instance: int = 10_000
     max_step_name_chars: int = 256
     max_steps_per_instance: int = 10_000
     max_log_bytes_per_instance: int = MiB

@@ -123,7 +123,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "No such instance or workflow in this tenant (another tenant's instance looks the same).",
         409: "The instance already exists, or is in a state that does not allow the operation.",
         413: "The request body, params or payload is over its size limit.",
-        429: "The tenant has as many unfinished instances as its quota allows.",
+        429: "A quota is full: the tenant's unfinished instances, or the events an instance has not taken yet.",
         503: "Not ready.",
     }
     return {s: {"model": ErrorResponse, "description": described[s]} for s in statuses}
@@ -325,7 +325,7 @@ def create_app(
 
     @app.post(
         f"{base}/instances/{{instance_id}}/events/{{event_type}}", status_code=202, response_model=EventAccepted,
-        tags=["instances"], responses=_errors(*common, 404, 409),
+        tags=["instances"], responses=_errors(*common, 404, 409, 429),
     )
     async def send_event(
         instance_id: InstanceId,
