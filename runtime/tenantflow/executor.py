@@ -410,7 +410,8 @@ class Invocation:
                 return entry.result or "null"
             if entry.status == "failed":
                 return error_info(entry.error_name or "Error", entry.error_message or "")
-        self.check_wait(f"step {name!r}: its retry delay", delay_ms)
+        if delay_ms > self.x.limits.max_wait_ms:  # (the message is built only then: this is every step's path)
+            self.check_wait(f"step {name!r}: its retry delay", delay_ms)
         run = _StepRun(
             seq=self.seq - 1, name=name, limit=limit, delay_ms=delay_ms, backoff=backoff,
             timeout_ms=min(timeout_ms, self.policy.max_step_timeout_ms or 2**63), attempt=1, started_at=0, entry=entry,
