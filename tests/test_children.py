@@ -10,6 +10,7 @@ from enginekit import open_engine
 from tenantflow.clock import ManualClock
 from tenantflow.errors import InstanceNotFound, QuotaExceeded
 from tenantflow.limits import Limits
+from tenantflow.policy import TenantPolicy
 
 
 async def test_fan_out_of_20_children_awaited_by_a_parent(tmp_path: Path) -> None:
@@ -150,3 +151,19 @@ async def test_a_tenants_unfinished_instances_are_bounded_by_its_quota(tmp_path:
             await t.restart(third)
         assert (await t.status(third)).status == "terminated"
         assert await t.restart("again-0") == "queued"  # an unfinished one takes no new place
+
+
+async def test_a_tenants_policy_sets_its_own_quota(tmp_path: Path) -> None:
+    """A platform's plans differ per tenant: `TenantPolicy.max_unfinished_instances` (a
+    manifest's `unfinished_instances_max`) replaces the engine's default for that tenant,
+    for its API creates and its guests' children alike."""
+    async with open_engine(tmp_path / "flows.db", deploy={"t": "family", "u": "family"}) as engine:
+        engine.set_policy("t", TenantPolicy(max_unfinished_instances=1))
+        t = engine.tenant("t")
+        waiting = await t.create("Listener")
+        with pytest.raises(QuotaExceeded, match="tenant 't' has 1 unfinished instances; 1 more would pass its quota of 1"):
+            await t.create("Listener")
+        await t.terminate(waiting)
+        spawned = await t.wait(await t.create("Spawner", {"batches": [1]}))  # itself fills the quota
+        assert spawned.output == [{"error": "QuotaExceeded", "message": "tenant 't' has 1 unfinished instances; 1 more would pass its quota of 1"}]
+        await engine.tenant("u").create_batch([{"workflow": "Listener"} for _ in range(5)])  # the engine's default for others

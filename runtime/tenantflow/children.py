@@ -17,6 +17,7 @@ from . import journal as jn
 from .errors import TenantflowError
 from .executor import Invocation, Unwind, current_invocation, err, ok, record
 from .limits import check_event_type, check_instance_id, check_size, check_workflow_name
+from .policy import quota_of
 
 FINISHED = ("complete", "errored", "terminated")
 
@@ -96,7 +97,7 @@ def _start(_: Any, name: str, specs: list[Any]) -> Any:
     answer = _answer(build)
     new_entry = jn.JournalEntry(seq=seq, kind="children", name=name, status="done", result=answer, started_at=now, ended_at=now)
     children = created if created and "ok" in json.loads(answer) else []
-    quota = inv.x.limits.max_unfinished_instances_per_tenant
+    quota = quota_of(inv.policy, inv.x.limits)
     pks, new_entry.result = inv.commit(jn.start_children(inv.row.pk, inv.generation, new_entry, children, quota))  # children and the entry together
     inv.journal.append(new_entry)
     for pk in pks:

@@ -50,7 +50,7 @@ from .models import (
     instance_status,
     ts,
 )
-from .policy import DEFAULT_POLICY, TenantPolicy
+from .policy import DEFAULT_POLICY, TenantPolicy, quota_of
 from .registry import ComponentStore, digest_of
 from .retention import RetentionSweeper
 from .runner import RunnerConfig
@@ -327,6 +327,10 @@ class Engine:
     def policy_for(self, tenant: str) -> TenantPolicy:
         return self._policies.get(tenant, DEFAULT_POLICY)
 
+    def quota_for(self, tenant: str) -> Optional[int]:
+        """The tenant's quota of unfinished instances: its policy's, else the engine's."""
+        return quota_of(self.policy_for(tenant), self.limits)
+
     def stats(self) -> EngineStats:
         """Isolate cache, writer and scheduler counters (what an operator watches)."""
         return engine_stats(self)
@@ -498,7 +502,7 @@ class TenantBinding:
             # Dispatched once committed, from the rows just written: the worker need not
             # read back a row, a journal and events that cannot have changed (`Prepared`).
             rows: list[jn.InstanceRow] = []
-            committed = engine.writer.submit(jn.insert_instances(new, on_inserted=rows.extend, quota=engine.limits.max_unfinished_instances_per_tenant))
+            committed = engine.writer.submit(jn.insert_instances(new, on_inserted=rows.extend, quota=engine.quota_for(self.name)))
             await asyncio.wrap_future(committed)
             engine._note_created(rows)
             if engine.run_scheduler:
@@ -520,7 +524,7 @@ class TenantBinding:
         def inserted(rows: list[jn.InstanceRow]) -> None:  # on the writer's thread, before the commit
             loop.call_soon_threadsafe(start, rows)
 
-        committing.append(engine.writer.submit(jn.insert_instances(new, on_inserted=inserted, quota=engine.limits.max_unfinished_instances_per_tenant)))
+        committing.append(engine.writer.submit(jn.insert_instances(new, on_inserted=inserted, quota=engine.quota_for(self.name))))
         await asyncio.wrap_future(committing[0])
         return [n.id for n in new]
 
@@ -601,8 +605,7 @@ class TenantBinding:
 
     async def restart(self, instance_id: str) -> str:
         await self._allow(Action.CONTROL, instance_id)
-        quota = self.engine.limits.max_unfinished_instances_per_tenant
-        return await self._control(jn.restart(self.name, check_instance_id(instance_id), self.engine.now(), quota))
+        return await self._control(jn.restart(self.name, check_instance_id(instance_id), self.engine.now(), self.engine.quota_for(self.name)))
 
     async def delete(self, instance_id: str) -> None:
         await self._allow(Action.CONTROL, instance_id)

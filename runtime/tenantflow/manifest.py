@@ -16,6 +16,7 @@
     [limits]
     memory_mib = 256
     step_timeout_max_seconds = 300
+    unfinished_instances_max = 100000  # the tenant's quota (default: the engine's)
     http_timeout_seconds = 30
     http_max_response_mib = 10
     http_max_redirects = 5
@@ -72,6 +73,7 @@ class Egress(_Strict):
 class Limits(_Strict):
     memory_mib: Optional[Annotated[int, Field(gt=0, le=4096)]] = None
     step_timeout_max_seconds: Optional[Annotated[float, Field(gt=0)]] = None
+    unfinished_instances_max: Optional[Annotated[int, Field(gt=0)]] = None
     http_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30
     http_max_response_mib: Annotated[float, Field(gt=0, le=1024)] = 10
     http_max_redirects: Annotated[int, Field(ge=0, le=20)] = 5
@@ -131,6 +133,7 @@ class TenantManifest(_Strict):
             secrets=values,
             memory_bytes=lim.memory_mib * MiB if lim.memory_mib is not None else None,
             max_step_timeout_ms=int(lim.step_timeout_max_seconds * 1000) if lim.step_timeout_max_seconds is not None else None,
+            max_unfinished_instances=lim.unfinished_instances_max,
             http_timeout_ms=int(lim.http_timeout_seconds * 1000),
             http_max_response_bytes=int(lim.http_max_response_mib * MiB),
             http_max_redirects=lim.http_max_redirects,

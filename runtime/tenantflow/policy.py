@@ -7,7 +7,10 @@ host on every capability call; the guest never sees or changes it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from .limits import Limits
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,9 @@ class TenantPolicy:
     memory_bytes: Optional[int] = None
     # Upper bound on any step's per-attempt timeout (a longer one asked for is cut to it).
     max_step_timeout_ms: Optional[int] = None
+    # The tenant's quota of unfinished instances; None means the engine's default
+    # (`Limits.max_unfinished_instances_per_tenant`): a platform's plans differ per tenant.
+    max_unfinished_instances: Optional[int] = None
     # Outbound HTTP limits.
     http_timeout_ms: int = 30_000
     http_max_response_bytes: int = 10 * 1024 * 1024
@@ -29,3 +35,8 @@ class TenantPolicy:
 
 
 DEFAULT_POLICY = TenantPolicy()
+
+
+def quota_of(policy: TenantPolicy, limits: "Limits") -> Optional[int]:
+    """A tenant's quota of unfinished instances: its policy's, else the engine's default."""
+    return policy.max_unfinished_instances if policy.max_unfinished_instances is not None else limits.max_unfinished_instances_per_tenant
