@@ -965,3 +965,23 @@ async def test_events_an_instance_does_not_take_are_bounded(tmp_path: Path, cloc
             await t.send_event(again, "tick", payload)
             await engine.scheduler.quiesce()
         assert (await t.wait(again)).output == [1, 2]
+
+
+async def test_wait_answers_once_the_scheduler_has_the_outcome(tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiter that polls (every 0.25 s) may read `complete` between the invocation's last
+    commit and its outcome reaching the scheduler: it then waits for that outcome, so that
+    `stats()` and the scheduler agree with what `wait` answered (a slow machine hit it)."""
+    invoke = executor.Executor.invoke
+
+    def published_late(self: executor.Executor, pk: int, control: Any, prepared: Any = None, publish: Any = None) -> Any:
+        def late(result: Any) -> None:
+            time.sleep(0.6)  # on the worker: committed, not yet told; past two of the waiter's polls
+            publish(result)
+
+        return invoke(self, pk, control, prepared, late if publish is not None else None)
+
+    monkeypatch.setattr(executor.Executor, "invoke", published_late)
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "basics"}) as engine:
+        t = engine.tenant("t")
+        status = await t.wait(await t.create("Steps", {"n": 1}), timeout=30)
+        assert status.status == "complete" and engine.stats().scheduler.running == 0

@@ -725,6 +725,11 @@ class TenantBinding:
                 status = await self._snapshot(instance_id, statuses)  # the journal only once settled
                 if status is not None:
                     await self._allow(Action.READ, instance_id)
+                    if sched is not None and pk is not None and status.status in ("complete", "errored") and sched.is_running(pk):
+                        # Read between the invocation's last commit and its outcome reaching
+                        # the scheduler (a poll, not the watch, woke this waiter): that outcome
+                        # is on its way, so that stats and the scheduler agree with the answer.
+                        await sched.watch(pk, max(0.0, deadline - time.monotonic()))
                     return status
             read = True
             remaining = deadline - time.monotonic()
