@@ -360,21 +360,24 @@ def upgrade_command(
     digest = target.removeprefix("sha256:")
 
     async def every_page(binding: Any, to: str) -> list[Any]:
-        # A page per call (each instance in it is replayed): its lines show as it ends.
-        results: list[Any] = []
-        cursor = None
-        while True:
+        from .models import every_upgrade_page
+
+        examined = 0
+
+        async def page_from(cursor: str | None) -> Any:
+            # A page per call (each instance in it is replayed): its lines show as it ends.
+            nonlocal examined
+            if cursor is not None and not as_json:
+                click.echo(f"... {examined} examined so far", err=True)
             page = await binding.upgrade_page(workflow, to, apply=apply, instance_ids=instance_ids or None, limit=page_size, cursor=cursor)
-            results += page.results
+            examined += len(page.results)
             if not as_json:
                 for r in page.results:
                     line = f"{r.id}: {r.result} ({r.from_digest[:12]} -> {r.to_digest[:12]})"
                     click.echo(line + (f": {r.divergence}" if r.divergence else ""))
-            if page.next_cursor is None:
-                return results
-            cursor = page.next_cursor
-            if not as_json:
-                click.echo(f"... {len(results)} examined so far", err=True)
+            return page
+
+        return await every_upgrade_page(page_from)
 
     if target.endswith(".wasm"):
         if _remote()[0]:

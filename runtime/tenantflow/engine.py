@@ -61,6 +61,7 @@ from .stats import EngineStats, engine_stats
 from .warm import WarmPool
 
 T = TypeVar("T")
+R = TypeVar("R")
 log = logging.getLogger("tenantflow.engine")
 DEFAULT_TENANT = "default"
 CREATED_PK_HINTS = 4096
@@ -68,6 +69,7 @@ CREATED_PK_HINTS = 4096
 INLINE_STATUS_STEPS = 256
 MAX_STATUS_STEPS = 10_000  # the largest page of a status's steps one may ask for (the default journal cap)
 MAX_LOG_PAGE = 10_000  # the largest page of log lines one may ask for
+MAX_LIST_PAGE = 1000  # the largest page of instances one may list
 WAIT_POLL_S = 0.25  # `wait` re-reads at least this often (another process may change an instance)
 
 
@@ -428,6 +430,17 @@ def _decode_cursor(cursor: str) -> int:
     return pk
 
 
+def _check_page_limit(limit: int, most: int) -> None:
+    if not 1 <= limit <= most:
+        raise InvalidInput(f"limit must be between 1 and {most}, got {limit}")
+
+
+def _cut_page(rows: list[R], limit: int, pk_of: Callable[[R], int]) -> tuple[list[R], Optional[str]]:
+    """The page among `limit + 1` rows read, and the cursor after it when more follow."""
+    page = rows[:limit]
+    return page, (_encode_cursor(pk_of(page[-1])) if len(rows) > limit else None)
+
+
 class TenantBinding:
     """Every instance operation, scoped to one tenant. Another tenant's instance is
     indistinguishable from a missing one."""
@@ -631,18 +644,17 @@ class TenantBinding:
         await self._allow(Action.READ)
         if status is not None and status not in jn.STATUSES:
             raise InvalidInput(f"unknown status {status!r}; one of {', '.join(jn.STATUSES)}")
-        if not 1 <= limit <= 1000:
-            raise InvalidInput("limit must be between 1 and 1000")
+        _check_page_limit(limit, MAX_LIST_PAGE)
         before = _decode_cursor(cursor) if cursor else None
         parent_pk = (await self._row(parent)).pk if parent is not None else None  # another tenant's: not found
         rows = await self.engine.read(jn.list_query(self.name, workflow, status, before, limit + 1, parent_pk))
-        page = rows[:limit]
+        page, next_cursor = _cut_page(rows, limit, lambda r: r.pk)
         return InstancePage(
             instances=[
                 InstanceSummary(id=r.id, workflow=r.workflow, status=r.status, created_at=ts(r.created_at), ended_at=ts(r.ended_at))  # type: ignore[arg-type]
                 for r in page
             ],
-            next_cursor=_encode_cursor(page[-1].pk) if len(rows) > limit else None,
+            next_cursor=next_cursor,
         )
 
     async def upgrade(self, workflow: str, digest: str, *, apply: bool = False, instance_ids: Optional[Sequence[str]] = None) -> List[UpgradeResult]:
@@ -664,17 +676,13 @@ class TenantBinding:
         """`upgrade` for at most `limit` instances (oldest first) after `cursor`, the last
         page's `next_cursor`: each one examined is replayed, so a page bounds one call."""
         await self._allow(Action.CONTROL)
-        if not 1 <= limit <= MAX_UPGRADE_PAGE:
-            raise InvalidInput(f"limit must be between 1 and {MAX_UPGRADE_PAGE}, got {limit}")
+        _check_page_limit(limit, MAX_UPGRADE_PAGE)
         await self._digest_for(workflow, digest)  # registered and defines the workflow
         after = _decode_cursor(cursor) if cursor else 0
         wanted = sorted({check_instance_id(i) for i in instance_ids}) if instance_ids is not None else None
         rows = await self.engine.read(jn.upgradable_query(self.name, workflow, digest, after, limit + 1, wanted))
-        page = rows[:limit]
-        return UpgradeResults(
-            results=[await self._upgrade_one(row, digest, apply) for row in page],
-            next_cursor=_encode_cursor(page[-1].pk) if len(rows) > limit else None,
-        )
+        page, next_cursor = _cut_page(rows, limit, lambda r: r.pk)
+        return UpgradeResults(results=[await self._upgrade_one(row, digest, apply) for row in page], next_cursor=next_cursor)
 
     async def _upgrade_one(self, row: jn.InstanceRow, digest: str, apply: bool) -> UpgradeResult:
         def result(outcome: str, divergence: Optional[str] = None) -> UpgradeResult:
@@ -699,15 +707,14 @@ class TenantBinding:
         """At most `limit` of the instance's log lines, oldest first, from `cursor` (the
         last page's `next_cursor`) on."""
         await self._allow(Action.READ, instance_id)
-        if not 1 <= limit <= MAX_LOG_PAGE:
-            raise InvalidInput(f"limit must be between 1 and {MAX_LOG_PAGE}, got {limit}")
+        _check_page_limit(limit, MAX_LOG_PAGE)
         after = _decode_cursor(cursor) if cursor else 0
         row = await self._row(instance_id)
         lines = await self.engine.read(jn.logs_query(row.pk, limit + 1, after))
-        page = lines[:limit]
+        page, next_cursor = _cut_page(lines, limit, lambda line: line[0])
         return LogPage(
             logs=[LogLine(at=ts(at), stream=stream, message=message) for _, at, stream, message in page],  # type: ignore[arg-type]
-            next_cursor=_encode_cursor(page[-1][0]) if len(lines) > limit else None,
+            next_cursor=next_cursor,
         )
 
     async def wait(self, instance_id: str, *, timeout: float = 60.0, statuses: frozenset[str] = SETTLED) -> InstanceStatus:

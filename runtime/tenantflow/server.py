@@ -55,7 +55,7 @@ from .api_models import (
     WorkflowVersion,
 )
 from .auth import Action, ApiKeyAuthorizer, Authorizer, KeyAdmin, Principal
-from .engine import INLINE_STATUS_STEPS, MAX_LOG_PAGE, MAX_STATUS_STEPS, Engine, TenantBinding
+from .engine import INLINE_STATUS_STEPS, MAX_LIST_PAGE, MAX_LOG_PAGE, MAX_STATUS_STEPS, Engine, TenantBinding
 from .errors import (
     ComponentError,
     Forbidden,
@@ -280,7 +280,7 @@ def create_app(
         binding: Annotated[TenantBinding, Depends(tenant_scope(Action.READ))],
         workflow: Annotated[Optional[str], Query(min_length=1, max_length=128, description="Only instances of this workflow.")] = None,
         status: Annotated[Optional[Status], Query(description="Only instances with this status.")] = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIST_PAGE)] = 50,
         cursor: Annotated[Optional[str], Query(min_length=1, max_length=200, description="`next_cursor` of the previous page.")] = None,
         parent: Annotated[Optional[str], Query(pattern=INSTANCE_ID_PATTERN, max_length=100, description="Only the children this instance started.")] = None,
     ) -> InstancePage:
