@@ -22,12 +22,12 @@ WORKFLOWS = REPO / "tests" / "workflows"
 ARTIFACTS = REPO / ".cache" / "tenantflow" / "artifacts"  # = default_artifact_dir() under the tests (components.py)
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
     """`tenantflow ARGS` through the real console entry point, with the shared artifact cache
     and none of the caller's TENANTFLOW_* settings (a TENANTFLOW_URL would redirect it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTFLOW_")}
     env["TENANTFLOW_CACHE_DIR"] = str(ARTIFACTS.parent)
-    done = subprocess.run([sys.executable, "-m", "tenantflow.cli", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "tenantflow.cli", *args], input=input, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     if check and done.returncode != 0:
         raise AssertionError(f"tenantflow {' '.join(args)}: exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}")
     return done
@@ -58,9 +58,8 @@ async def open_engine(
         limits=limits,
         workers=workers,
         per_tenant_concurrency=per_tenant,
-        artifact_dir=ARTIFACTS,
         processes=processes,
-        **options,
+        **{"artifact_dir": ARTIFACTS, **options},
     )
     async with engine:
         for tenant, folder in (deploy or {}).items():

@@ -406,8 +406,8 @@ def test_upgrade_over_http_and_the_remote_cli(tmp_path: Path) -> None:
             clock.advance(60)
             await engine.scheduler.quiesce()
             assert {(await t.status(i)).waiting_for for i in ("p1", "p2")} == {"go"}
-            v2 = (await engine.register_component(component("flow_v2").read_bytes())).digest
-            v3 = (await engine.register_component(component("flow_v3").read_bytes())).digest
+            v2 = (await t.register(component("flow_v2").read_bytes())).digest
+            v3 = (await t.register(component("flow_v3").read_bytes())).digest
             return (await t.status("p1")).digest, v2, v3
 
     v1, v2, v3 = asyncio.run(prepare())
@@ -482,6 +482,33 @@ def test_tenants_and_keys_are_administered_over_http_by_platform_admins_only(api
     assert "rogue" not in {t["name"] for t in api.admin.get("/v1/tenants").json()["tenants"]}
 
 
+def test_a_platform_admin_deletes_a_tenant_over_http(api: Api) -> None:
+    assert api.admin.post("/v1/tenants", json={"name": "hooli"}).status_code == 201
+    token = api.admin.post("/v1/keys", json={"tenant": "hooli", "role": "tenant-developer"}).json()["token"]
+    hooli = httpx.Client(base_url=api.url, headers=bearer(token), timeout=120)
+    with hooli:
+        assert deploy(hooli, "hooli")["digest"] == api.digest  # the same code as acme's
+        napping = create(hooli, "hooli", "Nap", {"duration": "1 hour"})
+        wait_status(hooli, "hooli", napping, "waiting")
+        for client, status, code in ((api.acme, 403, "forbidden"), (hooli, 403, "forbidden"), (api.anonymous, 401, "unauthenticated")):
+            error_of(client.delete("/v1/tenants/hooli"), status, code)
+        acme_before = api.acme.get("/v1/tenants/acme/instances").json()
+
+        deleted = api.admin.delete("/v1/tenants/hooli")
+        assert deleted.status_code == 200, deleted.text
+        body = deleted.json()
+        assert body == {"name": "hooli", "instances": 1, "deployments": body["deployments"], "api_keys": 1, "components": 0}
+        assert body["deployments"] >= 1  # one per workflow the component defines
+        assert error_of(hooli.get("/v1/tenants/hooli/instances"), 401, "unauthenticated") == "invalid or revoked API key"
+        assert "hooli" not in {t["name"] for t in api.admin.get("/v1/tenants").json()["tenants"]}
+        assert error_of(api.admin.delete("/v1/tenants/hooli"), 404, "not_found") == "tenant 'hooli' not found"
+        error_of(api.admin.delete("/v1/tenants/Not-A-Name"), 400, "invalid_input")
+        # Acme runs the same component: its instances and its code are untouched.
+        assert api.acme.get("/v1/tenants/acme/instances").json() == acme_before
+        echo = create(api.acme, "acme", "Echo", {"x": 1})
+        assert wait_status(api.acme, "acme", echo)["status"] == "complete"
+
+
 def test_the_admin_cli_runs_against_a_server(api: Api) -> None:
     admin_key = make_key(api.db, None, "platform-admin")
     remote = ("--url", api.url, "--api-key", admin_key)
@@ -492,5 +519,13 @@ def test_the_admin_cli_runs_against_a_server(api: Api) -> None:
     listed = json.loads(cli("keys", "list", "--tenant", "umbrella", *remote, "--json").stdout)
     assert [(k["id"], k["role"], k["revoked_at"]) for k in listed] == [(issued["id"], "tenant-readonly", None)]
     assert cli("keys", "revoke", issued["id"], *remote).stdout.strip() == f"key {issued['id']} revoked"
+    unconfirmed = cli("tenants", "delete", "umbrella", *remote, check=False, input="n\n")
+    assert unconfirmed.returncode == 1 and "delete tenant 'umbrella'" in unconfirmed.stderr
+    assert "umbrella\tcreated " in cli("tenants", "list", *remote).stdout
+    deleted = json.loads(cli("tenants", "delete", "umbrella", "--yes", *remote, "--json").stdout)
+    assert deleted == {"name": "umbrella", "instances": 0, "deployments": 0, "api_keys": 1, "components": 0}
+    assert "umbrella" not in cli("tenants", "list", *remote).stdout
+    missing = cli("tenants", "delete", "umbrella", "--yes", *remote, check=False)
+    assert missing.returncode == 1 and "tenant 'umbrella' not found" in missing.stderr
     refused = cli("tenants", "create", "other", "--url", api.url, "--api-key", make_key(api.db, "acme"), check=False)
     assert refused.returncode == 1 and "may not admin" in refused.stderr

@@ -79,3 +79,27 @@ def test_unfinished_instances_are_counted_from_the_migration_on(tmp_path: Path) 
         assert usage() == {"a": 1, "b": 2}
         actual = "SELECT tenant, COUNT(*) FROM instances WHERE status NOT IN ('complete','errored','terminated') GROUP BY tenant"
         assert usage() == dict(conn.execute(actual).fetchall())
+
+
+def test_the_versions_tenants_deployed_or_ran_stay_theirs_after_the_migration(tmp_path: Path) -> None:
+    """Migration 6 grants each tenant the component versions it deployed or has instances
+    of (an upgrade may have moved them to a version it never deployed), and no other."""
+    from tenantflow import database
+
+    path = tmp_path / "v5.db"
+    conn = database.connect(path)
+    conn.execute("BEGIN IMMEDIATE")
+    for script in database.MIGRATIONS[:5]:
+        for statement in database._statements(script):
+            conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '5')")
+    deploy = "INSERT INTO deployments (tenant, workflow, digest, deployed_at) VALUES (?, ?, ?, ?)"
+    conn.executemany(deploy, [("a", "w", "d1", 5), ("a", "w", "d2", 7), ("a", "v", "d1", 3), ("b", "w", "d1", 9)])
+    add = "INSERT INTO instances (tenant, id, workflow, digest, params, status, created_at, updated_at) VALUES (?, ?, 'w', ?, 'null', 'queued', ?, 0)"
+    conn.executemany(add, [("a", "i1", "d1", 1), ("b", "i2", "d3", 4), ("b", "i3", "d3", 2)])
+    conn.execute("COMMIT")
+    conn.close()
+    database.migrate(path)
+    with sqlite3.connect(path) as conn:
+        granted = conn.execute("SELECT tenant, digest, registered_at FROM tenant_components ORDER BY tenant, digest").fetchall()
+    assert granted == [("a", "d1", 3), ("a", "d2", 7), ("b", "d1", 9), ("b", "d3", 2)]

@@ -37,6 +37,7 @@ def run(conn: sqlite3.Connection, op: object) -> object:
 
 
 def new_instance(conn: sqlite3.Connection) -> jn.InstanceRow:
+    run(conn, jn.grant_component("t", "d" * 64, NOW))  # a pinned version must be the tenant's
     [pk] = run(conn, jn.insert_instances([jn.NewInstance("t", "i", "w", "d" * 64, "{}", None, NOW)]))  # type: ignore[misc]
     run(conn, jn.start_invocation(pk, 0, "host", NOW + 60_000, NOW))
     row = jn.instance_by_pk_query(pk).run(conn)

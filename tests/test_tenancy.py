@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from enginekit import component, open_engine
 
+from tenantflow import journal as jn
 from tenantflow.clock import ManualClock
 from tenantflow.engine import Engine
-from tenantflow.errors import InstanceNotFound, InvalidInput
+from tenantflow.errors import InstanceNotFound, InvalidInput, UnknownWorkflow
 from tenantflow.registry import digest_of
 
 
@@ -68,6 +69,38 @@ async def test_every_binding_operation_refuses_another_tenants_instance_like_a_m
         assert (await alpha.status("private")).status != "terminated"
 
 
+async def test_a_tenant_runs_only_component_versions_it_deployed_or_registered(tmp_path: Path) -> None:
+    """Components are stored once by digest, but a digest is no key to another tenant's
+    code: pinning or upgrading to a version another tenant deployed (or one the platform
+    registered for no tenant) is refused like an unknown one, until the tenant registers
+    those bytes itself."""
+    clock = ManualClock()
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"alpha": "flow_v3", "beta": "flow_v1"}) as engine:
+        alpha, beta = engine.tenant("alpha"), engine.tenant("beta")
+        alphas = (await alpha.status(await alpha.create("pipeline", {"commit": "a"}))).digest
+        unowned = (await engine.register_component(component("flow_v2").read_bytes())).digest
+        waiting = await beta.create("pipeline", {"commit": "b"}, id="b")
+        await _to_approval(engine, "beta", waiting, clock)
+        for digest in (alphas, unowned, "0" * 64):
+            with pytest.raises(UnknownWorkflow) as refused:
+                await beta.create("pipeline", {"commit": "x"}, digest=digest)
+            assert str(refused.value) == f"component {digest[:12]} is not registered"
+            with pytest.raises(UnknownWorkflow):
+                await beta.create_batch([{"workflow": "pipeline", "params": {}, "digest": digest}])
+            with pytest.raises(UnknownWorkflow):
+                await beta.upgrade("pipeline", digest, apply=True)
+        # Past the read that checks a pin, the insert checks it again in its own transaction.
+        with pytest.raises(UnknownWorkflow):
+            await engine.write(jn.insert_instances([jn.NewInstance("beta", "raced", "pipeline", alphas, "{}", None, clock.now_ms())]))
+        assert [i.id for i in (await beta.list()).instances] == ["b"]
+        assert (await beta.status(waiting)).digest != alphas
+
+        await beta.register(component("flow_v3").read_bytes())  # the same bytes, now beta's too
+        assert [r.result for r in await beta.upgrade("pipeline", alphas, apply=True)] == ["diverged"]
+        pinned = await beta.create("pipeline", {"commit": "p"}, digest=alphas)
+        assert (await beta.status(pinned)).digest == alphas
+
+
 async def test_deploying_a_new_version_affects_new_instances_only(tmp_path: Path) -> None:
     clock = ManualClock()
     async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "flow_v1"}) as engine:
@@ -89,8 +122,8 @@ async def test_upgrade_moves_compatible_instances_and_refuses_divergent_code(tmp
         t = engine.tenant("t")
         waiting = await t.create("pipeline", {"commit": "w"}, id="waiting")
         await _to_approval(engine, "t", waiting, clock)
-        v2 = (await engine.register_component(component("flow_v2").read_bytes())).digest
-        v3 = (await engine.register_component(component("flow_v3").read_bytes())).digest
+        v2 = (await t.register(component("flow_v2").read_bytes())).digest
+        v3 = (await t.register(component("flow_v3").read_bytes())).digest
         v1 = (await t.status(waiting)).digest
 
         dry = await t.upgrade("pipeline", v3)
@@ -118,8 +151,8 @@ async def test_an_upgrade_goes_a_page_at_a_time(tmp_path: Path) -> None:
         t = engine.tenant("t")
         ids = [await t.create("pipeline", {"commit": c}, id=c) for c in ("a", "b", "c", "d", "e")]
         await _to_approval(engine, "t", "a", clock)
-        v2 = (await engine.register_component(component("flow_v2").read_bytes())).digest
-        v3 = (await engine.register_component(component("flow_v3").read_bytes())).digest
+        v2 = (await t.register(component("flow_v2").read_bytes())).digest
+        v3 = (await t.register(component("flow_v3").read_bytes())).digest
 
         async def pages(digest: str, limit: int, **kw: object) -> list[list[tuple[str, str]]]:
             out, cursor = [], None

@@ -114,6 +114,16 @@ class TenantList(BaseModel):
     tenants: list[TenantInfo]
 
 
+class TenantDeleted(BaseModel):
+    """What deleting a tenant removed (all of it: nothing of the tenant is left)."""
+
+    name: str
+    instances: int = Field(description="Instances deleted, with their journals, events and logs (running ones were stopped).")
+    deployments: int = Field(description="Deployments of its workflows.")
+    api_keys: int = Field(description="Its API keys (they no longer authenticate).")
+    components: int = Field(description="Component versions deleted with their bytes and artifacts (ones another tenant also deployed are kept).")
+
+
 class IssueKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

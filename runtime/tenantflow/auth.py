@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
 
 from . import journal as jn
-from .api_models import IssuedKeyInfo, KeyInfo, TenantInfo
+from .api_models import IssuedKeyInfo, KeyInfo, TenantDeleted, TenantInfo
 from .errors import Forbidden, InvalidInput, TenantflowError, Unauthenticated
 from .limits import check_tenant
 from .models import ts
@@ -211,6 +211,10 @@ class KeyAdmin:
 
     async def tenants(self) -> list[TenantInfo]:
         return [TenantInfo(name=name, created_at=ts(at)) for name, at in await self.engine.read(tenants_query())]  # type: ignore[arg-type]
+
+    async def delete_tenant(self, name: str) -> TenantDeleted:
+        """The tenant and everything it stored (`Engine.delete_tenant`)."""
+        return await self.engine.delete_tenant(name)
 
     async def issue_key(self, tenant: Optional[str], role: str, description: str = "") -> IssuedKeyInfo:
         try:

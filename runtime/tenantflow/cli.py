@@ -387,8 +387,9 @@ def upgrade_command(
 
         async def register_and_upgrade() -> Any:
             async with Engine(db, run_scheduler=False) as engine:
-                registered = (await engine.register_component(Path(target).read_bytes())).digest
-                return await every_page(engine.tenant(tenant), registered)
+                binding = engine.tenant(tenant)
+                registered = (await binding.register(Path(target).read_bytes())).digest
+                return await every_page(binding, registered)
 
         results = _run_async(register_and_upgrade())
     else:
@@ -546,7 +547,7 @@ def _admin(db: Path, op: Callable[[Any], Awaitable[Any]]) -> Any:
 
 @main.group("tenants")
 def tenants() -> None:
-    """Create and list tenants (API keys are issued per tenant)."""
+    """Create, list and delete tenants (API keys are issued per tenant)."""
 
 
 @tenants.command("create")
@@ -566,6 +567,26 @@ def tenants_list(db: Path) -> None:
     """List tenants."""
     for tenant in _admin(db, lambda admin: admin.tenants()):
         click.echo(f"{tenant.name}\tcreated {tenant.created_at:%Y-%m-%d %H:%M:%S}")
+
+
+@tenants.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@DB_OPTION
+@REMOTE_OPTIONS
+@click.option("--json", "as_json", is_flag=True)
+def tenants_delete(name: str, yes: bool, db: Path, as_json: bool) -> None:
+    """Delete a tenant and everything it stored (not undoable): its instances (running ones
+    are stopped), deployments, API keys, manifest and the component versions no other
+    tenant holds."""
+    if not yes:
+        click.confirm(f"delete tenant {name!r} with all its instances, versions and keys?", abort=True, err=True)
+    deleted = _admin(db, lambda admin: admin.delete_tenant(name))
+    if as_json:
+        click.echo(deleted.model_dump_json(indent=2))
+        return
+    click.echo(f"tenant {name} deleted: {deleted.instances} instances, {deleted.deployments} deployments, "
+               f"{deleted.api_keys} API keys, {deleted.components} component versions")
 
 
 @main.group("keys")

@@ -22,6 +22,7 @@ from .api_models import (
     IssuedKeyInfo,
     KeyInfo,
     KeyList,
+    TenantDeleted,
     TenantInfo,
     TenantList,
     WorkflowList,
@@ -109,6 +110,9 @@ class ApiClient:
 
     async def tenants(self) -> list[TenantInfo]:
         return TenantList.model_validate((await self.request("GET", "/v1/tenants")).json()).tenants
+
+    async def delete_tenant(self, name: str) -> TenantDeleted:
+        return TenantDeleted.model_validate((await self.request("DELETE", f"/v1/tenants/{_q(name)}")).json())
 
     async def issue_key(self, tenant: Optional[str], role: str, description: str = "") -> IssuedKeyInfo:
         body = {"tenant": tenant, "role": role, "description": description}

@@ -30,7 +30,7 @@ WriteOp = Callable[[sqlite3.Connection], T]
 DEFER_MS = 50  # how long a deferred write may wait for a commit to ride along with
 # The write-ahead log is grown to this many pages before the first commit (see `prefill_wal`).
 WAL_PREFILL_PAGES = 1100  # SQLite checkpoints (and restarts the log) at 1000 pages
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Each entry migrates from version i to i+1.
 MIGRATIONS: list[str] = [
@@ -173,6 +173,23 @@ MIGRATIONS: list[str] = [
     # 5: finished instances by when they ended, for the retention sweep (retention.py).
     """
     CREATE INDEX instances_finished ON instances(ended_at) WHERE status IN ('complete','errored','terminated');
+    """,
+    # 6: the component versions each tenant may run. Components are stored once by digest
+    # (tenants deploying the same bytes share them); a tenant pins or upgrades to a digest
+    # only if it deployed or registered it itself, and a version no tenant holds is garbage
+    # (offboarding.py). An existing database grants what its tenants deployed or ran.
+    """
+    CREATE TABLE tenant_components (
+        tenant TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        registered_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant, digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX tenant_components_by_digest ON tenant_components(digest);
+    INSERT OR IGNORE INTO tenant_components (tenant, digest, registered_at)
+        SELECT tenant, digest, MIN(deployed_at) FROM deployments GROUP BY tenant, digest;
+    INSERT OR IGNORE INTO tenant_components (tenant, digest, registered_at)
+        SELECT tenant, digest, MIN(created_at) FROM instances GROUP BY tenant, digest;
     """,
 ]
 

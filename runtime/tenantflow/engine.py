@@ -23,8 +23,9 @@ from typing import IO, Any, Callable, List, NamedTuple, Optional, Sequence, Type
 
 import wasmtime
 
-from . import executor, hot, isolates
+from . import executor, hot, isolates, offboarding
 from . import journal as jn
+from .api_models import TenantDeleted
 from .auth import Action, Authorizer, Principal
 from .clock import Clock, SystemClock
 from .database import GroupCommitWriter, Readers, migrate
@@ -326,6 +327,9 @@ class Engine:
                 log.error("tenant %s: %s; its workflows run without their secrets until this is fixed", tenant, exc)
                 self.set_policy(tenant, manifest.model_copy(update={"secrets": {}}).to_policy())
 
+    def forget_policy(self, tenant: str) -> None:
+        self._policies.pop(tenant, None)
+
     def policy_for(self, tenant: str) -> TenantPolicy:
         return self._policies.get(tenant, DEFAULT_POLICY)
 
@@ -363,20 +367,48 @@ class Engine:
 
     # ---- components ------------------------------------------------------------------
     async def register_component(self, wasm: bytes) -> ComponentInfo:
-        """Validate and store a component (compiling it into the artifact cache)."""
-        digest = digest_of(wasm)
-        await asyncio.to_thread(self.isolates.get, digest, lambda: wasm)
-        workflows = await asyncio.to_thread(self.executor.workflows, digest)
-        await asyncio.to_thread(self.components.put, wasm)
-        await self.write(jn.record_component(digest, len(wasm), workflows, self.now()))
-        return ComponentInfo(digest=digest, size=len(wasm), workflows=workflows)
+        """Validate and store a component (compiling it into the artifact cache). No tenant
+        may run it until it deploys it (`deploy`) or registers it (`TenantBinding.register`)."""
+        return await self._register(wasm, None)
 
     async def deploy(self, tenant: str, wasm: bytes) -> ComponentInfo:
         """Register a component and make it the current version of its workflows for `tenant`."""
         check_tenant(tenant)
-        info = await self.register_component(wasm)
-        await self.write(jn.record_deployment(tenant, info.digest, info.workflows, self.now()))
+        return await self._register(wasm, lambda info: jn.record_deployment(tenant, info.digest, info.workflows, self.now()))
+
+    async def _register(self, wasm: bytes, grant: Optional[Callable[[ComponentInfo], jn.WriteOp[None]]]) -> ComponentInfo:
+        digest = digest_of(wasm)
+        await asyncio.to_thread(self.isolates.get, digest, lambda: wasm)
+        workflows = await asyncio.to_thread(self.executor.workflows, digest)
+        info = ComponentInfo(digest=digest, size=len(wasm), workflows=workflows)
+        await asyncio.to_thread(self.components.put, wasm)
+        record = jn.record_component(digest, len(wasm), workflows, self.now())
+        granted = None if grant is None else grant(info)
+
+        def op(conn: sqlite3.Connection) -> None:
+            record(conn)
+            if granted is not None:
+                granted(conn)
+
+        await self.write(op)
+        # A tenant deletion may have dropped these bytes (held by no tenant then) between
+        # the put and the commit: they are this tenant's now, so they go back.
+        await asyncio.to_thread(self.components.put, wasm)
         return info
+
+    def remove_component_files(self, digest: str) -> None:
+        """A component's bytes and its compiled artifacts (any engine configuration's)."""
+        self.components.remove(digest)
+        artifact = self.isolates.artifact_path(digest)
+        if artifact is not None:
+            for path in artifact.parent.glob(f"{digest}-*.cwasm"):
+                path.unlink(missing_ok=True)
+
+    async def delete_tenant(self, tenant: str) -> TenantDeleted:
+        """Delete a tenant and everything it stored (offboarding.py): its instances (running
+        ones are stopped), deployments, API keys, manifest and the component versions no
+        other tenant holds. Raises TenantNotFound if nothing of the tenant exists."""
+        return await offboarding.delete_tenant(self, check_tenant(tenant))
 
     # ---- tenants ---------------------------------------------------------------------
     def tenant(self, tenant: str, *, principal: Optional[Principal] = None, authorizer: Optional[Authorizer] = None) -> "TenantBinding":
@@ -464,12 +496,20 @@ class TenantBinding:
         check_workflow_name(workflow)
         if digest is None:
             return None
-        info = await self.engine.read(jn.component_query(digest))
-        if info is None:
+        info = await self.engine.read(jn.tenant_component_query(self.name, digest))
+        if info is None:  # another tenant's version is answered like a missing one
             raise UnknownWorkflow(f"component {digest[:12]} is not registered")
         if workflow not in info[2]:
             raise UnknownWorkflow(f"component {digest[:12]} defines no workflow {workflow!r} (it defines: {', '.join(info[2])})")
         return digest
+
+    async def register(self, wasm: bytes) -> ComponentInfo:
+        """Register a component version for this tenant without making it current: its
+        instances may then pin it (`create(digest=)`) or move to it (`upgrade`)."""
+        await self._allow(Action.DEPLOY)
+        info = await self.engine.register_component(wasm)
+        await self.engine.write(jn.grant_component(self.name, info.digest, self.engine.now()))
+        return info
 
     async def create(
         self,

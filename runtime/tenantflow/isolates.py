@@ -281,6 +281,13 @@ class IsolateCache:
                 except Exception:  # noqa: BLE001 - a listener must not break the cache
                     log.exception("on_evict listener failed for %s", digest[:12])
 
+    def evict(self, digest: str) -> None:
+        """Drop one component now (its code was deleted); instances using it keep it alive
+        until they end."""
+        with self._lock:
+            entry = self._entries.pop(digest, None)
+        self._evicted([] if entry is None else [(digest, entry)])
+
     def evict_idle(self) -> int:
         """Drop components unused for `idle_seconds`; returns how many."""
         with self._lock:

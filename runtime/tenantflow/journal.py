@@ -242,6 +242,21 @@ def current_digest_query(tenant: str, workflow: str) -> Query[Optional[str]]:
     )
 
 
+def tenant_component_query(tenant: str, digest: str) -> Query[Optional[tuple[str, int, list[str]]]]:
+    """A component version `tenant` may run (it deployed or registered it): another
+    tenant's version is answered like a missing one."""
+    return Query(
+        "SELECT c.digest, c.size, c.workflows FROM tenant_components t JOIN components c ON c.digest = t.digest "
+        "WHERE t.tenant=? AND t.digest=?",
+        (tenant, digest),
+        lambda rows: (rows[0][0], rows[0][1], json.loads(rows[0][2])) if rows else None,
+    )
+
+
+def _holds_component(conn: sqlite3.Connection, tenant: str, digest: str) -> bool:
+    return conn.execute("SELECT 1 FROM tenant_components WHERE tenant=? AND digest=?", (tenant, digest)).fetchone() is not None
+
+
 def component_query(digest: str) -> Query[Optional[tuple[str, int, list[str]]]]:
     return Query(
         "SELECT digest, size, workflows FROM components WHERE digest=?",
@@ -282,8 +297,15 @@ def _insert_instances(
     _check_quota(new, quota, conn)
     rows = []
     current: dict[tuple[str, str], str] = {}
+    held: set[tuple[str, str]] = set()
     for inst in new:
         digest = inst.digest
+        if digest is not None:  # a pin (or a child's parent's version): the tenant's own, checked as it is used
+            key = (inst.tenant, digest)
+            if key not in held:
+                if not _holds_component(conn, *key):
+                    raise UnknownWorkflow(f"component {digest[:12]} is not registered")
+                held.add(key)
         if digest is None:  # the deployed version, read in the same transaction
             key = (inst.tenant, inst.workflow)
             if key not in current:
@@ -585,13 +607,13 @@ def restart(tenant: str, instance_id: str, now: int, quota: Optional[int] = None
 def delete(tenant: str, instance_id: str) -> Callable[[sqlite3.Connection], ControlResult]:
     def op(conn: sqlite3.Connection) -> ControlResult:
         pk, status, _, _ = _require(conn, tenant, instance_id)
-        _delete_rows(conn, [pk])
+        delete_rows(conn, [pk])
         return ControlResult(pk, tenant, "deleted", status)
 
     return op
 
 
-def _delete_rows(conn: sqlite3.Connection, pks: list[int]) -> None:
+def delete_rows(conn: sqlite3.Connection, pks: list[int]) -> None:
     """Instances with their journal, events and logs."""
     marks = ",".join("?" * len(pks))
     for table, column in (("journal", "instance_pk"), ("events", "instance_pk"), ("logs", "instance_pk"), ("instances", "pk")):
@@ -608,7 +630,7 @@ def delete_finished_before(cutoff_ms: int, limit: int) -> WriteOp[int]:
             (cutoff_ms, limit),
         )]
         if pks:
-            _delete_rows(conn, pks)
+            delete_rows(conn, pks)
         return len(pks)
 
     return op
@@ -655,12 +677,22 @@ def record_component(digest: str, size: int, workflows: list[str], now: int) -> 
 
 def record_deployment(tenant: str, digest: str, workflows: list[str], now: int) -> Callable[[sqlite3.Connection], None]:
     def op(conn: sqlite3.Connection) -> None:
+        _grant_component(conn, tenant, digest, now)
         conn.executemany(
             "INSERT INTO deployments (tenant, workflow, digest, deployed_at) VALUES (?, ?, ?, ?)",
             [(tenant, w, digest, now) for w in workflows],
         )
 
     return op
+
+
+def grant_component(tenant: str, digest: str, now: int) -> WriteOp[None]:
+    """Let `tenant` pin and upgrade to a registered component without deploying it."""
+    return partial(_grant_component, tenant=tenant, digest=digest, now=now)
+
+
+def _grant_component(conn: sqlite3.Connection, tenant: str, digest: str, now: int) -> None:
+    conn.execute("INSERT OR IGNORE INTO tenant_components (tenant, digest, registered_at) VALUES (?, ?, ?)", (tenant, digest, now))
 
 
 

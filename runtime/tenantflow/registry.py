@@ -38,6 +38,9 @@ class ComponentStore:
             os.replace(tmp, path)
         return digest
 
+    def remove(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
     def get(self, digest: str) -> bytes:
         path = self.path(digest)
         try:

@@ -47,6 +47,7 @@ from .api_models import (
     IssueKey,
     KeyInfo,
     KeyList,
+    TenantDeleted,
     TenantInfo,
     TenantList,
     UpgradeRequest,
@@ -408,6 +409,14 @@ def create_app(
         async def list_tenants() -> TenantList:
             """Every tenant, by name."""
             return TenantList(tenants=await keys.tenants())
+
+        @app.delete("/v1/tenants/{name}", response_model=TenantDeleted, tags=["admin"], dependencies=admin_deps,
+                    responses=_errors(400, 401, 403, 404))
+        async def delete_tenant(name: TenantName) -> TenantDeleted:
+            """Delete a tenant and everything it stored: its instances (running ones are
+            stopped) with their journals, events and logs, its deployments, its API keys, its
+            manifest, and the component versions no other tenant holds. Not undoable."""
+            return await keys.delete_tenant(name)
 
         @app.post("/v1/keys", status_code=201, response_model=IssuedKeyInfo, tags=["admin"], dependencies=admin_deps,
                   responses=_errors(*common))

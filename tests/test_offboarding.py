@@ -1,0 +1,138 @@
+"""Deleting a tenant with everything it stored (offboarding.py), and nothing of another's."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from enginekit import ARTIFACTS, component, open_engine
+
+from tenantflow import offboarding
+from tenantflow.auth import KeyAdmin, Role, issue_key
+from tenantflow.clock import ManualClock
+from tenantflow.errors import UnknownWorkflow
+from tenantflow.manifest import TenantManifest
+from tenantflow.offboarding import TenantNotFound
+from tenantflow.registry import digest_of
+
+
+def _private_artifacts(tmp_path: Path, *names: str) -> Path:
+    """A copy of the session's compiled artifacts of these components: the deletion removes
+    artifacts, and the shared cache must keep them for the other tests."""
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    for name in names:
+        for artifact in ARTIFACTS.glob(f"{digest_of(component(name).read_bytes())}-*.cwasm"):
+            shutil.copy(artifact, folder / artifact.name)
+    return folder
+
+
+def _rows(db: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+async def test_deleting_a_tenant_removes_everything_it_stored_and_nothing_of_anothers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(offboarding, "DELETE_BATCH", 3)  # seven instances: three batches
+    db, clock = tmp_path / "flows.db", ManualClock()
+    artifacts = _private_artifacts(tmp_path, "basics", "flow_v1")
+    shared, own = (digest_of(component(n).read_bytes()) for n in ("basics", "flow_v1"))
+    async with open_engine(db, clock=clock, deploy={"alpha": "basics", "beta": "basics"}, artifact_dir=artifacts) as engine:
+        admin = KeyAdmin(engine)
+        await admin.create_tenant("alpha")
+        await admin.create_tenant("beta")
+        alpha_key = (await admin.issue_key("alpha", Role.TENANT_DEVELOPER.value)).key.id
+        beta_key = (await admin.issue_key("beta", Role.TENANT_READONLY.value)).key.id
+        manifest = TenantManifest.model_validate({"tenant": "alpha", "source": "workflow.py", "folder": str(tmp_path), "limits": {"unfinished_instances_max": 50}})
+        await engine.apply_manifest(manifest)
+        alpha, beta = engine.tenant("alpha"), engine.tenant("beta")
+        await alpha.register(component("flow_v1").read_bytes())  # a version only alpha holds
+        chatty = await alpha.create("Chatty", id="chatty")  # logs, then sleeps
+        waiter = await alpha.create("Waiter", {"timeout": "1 hour"}, id="waiter")
+        done = [await alpha.create("Steps", {"n": 2}, id=f"done-{i}") for i in range(5)]
+        theirs = await beta.create("Waiter", {"timeout": "1 day"}, id="waiter")  # same id, other tenant
+        await engine.scheduler.quiesce()
+        await alpha.send_event(waiter, "other", {"buffered": True})  # a pending event row
+        assert (await alpha.status(chatty)).status == "waiting" and (await alpha.status(done[0])).status == "complete"
+        assert await alpha.logs(chatty)
+        alpha_pks = [pk for (pk,) in _rows(db, "SELECT pk FROM instances WHERE tenant='alpha'")]
+        assert len(alpha_pks) == 7
+
+        deleted = await engine.delete_tenant("alpha")
+
+        assert (deleted.name, deleted.instances, deleted.deployments, deleted.api_keys, deleted.components) == ("alpha", 7, len(
+            _rows(db, "SELECT 1 FROM deployments WHERE tenant='beta'")), 1, 1)
+        marks = ",".join("?" * len(alpha_pks))
+        for table, column in (("journal", "instance_pk"), ("events", "instance_pk"), ("logs", "instance_pk")):
+            assert _rows(db, f"SELECT COUNT(*) FROM {table} WHERE {column} IN ({marks})", *alpha_pks) == [(0,)], table
+        for table, column in (("instances", "tenant"), ("deployments", "tenant"), ("api_keys", "tenant"), ("tenants", "name"),
+                              ("tenant_manifests", "tenant"), ("tenant_components", "tenant"), ("tenant_usage", "tenant")):
+            assert _rows(db, f"SELECT COUNT(*) FROM {table} WHERE {column}='alpha'") == [(0,)], table
+        # Its own version went with its bytes and artifact; the one beta deployed too stays.
+        assert [d for (d,) in _rows(db, "SELECT digest FROM components ORDER BY digest")] == [shared]
+        assert not (engine.data_dir / "components" / f"{own}.wasm").exists() and not list(artifacts.glob(f"{own}-*"))
+        assert (engine.data_dir / "components" / f"{shared}.wasm").exists() and list(artifacts.glob(f"{shared}-*"))
+        assert engine.policy_for("alpha").max_unfinished_instances is None
+        assert [k.id for k in await admin.keys()] == [beta_key] and alpha_key != beta_key
+
+        # Nothing of alpha is left to run: its timers are due and nothing happens.
+        clock.advance(7200)
+        await engine.scheduler.quiesce()
+        assert engine.stats().scheduler.running == 0
+        with pytest.raises(UnknownWorkflow):
+            await alpha.create("Steps", {"n": 1})
+        assert (await alpha.list()).instances == []
+        with pytest.raises(TenantNotFound, match="tenant 'alpha' not found"):
+            await engine.delete_tenant("alpha")
+
+        # Beta's instance of the same id and code was untouched and still runs.
+        await beta.send_event(theirs, "approval", {"ok": 1})
+        assert (await beta.wait(theirs)).output == {"type": "approval", "payload": {"ok": 1}}
+
+        # The name is free again: a new alpha starts empty, and its code comes back.
+        await admin.create_tenant("alpha")
+        await engine.deploy("alpha", component("flow_v1").read_bytes())
+        assert (engine.data_dir / "components" / f"{own}.wasm").exists()
+        again = await alpha.create("pipeline", {"commit": "c"})
+        assert [i.id for i in (await alpha.list()).instances] == [again]
+
+
+async def test_a_registration_racing_a_deletion_keeps_its_bytes(tmp_path: Path) -> None:
+    """A deletion drops a version no tenant holds, with its file, in its own transaction;
+    a tenant registering those bytes meanwhile (its file written, its grant not yet
+    committed) writes the file again once its grant is in."""
+    artifacts = _private_artifacts(tmp_path, "basics")
+    async with open_engine(tmp_path / "flows.db", artifact_dir=artifacts) as engine:
+        wasm = component("basics").read_bytes()
+        digest = digest_of(wasm)
+        put = engine.components.put
+        raced = []
+
+        def put_then_lose(data: bytes) -> str:
+            got = put(data)
+            if not raced:  # the deletion's transaction runs here, between the put and the grant
+                raced.append(digest)
+                engine.remove_component_files(digest)
+            return got
+
+        engine.components.put = put_then_lose  # type: ignore[method-assign]
+        await engine.deploy("gamma", wasm)
+        assert raced and (engine.data_dir / "components" / f"{digest}.wasm").exists()
+        instance = engine.tenant("gamma")
+        done = await instance.wait(await instance.create("Steps", {"n": 2}))
+        assert done.output == {"total": 1}
+
+
+async def test_deleting_a_tenant_that_never_existed_is_an_error(tmp_path: Path) -> None:
+    async with open_engine(tmp_path / "flows.db", deploy={"beta": "basics"}) as engine:
+        with pytest.raises(TenantNotFound):
+            await engine.delete_tenant("nobody")
+        with pytest.raises(ValueError):
+            await engine.delete_tenant("Not A Name")
+        # A tenant known only by its name (created, nothing deployed) can be deleted.
+        await engine.write(lambda conn: conn.execute("INSERT INTO tenants (name, created_at) VALUES ('empty', 0)"))
+        assert (await engine.delete_tenant("empty")).instances == 0
+        await engine.write(issue_key(None, Role.PLATFORM_ADMIN, 0))
+        assert _rows(engine.path, "SELECT COUNT(*) FROM api_keys") == [(1,)]  # platform keys are no tenant's
