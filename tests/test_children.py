@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,46 @@ async def test_a_tenants_policy_sets_its_own_quota(tmp_path: Path) -> None:
         spawned = await t.wait(await t.create("Spawner", {"batches": [1]}))  # itself fills the quota
         assert spawned.output == [{"error": "QuotaExceeded", "message": "tenant 't' has 1 unfinished instances; 1 more would pass its quota of 1"}]
         await engine.tenant("u").create_batch([{"workflow": "Listener"} for _ in range(5)])  # the engine's default for others
+
+
+async def test_a_join_is_bounded_by_the_instances_state_budget(tmp_path: Path) -> None:
+    """A join records every child's output: they count against the parent's state budget
+    like its steps' results (the children's start answer too), and a join that would pass
+    it is a catchable error read no further than the budget (10,000 children of 1 MiB each
+    were read into host memory and journaled as one answer)."""
+    clock = ManualClock()
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"t": "family"}) as engine:
+        t = engine.tenant("t")
+        fits = await t.wait(await t.create("FanOut", {"n": 20}, id="fits"))
+        assert fits.status == "complete" and [s.kind for s in fits.steps] == ["children", "join"]
+    with sqlite3.connect(tmp_path / "flows.db") as conn:  # the same ids, answer and outputs in the next run
+        [(started,)] = conn.execute("SELECT length(result) FROM journal j JOIN instances i ON i.pk = j.instance_pk WHERE i.id='fits' AND seq=0")
+    # The same fan-out with a budget that holds the start's answer but not the outputs too.
+    outputs = sum(len(str(i * i)) for i in range(20))
+    budget = started + outputs - 1
+    async with open_engine(tmp_path / "tight.db", clock=clock, limits=Limits(max_state_bytes_per_instance=budget), deploy={"t": "family"}) as engine:
+        t = engine.tenant("t")
+        tight = await t.wait(await t.create("FanOut", {"n": 20}, id="fits"))
+        assert tight.status == "errored" and tight.error is not None and tight.error.name == "ChildWorkflowError", tight.error  # uncaught
+        assert tight.error.message.startswith("join ") and tight.error.message.endswith(
+            f"the children's outputs add up to more than the {budget - started} bytes left in the instance's state budget "
+            f"({started} bytes of {budget} bytes recorded)")
+        assert [s.kind for s in tight.steps] == ["children", "join"] and tight.steps[-1].status == "done"
+
+
+async def test_a_durable_calls_answer_counts_against_the_state_budget(tmp_path: Path) -> None:
+    """A child's status (like a fetch's response) is journaled: an answer that would pass
+    the budget is refused (a catchable error, recorded in its place) rather than kept."""
+    async with open_engine(tmp_path / "flows.db", deploy={"t": "family"}) as engine:
+        t = engine.tenant("t")
+        assert (await t.wait(await t.create("Sender", id="sender"))).status == "complete"
+    with sqlite3.connect(tmp_path / "flows.db") as conn:
+        [(started,)] = conn.execute("SELECT length(result) FROM journal j JOIN instances i ON i.pk = j.instance_pk WHERE i.id='sender' AND seq=0")
+    budget = started + 10  # the children's start fits, the status answer after it does not
+    async with open_engine(tmp_path / "tight.db", limits=Limits(max_state_bytes_per_instance=budget), deploy={"t": "family"}) as engine:
+        t = engine.tenant("t")
+        refused = await t.wait(await t.create("Sender", id="sender"))
+        assert refused.status == "errored" and refused.error is not None and refused.error.name == "ChildWorkflowError"
+        assert refused.error.message.startswith("child-status ") and refused.error.message.endswith(f"; the limit is {budget} bytes")
+        assert "its answer would bring the instance's recorded state to" in refused.error.message
+        assert [s.kind for s in refused.steps] == ["children", "child-status"]

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 from . import journal as jn
 from .errors import TenantflowError
 from .executor import Invocation, Unwind, current_invocation, err, ok, record
-from .limits import check_event_type, check_instance_id, check_size, check_workflow_name
+from .limits import check_event_type, check_instance_id, check_size, check_workflow_name, format_bytes, utf8_size
 from .policy import quota_of
 
 FINISHED = ("complete", "errored", "terminated")
@@ -100,18 +100,24 @@ def _start(_: Any, name: str, specs: list[Any]) -> Any:
     quota = quota_of(inv.policy, inv.x.limits)
     pks, new_entry.result = inv.commit(jn.start_children(inv.row.pk, inv.generation, new_entry, children, quota))  # children and the entry together
     inv.journal.append(new_entry)
+    inv.count_state(new_entry.result)
     for pk in pks:
         inv.x.wake(pk, inv.row.tenant)
     return _decode(new_entry.result, tagged=False)
 
 
-def _child_rows(inv: Invocation, ids: list[str]) -> list[jn.InstanceRow]:
+def _child_rows(inv: Invocation, ids: list[str], check_outputs: Optional[Callable[[int], None]] = None) -> list[jn.InstanceRow]:
+    """The children's rows; `check_outputs` hears the size of their outputs so far after
+    each, so that it can stop the read before they are all in memory."""
     conn = inv.x.readers.sync()
-    rows = []
+    rows, outputs = [], 0
     for child_id in ids:
         row = jn.instance_query(inv.row.tenant, child_id).run(conn)
         if row is None:
             raise _CallError("InstanceNotFound", f"instance {child_id!r} not found")
+        if check_outputs is not None and row.output is not None:
+            outputs += utf8_size(row.output)
+            check_outputs(outputs)
         rows.append(row)
     return rows
 
@@ -144,7 +150,7 @@ def _join(_: Any, name: str, ids: list[str], timeout: Optional[int]) -> Any:
         entry = jn.JournalEntry(seq=inv.seq - 1, kind="join", name=name, status="waiting", wake_at=wake, started_at=now)
         inv.journal.append(entry)
     try:
-        rows = _child_rows(inv, list(ids))
+        rows = _child_rows(inv, list(ids), _room_for_results(inv, name))
     except _CallError as exc:
         answer = json.dumps({"err": {"name": exc.name, "message": exc.message}})
     else:
@@ -156,8 +162,28 @@ def _join(_: Any, name: str, ids: list[str], timeout: Optional[int]) -> Any:
         else:
             raise inv.suspend(entry, entry.wake_at, "children")
     entry.status, entry.result, entry.ended_at = "done", answer, now
+    inv.count_state(answer)
     inv.commit(jn.record_entry(inv.row.pk, inv.generation, entry, now=now))
     return _decode(answer, tagged=False, convert=_to_child_results)
+
+
+def _room_for_results(inv: Invocation, name: str) -> Callable[[int], None]:
+    """A check of the children's outputs read so far against the room left in the
+    instance's state budget: a join records them all, and 10,000 children of 1 MiB each
+    would otherwise be read into host memory and journaled as one 10 GiB answer."""
+    budget = inv.limits.max_state_bytes_per_instance
+    recorded = inv.recorded_state()
+    room = max(budget - recorded, 0)
+
+    def check(size: int) -> None:
+        if size > room:
+            raise _CallError(
+                "StateLimitExceeded",
+                f"join {name!r}: the children's outputs add up to more than the {format_bytes(room)} left in the instance's "
+                f"state budget ({format_bytes(recorded)} of {format_bytes(budget)} recorded)",
+            )
+
+    return check
 
 
 def _status(_: Any, name: str, child_id: str) -> Any:

@@ -466,15 +466,30 @@ class Invocation:
         problem = json_problem(result)  # only a guest that bypasses the SDK's encoder sends such text
         if problem is not None:
             return self.attempt_failed(run, "StepResultNotJSON", f"step {run.name!r} returned text that is not JSON: {problem}", retryable=False).payload
-        if self.state_bytes < 0:  # once per invocation that records a step: the results so far
-            self.state_bytes = sum(utf8_size(e.result) for e in self.journal if e.result is not None)
-        state, budget = self.state_bytes + utf8_size(result), self.limits.max_state_bytes_per_instance
-        if state > budget:
-            message = f"step {run.name!r}: its result would bring the instance's recorded state to {over_limit(state, budget)}"
-            return self.attempt_failed(run, "StateLimitExceeded", message, retryable=False).payload
-        self.state_bytes = state
+        too_much = self.over_state_budget(f"step {run.name!r}: its result", result)
+        if too_much is not None:
+            return self.attempt_failed(run, "StateLimitExceeded", too_much, retryable=False).payload
         self.attempt_succeeded(run, result)
+        self.count_state(result)
         return None
+
+    def over_state_budget(self, what: str, result: str) -> Optional[str]:
+        """Why recording `result` would take the instance past its state budget, if it would."""
+        state, budget = self.recorded_state() + utf8_size(result), self.limits.max_state_bytes_per_instance
+        return f"{what} would bring the instance's recorded state to {over_limit(state, budget)}" if state > budget else None
+
+    def recorded_state(self) -> int:
+        """What the journal's results add up to: summed once per invocation that asks (one
+        that records a step or joins children), then kept up to date as results are added."""
+        if self.state_bytes < 0:
+            self.state_bytes = sum(utf8_size(e.result) for e in self.journal if e.result is not None)
+        return self.state_bytes
+
+    def count_state(self, result: Optional[str]) -> None:
+        """A result recorded by a call other than a step (an event taken, children started
+        or joined, a durable call): the next step's budget check counts it."""
+        if self.state_bytes >= 0 and result is not None:
+            self.state_bytes += utf8_size(result)
 
     def _entry(self, run: _StepRun) -> jn.JournalEntry:
         if run.entry is None:
@@ -591,6 +606,7 @@ class Invocation:
             self.events.remove(event)
             entry.status, entry.ended_at = "done", now
             entry.result = json.dumps({"type": event.event_type, "payload": json.loads(event.payload), "timestamp": event.created_at})
+            self.count_state(entry.result)
             self.commit(jn.record_entry(self.row.pk, self.generation, entry, consume_event=event.pk, now=now))
             return self._received(entry.result)
         assert entry.wake_at is not None
@@ -617,8 +633,12 @@ class Invocation:
             return entry.result or "null"
         now = self.now()
         result = compute()
+        too_much = self.over_state_budget(f"{kind} {name!r}: its answer", result)
+        if too_much is not None:  # the call was made (a fetch went out); its answer is not kept
+            result = json.dumps({"err": {"name": "StateLimitExceeded", "message": too_much}})
         entry = jn.JournalEntry(seq=self.seq - 1, kind=kind, name=name, status="done", result=result, started_at=now, ended_at=self.now())
         self.journal.append(entry)
+        self.count_state(result)
         self.commit(jn.record_entry(self.row.pk, self.generation, entry, now=entry.ended_at or now))
         return result
 
