@@ -118,6 +118,11 @@ async def test_a_guests_fan_out_is_bounded_per_call_and_per_instance(tmp_path: P
             {"error": "ChildLimitExceeded", "message": "instance 'over-life' has started 3 children; 2 more would pass its limit of 4"},
         ]
         assert len((await t.list(parent="over-life")).instances) == 3
+    # A join names its instances: as many as an instance may start, each read on every wake-up.
+    async with open_engine(tmp_path / "none.db", limits=Limits(max_children_per_instance=0), deploy={"t": "family"}) as engine:
+        t = engine.tenant("t")
+        crossed = await t.wait(await t.create("Crosser", {"target": "anyone"}))
+        assert crossed.output["join"] == ["InvalidInput", "join 'join anyone' of 1 instances: at most 0, as many as an instance may start"]
 
 
 async def test_a_tenants_unfinished_instances_are_bounded_by_its_quota(tmp_path: Path) -> None:

@@ -150,6 +150,9 @@ def _join(_: Any, name: str, ids: list[str], timeout: Optional[int]) -> Any:
         entry = jn.JournalEntry(seq=inv.seq - 1, kind="join", name=name, status="waiting", wake_at=wake, started_at=now)
         inv.journal.append(entry)
     try:
+        most = inv.x.limits.max_children_per_instance  # each id is a row read on every wake-up
+        if len(ids) > most:
+            raise _CallError("InvalidInput", f"join {name!r} of {len(ids)} instances: at most {most}, as many as an instance may start")
         rows = _child_rows(inv, list(ids), _room_for_results(inv, name))
     except _CallError as exc:
         answer = json.dumps({"err": {"name": exc.name, "message": exc.message}})
