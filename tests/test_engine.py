@@ -946,6 +946,38 @@ async def test_finished_instances_past_their_retention_are_deleted(tmp_path: Pat
         Engine(db, retention_days=0)
 
 
+async def test_a_tenants_policy_sets_its_own_retention(tmp_path: Path, clock: ManualClock) -> None:
+    """A platform's plans keep history for different periods: a tenant's policy (its
+    manifest's `[limits] retention_days`) replaces the engine's period for that tenant, also
+    when the engine keeps everything else."""
+    from tenantflow.policy import TenantPolicy
+
+    day = 86_400
+    async with open_engine(tmp_path / "flows.db", clock=clock, deploy={"short": "basics", "other": "basics"}) as engine:
+        assert engine.retention is not None
+        engine.set_policy("short", TenantPolicy(retention_ms=day * 1000))
+        short, other = engine.tenant("short"), engine.tenant("other")
+        gone, kept = await short.create("Steps", {"n": 1}), await other.create("Steps", {"n": 1})
+        await short.wait(gone), await other.wait(kept)
+        clock.advance(2 * day)
+        assert await engine.retention.sweep() == 1  # the engine keeps everything; "short" keeps a day
+        with pytest.raises(InstanceNotFound):
+            await short.status(gone)
+        assert (await other.status(kept)).status == "complete"
+    async with open_engine(tmp_path / "flows.db", clock=clock, retention_days=10) as engine:
+        assert engine.retention is not None
+        engine.set_policy("short", TenantPolicy(retention_ms=30 * day * 1000))  # longer than the engine's
+        short, other = engine.tenant("short"), engine.tenant("other")
+        later = await short.wait(await short.create("Steps", {"n": 1}))
+        clock.advance(11 * day)
+        assert await engine.retention.sweep() == 1  # other's (13 days old) goes, short's (11) stays
+        with pytest.raises(InstanceNotFound):
+            await other.status(kept)
+        assert (await short.status(later.id)).status == "complete"
+        clock.advance(20 * day)
+        assert await engine.retention.sweep() == 1 and (await short.list()).instances == []
+
+
 async def test_events_an_instance_does_not_take_are_bounded(tmp_path: Path, clock: ManualClock) -> None:
     """An instance holds at most `max_pending_events_per_instance` events it has not taken:
     more are refused (QuotaExceeded) until a wait takes one, so a sender cannot fill the

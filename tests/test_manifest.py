@@ -50,6 +50,7 @@ TEST = "literal:plain-value"
 memory_mib = 128
 step_timeout_max_seconds = 1.5
 unfinished_instances_max = 500
+retention_days = 7.5
 http_timeout_seconds = 10
 http_max_response_mib = 0.5
 http_max_redirects = 0
@@ -59,11 +60,13 @@ http_max_redirects = 0
     assert policy.secrets == {"TOKEN": "t0k", "SIGNING": "from-a-file", "TEST": "plain-value"}
     assert (policy.memory_bytes, policy.max_step_timeout_ms, policy.http_timeout_ms) == (128 * MiB, 1500, 10_000)
     assert (policy.http_max_response_bytes, policy.http_max_redirects, policy.max_unfinished_instances) == (MiB // 2, 0, 500)
+    assert policy.retention_ms == 7.5 * 86_400_000
 
 
 def test_minimal_manifest_grants_nothing(tmp_path: Path) -> None:
     policy = load_manifest(write(tmp_path / "t", 'tenant = "t"\nsource = "workflow.py"\n')).to_policy({})
     assert (policy.egress, policy.egress_private, policy.secrets, policy.memory_bytes, policy.max_unfinished_instances) == ((), False, {}, None, None)
+    assert policy.retention_ms is None
 
 
 @pytest.mark.parametrize(
@@ -74,6 +77,7 @@ def test_minimal_manifest_grants_nothing(tmp_path: Path) -> None:
         ('tenant = "t"\nsource = "workflow.py"\n[limits]\nmemory_mib = 0\n', "limits.memory_mib: Input should be greater than 0"),
         ('tenant = "t"\nsource = "workflow.py"\n[limits]\nmemory_mib = "lots"\n', "limits.memory_mib: Input should be a valid integer"),
         ('tenant = "t"\nsource = "workflow.py"\n[limits]\nunfinished_instances_max = 0\n', "limits.unfinished_instances_max: Input should be greater than 0"),
+        ('tenant = "t"\nsource = "workflow.py"\n[limits]\nretention_days = 0\n', "limits.retention_days: Input should be greater than 0"),
         ('source = "workflow.py"\n', "tenant: required key is missing"),
         ('tenant = "Big Corp"\nsource = "workflow.py"\n', "tenant: invalid tenant name 'Big Corp'"),
         ('tenant = "t"\nsource = "../../etc/passwd.py"\n', "source: must be a path inside the tenant's folder"),

@@ -247,10 +247,10 @@ class Engine:
         await self._load_manifests()
         if self.run_scheduler:
             self.scheduler.start(await self.read(jn.active_instances_query()))
-        if self._retention_ms is not None:
-            self.retention = RetentionSweeper(self.write, self.clock, self._retention_ms)
-            if self.run_scheduler:  # the host that owns the database sweeps it
-                self.retention.start()
+        # Always there: a tenant's manifest may set a retention period with the engine's off.
+        self.retention = RetentionSweeper(self.write, self.clock, self._retention_ms, self._retention_overrides)
+        if self.run_scheduler:  # the host that owns the database sweeps it
+            self.retention.start()
 
     async def close(self) -> None:
         if not self._opened:
@@ -326,6 +326,9 @@ class Engine:
             except ManifestError as exc:  # e.g. a secret's env var is not set on this host
                 log.error("tenant %s: %s; its workflows run without their secrets until this is fixed", tenant, exc)
                 self.set_policy(tenant, manifest.model_copy(update={"secrets": {}}).to_policy())
+
+    def _retention_overrides(self) -> dict[str, int]:
+        return {tenant: p.retention_ms for tenant, p in self._policies.items() if p.retention_ms is not None}
 
     def forget_policy(self, tenant: str) -> None:
         self._policies.pop(tenant, None)

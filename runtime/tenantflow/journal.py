@@ -620,15 +620,23 @@ def delete_rows(conn: sqlite3.Connection, pks: list[int]) -> None:
         conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", pks)
 
 
-def delete_finished_before(cutoff_ms: int, limit: int) -> WriteOp[int]:
+def delete_finished_before(
+    cutoff_ms: int, limit: int, *, tenant: Optional[str] = None, except_tenants: Sequence[str] = ()
+) -> WriteOp[int]:
     """Delete up to `limit` instances that finished (complete, errored, terminated) before
-    `cutoff_ms`, oldest first, with everything they recorded; how many went."""
+    `cutoff_ms`, oldest first, with everything they recorded: only `tenant`'s if given, and
+    none of `except_tenants` (which have periods of their own); how many went."""
+    where = "status IN ('complete','errored','terminated') AND ended_at < ?"
+    params: list[object] = [cutoff_ms]
+    if tenant is not None:
+        where += " AND tenant = ?"
+        params.append(tenant)
+    if except_tenants:
+        where += " AND tenant NOT IN (SELECT value FROM json_each(?))"
+        params.append(json.dumps(list(except_tenants)))
 
     def op(conn: sqlite3.Connection) -> int:
-        pks = [int(r[0]) for r in conn.execute(
-            "SELECT pk FROM instances WHERE status IN ('complete','errored','terminated') AND ended_at < ? ORDER BY ended_at LIMIT ?",
-            (cutoff_ms, limit),
-        )]
+        pks = [int(r[0]) for r in conn.execute(f"SELECT pk FROM instances WHERE {where} ORDER BY ended_at LIMIT ?", (*params, limit))]
         if pks:
             delete_rows(conn, pks)
         return len(pks)

@@ -10,6 +10,7 @@ from typing import Any, NoReturn, Optional
 from .errors import InvalidInput, PayloadTooLarge
 
 MiB = 1024 * 1024
+DAY_MS = 86_400_000
 INSTANCE_ID = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9\-_]*$")
 EVENT_TYPE = re.compile(r"^[A-Za-z0-9_\-]{1,100}$")
 TENANT = re.compile(r"^[a-z0-9][a-z0-9\-_]{0,62}$")

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .egress import AllowEntry
 from .errors import InvalidInput
-from .limits import TENANT, MiB
+from .limits import DAY_MS, TENANT, MiB
 from .policy import TenantPolicy
 
 SECRET_SOURCES = ("env:", "file:", "literal:")
@@ -74,6 +74,7 @@ class Limits(_Strict):
     memory_mib: Optional[Annotated[int, Field(gt=0, le=4096)]] = None
     step_timeout_max_seconds: Optional[Annotated[float, Field(gt=0)]] = None
     unfinished_instances_max: Optional[Annotated[int, Field(gt=0)]] = None
+    retention_days: Optional[Annotated[float, Field(gt=0, le=36500)]] = None
     http_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30
     http_max_response_mib: Annotated[float, Field(gt=0, le=1024)] = 10
     http_max_redirects: Annotated[int, Field(ge=0, le=20)] = 5
@@ -134,6 +135,7 @@ class TenantManifest(_Strict):
             memory_bytes=lim.memory_mib * MiB if lim.memory_mib is not None else None,
             max_step_timeout_ms=int(lim.step_timeout_max_seconds * 1000) if lim.step_timeout_max_seconds is not None else None,
             max_unfinished_instances=lim.unfinished_instances_max,
+            retention_ms=round(lim.retention_days * DAY_MS) if lim.retention_days is not None else None,
             http_timeout_ms=int(lim.http_timeout_seconds * 1000),
             http_max_response_bytes=int(lim.http_max_response_mib * MiB),
             http_max_redirects=lim.http_max_redirects,

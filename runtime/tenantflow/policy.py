@@ -28,6 +28,9 @@ class TenantPolicy:
     # The tenant's quota of unfinished instances; None means the engine's default
     # (`Limits.max_unfinished_instances_per_tenant`): a platform's plans differ per tenant.
     max_unfinished_instances: Optional[int] = None
+    # How long the tenant's finished instances are kept (ms); None means the engine's
+    # `retention_days` (which may be off: kept until deleted).
+    retention_ms: Optional[int] = None
     # Outbound HTTP limits.
     http_timeout_ms: int = 30_000
     http_max_response_bytes: int = 10 * 1024 * 1024

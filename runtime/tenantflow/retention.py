@@ -18,27 +18,44 @@ SWEEP_BATCH = 500  # instances deleted per transaction: the writer serves other 
 
 
 class RetentionSweeper:
-    """Deletes instances that finished more than `retention_ms` ago, a batch per write."""
+    """Deletes instances that finished more than their retention period ago, a batch per
+    write: the engine's `retention_ms` (None: kept) for every tenant but those whose policy
+    sets a period of their own (`overrides()`: tenant -> ms, read on every sweep, since a
+    manifest may change it while the engine runs)."""
 
-    def __init__(self, write: Callable[[jn.WriteOp[int]], Awaitable[int]], clock: Clock, retention_ms: int, every_s: float = SWEEP_EVERY_S) -> None:
-        if retention_ms <= 0:
+    def __init__(
+        self, write: Callable[[jn.WriteOp[int]], Awaitable[int]], clock: Clock, retention_ms: Optional[int],
+        overrides: Callable[[], dict[str, int]] = dict, every_s: float = SWEEP_EVERY_S,
+    ) -> None:
+        if retention_ms is not None and retention_ms <= 0:
             raise ValueError(f"a retention period must be positive, got {retention_ms} ms")
         self._write, self._clock, self.retention_ms, self._every_s = write, clock, retention_ms, every_s
+        self._overrides = overrides
         self._task: Optional[asyncio.Task[Any]] = None
         self.deleted = 0  # instances deleted since the engine opened (`/metrics`)
 
     async def sweep(self) -> int:
         """Delete every instance past its retention now; how many went."""
-        cutoff = self._clock.now_ms() - self.retention_ms
+        now, overrides = self._clock.now_ms(), self._overrides()
+        total = 0
+        if self.retention_ms is not None:
+            others = jn.delete_finished_before(now - self.retention_ms, SWEEP_BATCH, except_tenants=sorted(overrides))
+            total += await self._sweep(others, "", self.retention_ms)
+        for tenant, ms in sorted(overrides.items()):
+            total += await self._sweep(jn.delete_finished_before(now - ms, SWEEP_BATCH, tenant=tenant), f"tenant {tenant}: ", ms)
+        return total
+
+    async def _sweep(self, batch: jn.WriteOp[int], who: str, retention_ms: int) -> int:
+        """Run `batch` (one transaction) until it deletes fewer than a whole batch."""
         total = 0
         while True:
-            deleted = await self._write(jn.delete_finished_before(cutoff, SWEEP_BATCH))
+            deleted = await self._write(batch)
             total += deleted
             self.deleted += deleted
             if deleted < SWEEP_BATCH:
                 break
         if total:
-            log.info("deleted %d instances that finished over %.3g days ago", total, self.retention_ms / 86_400_000)
+            log.info("%sdeleted %d instances that finished over %.3g days ago", who, total, retention_ms / 86_400_000)
         return total
 
     def start(self) -> None:
