@@ -28,6 +28,7 @@ from tenantflow.engine import INLINE_STATUS_STEPS
 from tenantflow.errors import InstanceNotFound, QuotaExceeded
 from tenantflow.limits import Limits
 from tenantflow.models import InstanceStatus
+from tenantflow.registry import digest_of
 from tenantflow.server import create_standalone_app
 
 
@@ -406,14 +407,21 @@ def test_upgrade_over_http_and_the_remote_cli(tmp_path: Path) -> None:
             clock.advance(60)
             await engine.scheduler.quiesce()
             assert {(await t.status(i)).waiting_for for i in ("p1", "p2")} == {"go"}
-            v2 = (await t.register(component("flow_v2").read_bytes())).digest
             v3 = (await t.register(component("flow_v3").read_bytes())).digest
-            return (await t.status("p1")).digest, v2, v3
+            return (await t.status("p1")).digest, digest_of(component("flow_v2").read_bytes()), v3
 
     v1, v2, v3 = asyncio.run(prepare())
     path = "/v1/tenants/t/workflows/pipeline/upgrade"
     with serve_in_thread(create_standalone_app(db, artifact_dir=ARTIFACTS, workers=2)) as url:
         with httpx.Client(base_url=url, headers=bearer(developer), timeout=120) as client:
+            assert error_of(client.post(path, json={"digest": v2}), 404, "unknown_workflow") == f"component {v2[:12]} is not registered"
+            registered = client.post("/v1/tenants/t/components", params={"current": "false"}, content=component("flow_v2").read_bytes(),
+                                     headers={"Content-Type": "application/wasm"})
+            assert registered.status_code == 201 and registered.json()["digest"] == v2, registered.text
+            [pipeline] = client.get("/v1/tenants/t/workflows").json()["workflows"]
+            assert pipeline["current"] == v1 and [v["digest"] for v in pipeline["versions"]] == [v1]  # registered, not deployed
+            other = httpx.post(f"{url}/v1/tenants/other/instances", json={"workflow": "pipeline", "digest": v2}, headers=bearer(stranger))
+            error_of(other, 404, "unknown_workflow")  # t's version is not other's
             diverged = client.post(path, json={"digest": v3, "apply": True})
             assert diverged.status_code == 200, diverged.text
             assert [(r["id"], r["result"]) for r in diverged.json()["results"]] == [("p1", "diverged"), ("p2", "diverged")]

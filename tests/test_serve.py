@@ -127,6 +127,12 @@ def test_cli_against_a_server_prints_what_it_prints_locally(remote: tuple[Path, 
     over_http = ["--url", url, "--api-key", token, "--tenant", "acme"]
     wasm = str(component("api"))
     assert cli("deploy", wasm, *over_http).stdout == cli("deploy", wasm, *local).stdout  # same digest, same workflows
+    other = str(component("flow_v1"))
+    registered = cli("deploy", other, "--register-only", *over_http).stdout
+    assert registered == cli("deploy", other, "--register-only", *local).stdout and registered.startswith("registered for tenant acme (not current)\n")
+    assert json.loads(cli("deploy", other, "--register-only", "--json", *local).stdout)["current"] is False
+    workflows = httpx.get(f"{url}/v1/tenants/acme/workflows", headers=bearer(token)).json()["workflows"]
+    assert "pipeline" not in {w["name"] for w in workflows}  # registered, not deployed: no current version of it
     with httpx.Client(base_url=url, headers=bearer(token), timeout=60) as client:
         client.post("/v1/tenants/acme/instances", json={"workflow": "Echo", "id": "e1", "params": {"x": 1}}).raise_for_status()
         client.post("/v1/tenants/acme/instances", json={"workflow": "Approval", "id": "a1"}).raise_for_status()

@@ -485,12 +485,15 @@ def _component_source(path: Path) -> tuple[Path, Any]:
 @click.option("--tenant", default=None, envvar="TENANTFLOW_TENANT", help="Tenant to deploy for (default: the manifest's, else 'default').")
 @DB_OPTION
 @REMOTE_OPTIONS
+@click.option("--register-only", is_flag=True,
+              help="Register the version without making it current: instances may pin it or upgrade to it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def deploy_command(path: Path, tenant: str | None, db: Path, as_json: bool) -> None:
+def deploy_command(path: Path, tenant: str | None, db: Path, register_only: bool, as_json: bool) -> None:
     """Register a new version of a tenant's workflows (compiling first if given source).
 
     PATH is a component (.wasm), a workflow module (.py) or a tenant folder with a
-    tenant.toml. New instances use the new version; running ones keep theirs.
+    tenant.toml. New instances use the new version (unless --register-only); running ones
+    keep theirs.
     """
     import tempfile
 
@@ -515,16 +518,16 @@ def deploy_command(path: Path, tenant: str | None, db: Path, as_json: bool) -> N
         async with _open_engine(db) as engine:
             if manifest is not None:  # with the database in hand we are the platform: grant it
                 await engine.apply_manifest(manifest)
-            return await engine.deploy(tenant, wasm)
+            return await (engine.tenant(tenant).register(wasm) if register_only else engine.deploy(tenant, wasm))
 
     url, api_key = _remote()
     if url and manifest is not None and (manifest.egress.allow or manifest.secrets):
         click.echo("note: egress and secrets in tenant.toml are granted by the platform (`tenantflow deploy --db`), not over the API", err=True)
-    info = _run_async(_remote_call(url, api_key, tenant, lambda b: b.deploy(wasm)) if url else local())
+    info = _run_async(_remote_call(url, api_key, tenant, lambda b: b.deploy(wasm, current=not register_only)) if url else local())
     if as_json:
-        click.echo(json.dumps({"tenant": tenant, **info.model_dump()}, indent=2))
+        click.echo(json.dumps({"tenant": tenant, **info.model_dump(), "current": not register_only}, indent=2))
         return
-    click.echo(f"deployed for tenant {tenant}")
+    click.echo(f"registered for tenant {tenant} (not current)" if register_only else f"deployed for tenant {tenant}")
     click.echo(f"digest: sha256:{info.digest}")
     click.echo(f"size: {info.size} bytes")
     click.echo(f"workflows: {', '.join(info.workflows)}")

@@ -225,9 +225,15 @@ class RemoteTenant:
         params: dict[str, Any] = {"limit": limit} if cursor is None else {"limit": limit, "cursor": cursor}
         return LogPage.model_validate((await self.client.request("GET", self._instance(instance_id, "/logs"), params=params)).json())
 
-    async def deploy(self, wasm: bytes) -> ComponentInfo:
-        response = await self.client.request("POST", f"{self._base}/components", content=wasm, headers={"Content-Type": "application/wasm"})
+    async def deploy(self, wasm: bytes, *, current: bool = True) -> ComponentInfo:
+        response = await self.client.request(
+            "POST", f"{self._base}/components", content=wasm, headers={"Content-Type": "application/wasm"}, params={"current": str(current).lower()},
+        )
         return ComponentInfo.model_validate(response.json())
+
+    async def register(self, wasm: bytes) -> ComponentInfo:
+        """A version to pin or upgrade to, not made current (`TenantBinding.register`)."""
+        return await self.deploy(wasm, current=False)
 
     async def workflows(self) -> WorkflowList:
         return WorkflowList.model_validate((await self.client.request("GET", f"{self._base}/workflows")).json())

@@ -359,13 +359,17 @@ def create_app(
             }
         },
     )
-    async def deploy_component(request: Request, binding: Annotated[TenantBinding, Depends(tenant_scope(Action.DEPLOY))]) -> ComponentInfo:
+    async def deploy_component(
+        request: Request, binding: Annotated[TenantBinding, Depends(tenant_scope(Action.DEPLOY))],
+        current: Annotated[bool, Query(description="Make it the current version of its workflows (false: only register it, "
+                                                   "for instances to pin or upgrade to).")] = True,
+    ) -> ComponentInfo:
         """Register a component version and make it current for the workflows it defines.
         Instances already running stay on the version they started with."""
         wasm = await request.body()
         if not wasm:
             raise InvalidInput("the request body must be the component's bytes")
-        return await engine.deploy(binding.name, wasm)
+        return await engine.deploy(binding.name, wasm) if current else await binding.register(wasm)
 
     @app.get(f"{base}/workflows", response_model=WorkflowList, tags=["components"], responses=_errors(*common))
     async def list_workflows(binding: Annotated[TenantBinding, Depends(tenant_scope(Action.READ))]) -> WorkflowList:
