@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from enginekit import ARTIFACTS, component, open_engine
 
 from tenantflow import offboarding
 from tenantflow.auth import KeyAdmin, Role, issue_key
-from tenantflow.clock import ManualClock
+from tenantflow.clock import ManualClock, SystemClock
 from tenantflow.errors import UnknownWorkflow
 from tenantflow.manifest import TenantManifest
 from tenantflow.offboarding import TenantNotFound
@@ -136,3 +138,26 @@ async def test_deleting_a_tenant_that_never_existed_is_an_error(tmp_path: Path) 
         assert (await engine.delete_tenant("empty")).instances == 0
         await engine.write(issue_key(None, Role.PLATFORM_ADMIN, 0))
         assert _rows(engine.path, "SELECT COUNT(*) FROM api_keys") == [(1,)]  # platform keys are no tenant's
+
+
+@pytest.mark.parametrize("processes", [0, 1], ids=["in-process", "runner-process"])
+async def test_deleting_a_tenant_stops_its_running_instances_and_leaves_no_rows(tmp_path: Path, processes: int) -> None:
+    """An invocation in the middle of a step when its tenant goes is stopped, and what it
+    would still write (the step's result, its logs, its end) is fenced: no row of the
+    instance outlives the deletion."""
+    db = tmp_path / "flows.db"
+    async with open_engine(db, clock=SystemClock(), processes=processes, workers=2, deploy={"gone": "basics"}) as engine:
+        t = engine.tenant("gone")
+        busy = await t.create("Busy", {"ms": 1500, "sleep": "1 second"})
+        deadline = time.monotonic() + 30
+        while (await t.status(busy)).status != "running" and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert (await t.status(busy)).status == "running"
+        [(pk,)] = _rows(db, "SELECT pk FROM instances WHERE id=?", busy)
+        assert (await engine.delete_tenant("gone")).instances == 1
+        while engine.stats().scheduler.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert engine.stats().scheduler.running == 0
+        await asyncio.sleep(2)  # past the step's end and the sleep: nothing comes back
+        for table, column in (("instances", "pk"), ("journal", "instance_pk"), ("logs", "instance_pk"), ("events", "instance_pk")):
+            assert _rows(db, f"SELECT COUNT(*) FROM {table} WHERE {column}=?", pk) == [(0,)], table
