@@ -161,3 +161,23 @@ async def test_deleting_a_tenant_stops_its_running_instances_and_leaves_no_rows(
         await asyncio.sleep(2)  # past the step's end and the sleep: nothing comes back
         for table, column in (("instances", "pk"), ("journal", "instance_pk"), ("logs", "instance_pk"), ("events", "instance_pk")):
             assert _rows(db, f"SELECT COUNT(*) FROM {table} WHERE {column}=?", pk) == [(0,)], table
+
+
+async def test_a_deleted_version_leaves_the_runner_processes_memory(tmp_path: Path) -> None:
+    """A runner process maps the compiled artifacts it runs; once the version is deleted the
+    engine tells every runner to drop it, rather than keeping the code mapped until the
+    cache's idle eviction."""
+    artifacts = _private_artifacts(tmp_path, "basics")
+    async with open_engine(tmp_path / "flows.db", clock=SystemClock(), processes=1, workers=1, artifact_dir=artifacts, deploy={"gone": "basics"}) as engine:
+        t = engine.tenant("gone")
+        assert (await t.wait(await t.create("Steps", {"n": 1}))).status == "complete"
+        assert engine.runners is not None
+        [pid] = engine.runners.pids
+        [artifact] = artifacts.glob("*.cwasm")
+        maps = Path(f"/proc/{pid}/maps")
+        assert str(artifact) in maps.read_text()
+        assert (await engine.delete_tenant("gone")).components == 1
+        deadline = time.monotonic() + 20
+        while str(artifact) in maps.read_text() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert str(artifact) not in maps.read_text()

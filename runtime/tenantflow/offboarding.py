@@ -108,4 +108,6 @@ async def delete_tenant(engine: "Engine", tenant: str) -> TenantDeleted:
     dropped = await engine.write(drop_unheld_components(closed.digests, engine.remove_component_files))
     for digest in dropped:
         engine.isolates.evict(digest)
+        if engine.runners is not None:
+            engine.runners.evict(digest)
     return TenantDeleted(name=tenant, instances=instances, deployments=closed.deployments, api_keys=closed.api_keys, components=len(dropped))

@@ -340,6 +340,8 @@ class Runner:
                             del self._early[next(iter(self._early))]
             elif kind == "backlog":
                 self.backlog = bool(message[1])
+            elif kind == "evict":  # its code was deleted (a tenant's offboarding)
+                self.isolates.evict(str(message[1]))
             elif kind == "stop":
                 return
             else:

@@ -284,6 +284,10 @@ class RunnerPool:
             self._backlog = backlog
             self._broadcast(("backlog", backlog))
 
+    def evict(self, digest: str) -> None:
+        """Drop a component from every runner's cache (its code was deleted)."""
+        self._broadcast(("evict", digest))
+
     def _broadcast(self, message: Any) -> None:
         for runner in self._runners:
             if runner is not None and runner.alive:
