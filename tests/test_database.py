@@ -49,18 +49,27 @@ os.kill(os.getpid(), 9)
     assert conn.execute("SELECT COUNT(*) FROM meta WHERE key LIKE 'k%'").fetchone() == (500,)
 
 
+def _database_at_version(path: Path, version: int) -> sqlite3.Connection:
+    """A database as an older tenantflow left it (its first `version` migrations), in an
+    open transaction for the test to fill and commit."""
+    from tenantflow import database
+
+    conn = database.connect(path)
+    conn.execute("BEGIN IMMEDIATE")
+    for script in database.MIGRATIONS[:version]:
+        for statement in database._statements(script):
+            conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
+    return conn
+
+
 def test_unfinished_instances_are_counted_from_the_migration_on(tmp_path: Path) -> None:
     """Migration 4 counts each tenant's unfinished instances of an existing database; its
     triggers keep the count through inserts, finishes, restarts and deletes."""
     from tenantflow import database
 
     path = tmp_path / "v3.db"
-    conn = database.connect(path)
-    conn.execute("BEGIN IMMEDIATE")
-    for script in database.MIGRATIONS[:3]:
-        for statement in database._statements(script):
-            conn.execute(statement)
-    conn.execute("INSERT INTO meta VALUES ('schema_version', '3')")
+    conn = _database_at_version(path, 3)
     add = "INSERT INTO instances (tenant, id, workflow, digest, params, status, created_at, updated_at) VALUES (?, ?, 'w', 'd', 'null', ?, 0, 0)"
     for i, status in enumerate(["queued", "waiting", "complete", "paused", "errored"]):
         conn.execute(add, ("a", f"a{i}", status))
@@ -87,12 +96,7 @@ def test_the_versions_tenants_deployed_or_ran_stay_theirs_after_the_migration(tm
     from tenantflow import database
 
     path = tmp_path / "v5.db"
-    conn = database.connect(path)
-    conn.execute("BEGIN IMMEDIATE")
-    for script in database.MIGRATIONS[:5]:
-        for statement in database._statements(script):
-            conn.execute(statement)
-    conn.execute("INSERT INTO meta VALUES ('schema_version', '5')")
+    conn = _database_at_version(path, 5)
     deploy = "INSERT INTO deployments (tenant, workflow, digest, deployed_at) VALUES (?, ?, ?, ?)"
     conn.executemany(deploy, [("a", "w", "d1", 5), ("a", "w", "d2", 7), ("a", "v", "d1", 3), ("b", "w", "d1", 9)])
     add = "INSERT INTO instances (tenant, id, workflow, digest, params, status, created_at, updated_at) VALUES (?, ?, 'w', ?, 'null', 'queued', ?, 0)"

@@ -14,9 +14,8 @@ from enginekit import ARTIFACTS, component, open_engine
 from tenantflow import offboarding
 from tenantflow.auth import KeyAdmin, Role, issue_key
 from tenantflow.clock import ManualClock, SystemClock
-from tenantflow.errors import UnknownWorkflow
+from tenantflow.errors import TenantNotFound, UnknownWorkflow
 from tenantflow.manifest import TenantManifest
-from tenantflow.offboarding import TenantNotFound
 from tenantflow.registry import digest_of
 
 

@@ -30,6 +30,19 @@ class InstanceNotFound(TenantflowError, LookupError):
         return type(self), (self.instance_id,)
 
 
+class TenantNotFound(TenantflowError, LookupError):
+    """Deleting a tenant of which nothing exists (offboarding.py)."""
+
+    code = "not_found"
+
+    def __init__(self, tenant: str) -> None:
+        super().__init__(f"tenant {tenant!r} not found")
+        self.tenant = tenant
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return type(self), (self.tenant,)
+
+
 class InstanceAlreadyExists(TenantflowError):
     code = "already_exists"
 

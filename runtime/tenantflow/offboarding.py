@@ -16,23 +16,12 @@ from typing import TYPE_CHECKING, Callable
 
 from . import journal as jn
 from .api_models import TenantDeleted
-from .errors import TenantflowError
+from .errors import TenantNotFound
 
 if TYPE_CHECKING:
     from .engine import Engine
 
 DELETE_BATCH = 500  # instances per transaction, as in the retention sweep
-
-
-class TenantNotFound(TenantflowError, LookupError):
-    code = "not_found"
-
-    def __init__(self, tenant: str) -> None:
-        super().__init__(f"tenant {tenant!r} not found")
-        self.tenant = tenant
-
-    def __reduce__(self) -> tuple[type, tuple[str]]:
-        return type(self), (self.tenant,)
 
 
 @dataclass
