@@ -202,6 +202,35 @@ async def test_empty_lines_count_against_a_log_budget_of_lines(tmp_path: Path) -
         assert [line.message for line in await t.logs(iid)] == ["hello from the guest", "a log line"]
 
 
+async def test_a_guests_errors_and_retries_are_recorded_within_bounds(tmp_path: Path) -> None:
+    """A guest's exception may be as large as its memory and a retry limit beyond waiting
+    out: what is journaled (and sent with every status) stays bounded. Errors are cut to
+    `max_error_name_bytes` / `max_error_message_bytes`, saying so; a step keeps its last
+    `max_attempt_history` failed attempts while `attempts` counts them all."""
+    db = tmp_path / "flows.db"
+    limits = Limits(invocation_timeout_ms=3000)
+    async with open_engine(db, limits=limits, deploy=DEPLOY) as engine:
+        hostile = engine.tenant(HOSTILE)
+        huge = await hostile.wait(await hostile.create("HugeError", {"mib": 8, "name_chars": 1000}), timeout=120)
+        assert huge.status == "errored" and huge.error is not None
+        [step] = huge.steps
+        assert step.error is not None and len(step.failed_attempts) == 1
+        for error, filler in ((huge.error, "y"), (step.error, "x"), (step.failed_attempts[0].error, "x")):
+            assert len(error.name.encode()) <= limits.max_error_name_bytes and error.name.endswith(" ... [cut: 1000 bytes in all]")
+            assert error.name.startswith("E" * 200)
+            assert len(error.message.encode()) <= limits.max_error_message_bytes and error.message.startswith(filler * 16_000)
+            assert error.message.endswith(" ... [cut: 8 MiB in all]")
+        forever = await hostile.wait(await hostile.create("RetryForever"), timeout=120)  # until its invocation's budget ends
+        assert forever.status == "errored", forever.error
+        [step] = forever.steps
+        assert step.attempts > limits.max_attempt_history == len(step.failed_attempts)
+        assert [a.attempt for a in step.failed_attempts] == list(range(step.attempts - 24, step.attempts + 1))
+        assert {a.error.message for a in step.failed_attempts} == {"down again"}
+    with sqlite3.connect(db) as conn:
+        [(longest_message, longest_history)] = conn.execute("SELECT MAX(LENGTH(error_message)), MAX(LENGTH(history)) FROM journal")
+        assert longest_message <= limits.max_error_message_bytes and longest_history < 25 * limits.max_error_message_bytes
+
+
 async def test_invalid_components_are_refused_precisely_and_the_engine_keeps_working(tmp_path: Path) -> None:
     real = component("basics").read_bytes()
     async with open_engine(tmp_path / "flows.db") as engine:

@@ -27,7 +27,7 @@ from .clock import Clock
 from .database import Readers, Writer
 from .exports import ExportCalls
 from .isolates import IsolateCache
-from .limits import EVENT_TYPE, Limits, format_bytes, json_problem, over_limit, size_over, utf8_size
+from .limits import EVENT_TYPE, Limits, cut_text, format_bytes, json_problem, over_limit, size_over, utf8_size
 from .loader import LoaderError
 from .policy import DEFAULT_POLICY, TenantPolicy
 from .sandbox import INTERRUPTED, POOL_EXHAUSTED, new_store
@@ -512,6 +512,8 @@ class Invocation:
         now = self.now()
         entry.attempts = run.attempt
         entry.history.append({"attempt": run.attempt, "started_at": run.started_at, "ended_at": now, "error": {"name": error_name, "message": message}})
+        if len(entry.history) > self.limits.max_attempt_history:
+            del entry.history[: -self.limits.max_attempt_history]
         entry.error_name, entry.error_message = error_name, message
         if not retryable or run.attempt > run.limit:
             entry.status, entry.ended_at, entry.wake_at = "failed", now, None
@@ -648,7 +650,10 @@ class Invocation:
         return self.policy.memory_bytes or self.x.limits.memory_bytes
 
     def limit_error(self, name: str, message: str) -> tuple[str, str]:
-        """A guest's MemoryError is its instance's memory cap: report it as that."""
+        """A guest's error as it is recorded: cut to its bounds, and a MemoryError as the
+        instance's memory cap."""
+        limits = self.limits
+        name, message = cut_text(name, limits.max_error_name_bytes), cut_text(message, limits.max_error_message_bytes)
         if name != "MemoryError":
             return name, message
         detail = f" ({message})" if message and message != "MemoryError" else ""

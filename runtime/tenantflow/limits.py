@@ -31,6 +31,13 @@ class Limits:
     # (shared by every tenant) through an instance that never waits for its type.
     max_pending_events_per_instance: int = 10_000
     max_step_name_chars: int = 256
+    # A guest's error (a failed attempt, a failed workflow): its name and message are cut to
+    # these, saying so; each is journaled, kept in the status and sent to every reader.
+    max_error_name_bytes: int = 256
+    max_error_message_bytes: int = 16 * 1024
+    # A step's failed attempts kept in its history (the last ones; `attempts` counts all): a
+    # step retried without end would otherwise rewrite an ever longer history each time.
+    max_attempt_history: int = 25
     max_steps_per_instance: int = 10_000
     max_log_bytes_per_instance: int = MiB
     # Lines too, not only bytes: empty lines cost no bytes, yet a row each (and host memory
@@ -120,6 +127,17 @@ def size_over(text: str, limit: int) -> Optional[int]:
         return None
     size = len(text.encode())
     return size if size > limit else None
+
+
+def cut_text(text: str, limit_bytes: int) -> str:
+    """`text` cut to at most `limit_bytes` of UTF-8 (at a character boundary), saying how
+    long it was."""
+    size = size_over(text, limit_bytes)
+    if size is None:
+        return text
+    note = f" ... [cut: {format_bytes(size)} in all]"
+    keep = max(limit_bytes - len(note), 0)
+    return text.encode()[:keep].decode("utf-8", "ignore") + note
 
 
 def utf8_size(text: str) -> int:

@@ -133,3 +133,31 @@ class NotJSON(WorkflowEntrypoint):
             raise AssertionError(f"start-step answered {state!r}")
         failed = durable.end_attempt_ok("raw", bad)
         return {"refused": None if failed is None else [failed.name, failed.message]}
+
+
+class HugeError(WorkflowEntrypoint):
+    """Fails a step with an exception of `mib` MiB (its class name `name_chars` long), then
+    fails the workflow with one as large."""
+
+    def run(self, event, step):
+        size = event.payload.get("mib", 8) * MiB
+        kind = type("E" * event.payload.get("name_chars", 1), (Exception,), {})
+
+        def fail():
+            raise kind("x" * size)
+
+        try:
+            step.do("fail", fail, retries={"limit": 0})
+        except Exception:  # noqa: BLE001 - the workflow fails with its own below
+            pass
+        raise kind("y" * size)
+
+
+class RetryForever(WorkflowEntrypoint):
+    """A step that always fails with a retry limit no one could wait out, retried in place."""
+
+    def run(self, event, step):
+        def fail():
+            raise ConnectionError("down again")
+
+        return step.do("forever", fail, retries={"limit": 2**31, "delay": 0, "backoff": "constant"})
