@@ -14,7 +14,7 @@ from enginekit import ARTIFACTS, component, open_engine
 from tenantflow import offboarding
 from tenantflow.auth import KeyAdmin, Role, issue_key
 from tenantflow.clock import ManualClock, SystemClock
-from tenantflow.errors import TenantNotFound, UnknownWorkflow
+from tenantflow.errors import HostBusy, TenantNotFound, UnknownWorkflow
 from tenantflow.manifest import TenantManifest
 from tenantflow.registry import digest_of
 
@@ -180,3 +180,22 @@ async def test_a_deleted_version_leaves_the_runner_processes_memory(tmp_path: Pa
         while str(artifact) in maps.read_text() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert str(artifact) not in maps.read_text()
+
+
+async def test_a_tenant_is_deleted_only_by_the_host_that_runs_the_scheduler(tmp_path: Path) -> None:
+    """A host running the scheduler keeps the tenant's policy and code in memory: another
+    process deleting the tenant under it would leave them there, to be granted to the next
+    tenant of that name. So the deletion goes through the host (its API), or runs with the
+    database's host lock held."""
+    db = tmp_path / "flows.db"
+    async with open_engine(db, deploy={"gone": "basics"}) as host:
+        async with open_engine(db, run_scheduler=False) as beside:
+            with pytest.raises(HostBusy, match="use its API"):
+                await beside.delete_tenant("gone")
+        assert _rows(db, "SELECT COUNT(*) FROM deployments WHERE tenant='gone'") != [(0,)]  # nothing went
+        assert (await host.tenant("gone").wait(await host.tenant("gone").create("Steps", {"n": 1}))).status == "complete"
+    async with open_engine(db, run_scheduler=False) as alone:  # no host runs: it may, holding the lock meanwhile
+        assert (await alone.delete_tenant("gone")).deployments > 0
+        assert alone._lock_file is None
+    async with open_engine(db):  # and the lock was given back
+        assert _rows(db, "SELECT COUNT(*) FROM deployments") == [(0,)]

@@ -265,6 +265,9 @@ class Engine:
         self.writer.close()
         await self.readers.aclose()
         self._ticker.stop()
+        self._release_host_lock()
+
+    def _release_host_lock(self) -> None:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
@@ -410,8 +413,18 @@ class Engine:
     async def delete_tenant(self, tenant: str) -> TenantDeleted:
         """Delete a tenant and everything it stored (offboarding.py): its instances (running
         ones are stopped), deployments, API keys, manifest and the component versions no
-        other tenant holds. Raises TenantNotFound if nothing of the tenant exists."""
-        return await offboarding.delete_tenant(self, check_tenant(tenant))
+        other tenant holds. Raises TenantNotFound if nothing of the tenant exists, and
+        HostBusy if another host runs the scheduler on this database (it would keep the
+        tenant's policy and code in memory, and grant them to a new tenant of that name)."""
+        check_tenant(tenant)
+        borrowed = self._lock_file is None  # not the scheduler's host: no other may run meanwhile
+        if borrowed:
+            self._take_host_lock()
+        try:
+            return await offboarding.delete_tenant(self, tenant)
+        finally:
+            if borrowed:
+                self._release_host_lock()
 
     # ---- tenants ---------------------------------------------------------------------
     def tenant(self, tenant: str, *, principal: Optional[Principal] = None, authorizer: Optional[Authorizer] = None) -> "TenantBinding":
@@ -510,9 +523,7 @@ class TenantBinding:
         """Register a component version for this tenant without making it current: its
         instances may then pin it (`create(digest=)`) or move to it (`upgrade`)."""
         await self._allow(Action.DEPLOY)
-        info = await self.engine.register_component(wasm)
-        await self.engine.write(jn.grant_component(self.name, info.digest, self.engine.now()))
-        return info
+        return await self.engine._register(wasm, lambda info: jn.grant_component(self.name, info.digest, self.engine.now()))
 
     async def create(
         self,
