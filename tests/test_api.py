@@ -498,6 +498,10 @@ def test_a_platform_admin_deletes_a_tenant_over_http(api: Api) -> None:
         assert deploy(hooli, "hooli")["digest"] == api.digest  # the same code as acme's
         napping = create(hooli, "hooli", "Nap", {"duration": "1 hour"})
         wait_status(hooli, "hooli", napping, "waiting")
+        done = create(hooli, "hooli", "Echo", {"x": 1})
+        wait_status(hooli, "hooli", done)
+        [listed] = [t for t in api.admin.get("/v1/tenants").json()["tenants"] if t["name"] == "hooli"]
+        assert (listed["unfinished_instances"], listed["quota"]) == (1, 1_000_000)  # the nap; the echo is complete
         for client, status, code in ((api.acme, 403, "forbidden"), (hooli, 403, "forbidden"), (api.anonymous, 401, "unauthenticated")):
             error_of(client.delete("/v1/tenants/hooli"), status, code)
         acme_before = api.acme.get("/v1/tenants/acme/instances").json()
@@ -505,7 +509,7 @@ def test_a_platform_admin_deletes_a_tenant_over_http(api: Api) -> None:
         deleted = api.admin.delete("/v1/tenants/hooli")
         assert deleted.status_code == 200, deleted.text
         body = deleted.json()
-        assert body == {"name": "hooli", "instances": 1, "deployments": body["deployments"], "api_keys": 1, "components": 0}
+        assert body == {"name": "hooli", "instances": 2, "deployments": body["deployments"], "api_keys": 1, "components": 0}
         assert body["deployments"] >= 1  # one per workflow the component defines
         assert error_of(hooli.get("/v1/tenants/hooli/instances"), 401, "unauthenticated") == "invalid or revoked API key"
         assert "hooli" not in {t["name"] for t in api.admin.get("/v1/tenants").json()["tenants"]}
@@ -521,7 +525,8 @@ def test_the_admin_cli_runs_against_a_server(api: Api) -> None:
     admin_key = make_key(api.db, None, "platform-admin")
     remote = ("--url", api.url, "--api-key", admin_key)
     assert cli("tenants", "create", "umbrella", *remote).stdout.strip() == "tenant umbrella created"
-    assert "umbrella\tcreated " in cli("tenants", "list", *remote).stdout
+    listed = cli("tenants", "list", *remote).stdout
+    assert re.search(r"^umbrella\tcreated \S+ \S+\t0 unfinished \(quota 1,000,000\)$", listed, re.M), listed
     issued = json.loads(cli("keys", "issue", "--tenant", "umbrella", "--role", "tenant-readonly", *remote, "--json").stdout)
     assert httpx.get(f"{api.url}/v1/tenants/umbrella/instances", headers=bearer(issued["token"])).status_code == 200
     listed = json.loads(cli("keys", "list", "--tenant", "umbrella", *remote, "--json").stdout)

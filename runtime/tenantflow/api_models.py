@@ -108,6 +108,8 @@ class CreateTenant(BaseModel):
 class TenantInfo(BaseModel):
     name: str
     created_at: dt.datetime
+    unfinished_instances: int = Field(default=0, description="Its instances not yet complete, errored or terminated.")
+    quota: Optional[int] = Field(default=None, description="How many of those it may have (null: no quota).")
 
 
 class TenantList(BaseModel):

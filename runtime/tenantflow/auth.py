@@ -142,8 +142,12 @@ def keys_query(tenant: Optional[str] = None) -> jn.Query[list[ApiKey]]:
     return jn.Query(f"SELECT {KEY_COLUMNS} FROM api_keys {where} ORDER BY created_at, id", params, lambda rows: [_key(r) for r in rows])
 
 
-def tenants_query() -> jn.Query[list[tuple[str, int]]]:
-    return jn.Query("SELECT name, created_at FROM tenants ORDER BY name", (), lambda rows: [(str(r[0]), int(r[1])) for r in rows])
+def tenants_query() -> jn.Query[list[tuple[str, int, int]]]:
+    """Each tenant with when it was created and its unfinished instances."""
+    return jn.Query(
+        "SELECT t.name, t.created_at, COALESCE(u.unfinished, 0) FROM tenants t LEFT JOIN tenant_usage u ON u.tenant = t.name ORDER BY t.name",
+        (), lambda rows: [(str(r[0]), int(r[1]), int(r[2])) for r in rows],
+    )
 
 
 def create_tenant(name: str, now: int) -> Callable[[sqlite3.Connection], None]:
@@ -207,10 +211,13 @@ class KeyAdmin:
     async def create_tenant(self, name: str) -> TenantInfo:
         now = self.engine.now()
         await self.engine.write(create_tenant(name, now))
-        return TenantInfo(name=name, created_at=ts(now))  # type: ignore[arg-type]
+        return TenantInfo(name=name, created_at=ts(now), quota=self.engine.quota_for(name))  # type: ignore[arg-type]
 
     async def tenants(self) -> list[TenantInfo]:
-        return [TenantInfo(name=name, created_at=ts(at)) for name, at in await self.engine.read(tenants_query())]  # type: ignore[arg-type]
+        return [
+            TenantInfo(name=name, created_at=ts(at), unfinished_instances=unfinished, quota=self.engine.quota_for(name))  # type: ignore[arg-type]
+            for name, at, unfinished in await self.engine.read(tenants_query())
+        ]
 
     async def delete_tenant(self, name: str) -> TenantDeleted:
         """The tenant and everything it stored (`Engine.delete_tenant`)."""

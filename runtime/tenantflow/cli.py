@@ -569,7 +569,8 @@ def tenants_create(name: str, db: Path) -> None:
 def tenants_list(db: Path) -> None:
     """List tenants."""
     for tenant in _admin(db, lambda admin: admin.tenants()):
-        click.echo(f"{tenant.name}\tcreated {tenant.created_at:%Y-%m-%d %H:%M:%S}")
+        quota = "no quota" if tenant.quota is None else f"quota {tenant.quota:,}"
+        click.echo(f"{tenant.name}\tcreated {tenant.created_at:%Y-%m-%d %H:%M:%S}\t{tenant.unfinished_instances:,} unfinished ({quota})")
 
 
 @tenants.command("delete")
