@@ -199,3 +199,23 @@ async def test_a_tenant_is_deleted_only_by_the_host_that_runs_the_scheduler(tmp_
         assert alone._lock_file is None
     async with open_engine(db):  # and the lock was given back
         assert _rows(db, "SELECT COUNT(*) FROM deployments") == [(0,)]
+
+
+async def test_an_interrupted_deletion_is_finished_by_asking_again(tmp_path: Path) -> None:
+    """What is left of a tenant after a deletion stopped midway (its instances, its hold on
+    its versions) still makes it exist: deleting it again goes on where the first stopped."""
+    db = tmp_path / "flows.db"
+    artifacts = _private_artifacts(tmp_path, "basics")
+    async with open_engine(db, deploy={"gone": "basics"}, artifact_dir=artifacts) as engine:
+        t = engine.tenant("gone")
+        for i in range(5):
+            await t.wait(await t.create("Steps", {"n": 1}, id=f"i{i}"))
+        await engine.write(offboarding.close_tenant("gone"))  # a first deletion, stopped after a batch
+        assert len(await engine.write(offboarding.delete_instances_of("gone", 2))) == 2
+        again = await engine.delete_tenant("gone")
+        assert (again.instances, again.deployments, again.components) == (3, 0, 1)
+        for table, column in (("instances", "tenant"), ("tenant_components", "tenant"), ("tenant_usage", "tenant")):
+            assert _rows(db, f"SELECT COUNT(*) FROM {table} WHERE {column}='gone'") == [(0,)], table
+        assert _rows(db, "SELECT COUNT(*) FROM components") == [(0,)] and not list(artifacts.glob("*.cwasm"))
+        with pytest.raises(TenantNotFound):
+            await engine.delete_tenant("gone")

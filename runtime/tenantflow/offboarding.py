@@ -1,12 +1,15 @@
 """Deleting a tenant with everything it stored: a platform offboarding a customer.
 
-The tenant's door closes first, in one transaction: its deployments, registered versions,
-manifest, API keys and name go, so nothing new arrives (no key of its authenticates, and
-no workflow of its is deployed to create instances or children of). Its instances then
-go a batch per transaction, with their journals, events and logs (the writer serves
-other tenants between batches), each cancelled in the scheduler like a single delete.
-Last, the component versions no tenant holds any more go with their bytes and compiled
-artifacts: the tenant's code is its data too."""
+The tenant's door closes first, in one transaction: its deployments, manifest, API keys
+and name go, so nothing new arrives (no key of its authenticates, and no workflow of its
+is deployed to create instances or children of). Its instances then go a batch per
+transaction, with their journals, events and logs (the writer serves other tenants
+between batches), each cancelled in the scheduler like a single delete. Last, in one
+transaction, its hold on component versions goes, and the versions no tenant holds any
+more go with their bytes and compiled artifacts: the tenant's code is its data too.
+
+Interrupted (a crash, a cancelled request), a deletion is finished by asking again: what
+is left of the tenant (instances, versions held) still makes it exist."""
 
 from __future__ import annotations
 
@@ -29,20 +32,19 @@ class Closed:
     existed: bool
     deployments: int
     api_keys: int
-    digests: list[str]  # the versions it held: garbage once no other tenant holds them
+
 
 
 def close_tenant(tenant: str) -> jn.WriteOp[Closed]:
     def op(conn: sqlite3.Connection) -> Closed:
-        digests = [str(r[0]) for r in conn.execute("SELECT digest FROM tenant_components WHERE tenant=? ORDER BY digest", (tenant,))]
-        conn.execute("DELETE FROM tenant_components WHERE tenant=?", (tenant,))
+        holds = conn.execute("SELECT 1 FROM tenant_components WHERE tenant=? LIMIT 1", (tenant,)).fetchone() is not None
         deployments = conn.execute("DELETE FROM deployments WHERE tenant=?", (tenant,)).rowcount
         keys = conn.execute("DELETE FROM api_keys WHERE tenant=?", (tenant,)).rowcount
         manifests = conn.execute("DELETE FROM tenant_manifests WHERE tenant=?", (tenant,)).rowcount
         named = conn.execute("DELETE FROM tenants WHERE name=?", (tenant,)).rowcount
         has_instances = conn.execute("SELECT 1 FROM instances WHERE tenant=? LIMIT 1", (tenant,)).fetchone() is not None
-        existed = bool(digests or deployments or keys or manifests or named or has_instances)
-        return Closed(existed, deployments, keys, digests)
+        existed = bool(holds or deployments or keys or manifests or named or has_instances)
+        return Closed(existed, deployments, keys)
 
     return op
 
@@ -63,12 +65,15 @@ def delete_instances_of(tenant: str, limit: int) -> jn.WriteOp[list[tuple[int, s
     return op
 
 
-def drop_unheld_components(digests: list[str], remove_files: Callable[[str], None]) -> jn.WriteOp[list[str]]:
-    """Delete the components among `digests` that no tenant holds, with their files. The
-    files go inside the transaction: a tenant registering the same bytes commits after it
-    and then finds them gone and writes them again (`Engine._register`)."""
+def release_components(tenant: str, remove_files: Callable[[str], None]) -> jn.WriteOp[list[str]]:
+    """Drop the tenant's hold on its component versions and delete those no tenant holds
+    then, with their files; the digests deleted. The files go inside the transaction: a
+    tenant registering the same bytes commits after it and then finds them gone and writes
+    them again (`Engine._register`)."""
 
     def op(conn: sqlite3.Connection) -> list[str]:
+        digests = [str(r[0]) for r in conn.execute("SELECT digest FROM tenant_components WHERE tenant=? ORDER BY digest", (tenant,))]
+        conn.execute("DELETE FROM tenant_components WHERE tenant=?", (tenant,))
         dropped = []
         for digest in digests:
             if conn.execute("SELECT 1 FROM tenant_components WHERE digest=? LIMIT 1", (digest,)).fetchone() is not None:
@@ -94,7 +99,7 @@ async def delete_tenant(engine: "Engine", tenant: str) -> TenantDeleted:
         instances += len(batch)
         if len(batch) < DELETE_BATCH:
             break
-    dropped = await engine.write(drop_unheld_components(closed.digests, engine.remove_component_files))
+    dropped = await engine.write(release_components(tenant, engine.remove_component_files))
     for digest in dropped:
         engine.isolates.evict(digest)
         if engine.runners is not None:
