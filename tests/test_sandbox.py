@@ -428,3 +428,18 @@ def test_output_sinks_reach_their_consumer_weakly() -> None:
     del consumer
     assert gone() is None
     sink(b"late")  # no consumer: dropped, no error
+
+
+@pytest.mark.parametrize("bad", ["{not json", "NaN", "[1] [2]"])
+async def test_text_that_is_not_json_handed_to_the_children_interface_is_refused(tmp_path: Path, bad: str) -> None:
+    """A child's params and an event's payload from a guest's raw bindings are checked like
+    a step's result: a precise, catchable error, nothing created or sent (before, a parse
+    error escaped the host call and the invocation failed in the host, retried forever)."""
+    async with open_engine(tmp_path / "flows.db", deploy=DEPLOY) as engine:
+        hostile = engine.tenant(HOSTILE)
+        target = await hostile.create("Shout", {"lines": 0})  # an instance to send to
+        status = await hostile.wait(await hostile.create("ChildNotJSON", {"bad": bad, "target": target}), timeout=120)
+        assert status.status == "complete", status.error
+        assert status.output["start"][0] == "InvalidInput" and status.output["start"][1].startswith("params of child 0 are not JSON: ")
+        assert status.output["send_event"][0] == "InvalidInput" and status.output["send_event"][1].startswith("event payload is not JSON: ")
+        assert [i.id for i in (await hostile.list()).instances if i.workflow == "ChildNotJSON"] == [status.id]

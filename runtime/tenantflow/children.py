@@ -16,7 +16,15 @@ from typing import Any, Callable, Optional
 from . import journal as jn
 from .errors import TenantflowError
 from .executor import Invocation, Unwind, current_invocation, err, ok, record
-from .limits import check_event_type, check_instance_id, check_size, check_workflow_name, format_bytes, utf8_size
+from .limits import (
+    check_event_type,
+    check_instance_id,
+    check_size,
+    check_workflow_name,
+    format_bytes,
+    json_problem,
+    utf8_size,
+)
 from .policy import quota_of
 
 FINISHED = ("complete", "errored", "terminated")
@@ -28,6 +36,14 @@ class _CallError(Exception):
     def __init__(self, name: str, message: str) -> None:
         super().__init__(message)
         self.name, self.message = name, message
+
+
+def _check_json(text: str, what: str) -> None:
+    """Text a guest hands over as JSON (its raw bindings need not encode it) must be one
+    JSON value: it is journaled, and every reader of the instance decodes it."""
+    problem = json_problem(text)
+    if problem is not None:
+        raise _CallError("InvalidInput", f"{what} not JSON: {problem}")
 
 
 def _answer(compute: Callable[[], Any]) -> str:
@@ -88,7 +104,7 @@ def _start(_: Any, name: str, specs: list[Any]) -> Any:
             workflow = check_workflow_name(spec.workflow)
             params = spec.params
             check_size(params, inv.x.limits.max_params_bytes, f"params of child {index}")
-            json.loads(params)
+            _check_json(params, f"params of child {index} are")
             given = spec.id
             child_id = check_instance_id(given) if given is not None else _child_id(inv, seq, index)
             created.append(jn.NewInstance(inv.row.tenant, child_id, workflow, _digest_for(conn, inv, workflow), params, None, now, inv.row.pk))
@@ -211,7 +227,7 @@ def _send_event(_: Any, name: str, child_id: str, event_type: str, payload: str)
     def compute() -> None:
         check_event_type(event_type)
         check_size(payload, inv.x.limits.max_event_payload_bytes, "event payload")
-        json.loads(payload)
+        _check_json(payload, "event payload is")
         check_instance_id(child_id)
         try:
             limit = inv.x.limits.max_pending_events_per_instance

@@ -161,3 +161,25 @@ class RetryForever(WorkflowEntrypoint):
             raise ConnectionError("down again")
 
         return step.do("forever", fail, retries={"limit": 2**31, "delay": 0, "backoff": "constant"})
+
+
+class ChildNotJSON(WorkflowEntrypoint):
+    """Hands the children interface text that is not JSON through the raw bindings: as a
+    child's params, then as an event's payload (`bad`: the text)."""
+
+    def run(self, event, step):
+        from componentize_py_types import Err
+        from wit_world.imports import children
+
+        bad = event.payload.get("bad", "{not json")
+        outcomes = {}
+        for label, call in (
+            ("start", lambda: children.start("kids", [children.ChildSpec("ChildNotJSON", bad, "kid")])),
+            ("send_event", lambda: children.send_event("poke", event.payload.get("target", "nobody"), "tick", bad)),
+        ):
+            try:
+                call()
+                outcomes[label] = "accepted"
+            except Err as exc:
+                outcomes[label] = [exc.value.name, exc.value.message]
+        return outcomes
