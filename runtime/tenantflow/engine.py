@@ -32,7 +32,7 @@ from .database import GroupCommitWriter, Readers, migrate
 from .errors import HostBusy, InstanceNotFound, InvalidInput, UnknownWorkflow
 from .executor import Executor, Prepared, build_linker
 from .isolates import IsolateCache
-from .limits import Limits, check_event_type, check_instance_id, check_tenant, check_workflow_name, encode_json
+from .limits import DAY_MS, Limits, check_event_type, check_instance_id, check_tenant, check_workflow_name, encode_json
 from .loader import Loader, RegistryLoader, load_verified
 from .manifest import ManifestError, TenantManifest
 from .models import (
@@ -133,7 +133,7 @@ class Engine:
     ) -> None:
         self.path = Path(path)
         self.retention: Optional[RetentionSweeper] = None
-        self._retention_ms = None if retention_days is None else int(retention_days * 86_400_000)
+        self._retention_ms = None if retention_days is None else int(retention_days * DAY_MS)
         if self._retention_ms is not None and self._retention_ms <= 0:
             raise ValueError(f"retention_days must be positive, got {retention_days}")
         self.clock: Clock = clock or SystemClock()

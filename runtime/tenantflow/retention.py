@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 from . import journal as jn
 from .clock import Clock
+from .limits import DAY_MS
 
 log = logging.getLogger("tenantflow.retention")
 SWEEP_EVERY_S = 600.0  # how often the engine looks for instances past their retention
@@ -55,7 +56,7 @@ class RetentionSweeper:
             if deleted < SWEEP_BATCH:
                 break
         if total:
-            log.info("%sdeleted %d instances that finished over %.3g days ago", who, total, retention_ms / 86_400_000)
+            log.info("%sdeleted %d instances that finished over %.3g days ago", who, total, retention_ms / DAY_MS)
         return total
 
     def start(self) -> None:
