@@ -466,17 +466,17 @@ class Invocation:
         problem = json_problem(result)  # only a guest that bypasses the SDK's encoder sends such text
         if problem is not None:
             return self.attempt_failed(run, "StepResultNotJSON", f"step {run.name!r} returned text that is not JSON: {problem}", retryable=False).payload
-        too_much = self.over_state_budget(f"step {run.name!r}: its result", result)
+        too_much = self.over_state_budget(result)  # (every step's path: the words only when over)
         if too_much is not None:
-            return self.attempt_failed(run, "StateLimitExceeded", too_much, retryable=False).payload
+            return self.attempt_failed(run, "StateLimitExceeded", f"step {run.name!r}: its result {too_much}", retryable=False).payload
         self.attempt_succeeded(run, result)
         self.count_state(result)
         return None
 
-    def over_state_budget(self, what: str, result: str) -> Optional[str]:
-        """Why recording `result` would take the instance past its state budget, if it would."""
+    def over_state_budget(self, result: str) -> Optional[str]:
+        """How recording `result` would take the instance past its state budget, if it would."""
         state, budget = self.recorded_state() + utf8_size(result), self.limits.max_state_bytes_per_instance
-        return f"{what} would bring the instance's recorded state to {over_limit(state, budget)}" if state > budget else None
+        return f"would bring the instance's recorded state to {over_limit(state, budget)}" if state > budget else None
 
     def recorded_state(self) -> int:
         """What the journal's results add up to: summed once per invocation that asks (one
@@ -635,9 +635,9 @@ class Invocation:
             return entry.result or "null"
         now = self.now()
         result = compute()
-        too_much = self.over_state_budget(f"{kind} {name!r}: its answer", result)
+        too_much = self.over_state_budget(result)
         if too_much is not None:  # the call was made (a fetch went out); its answer is not kept
-            result = json.dumps({"err": {"name": "StateLimitExceeded", "message": too_much}})
+            result = json.dumps({"err": {"name": "StateLimitExceeded", "message": f"{kind} {name!r}: its answer {too_much}"}})
         entry = jn.JournalEntry(seq=self.seq - 1, kind=kind, name=name, status="done", result=result, started_at=now, ended_at=self.now())
         self.journal.append(entry)
         self.count_state(result)
