@@ -242,14 +242,21 @@ def current_digest_query(tenant: str, workflow: str) -> Query[Optional[str]]:
     )
 
 
-def tenant_component_query(tenant: str, digest: str) -> Query[Optional[tuple[str, int, list[str]]]]:
+ComponentRow = tuple[str, int, list[str]]  # digest, size, the workflows it defines
+
+
+def _component_row(rows: list[Any]) -> Optional[ComponentRow]:
+    return (rows[0][0], rows[0][1], json.loads(rows[0][2])) if rows else None
+
+
+def tenant_component_query(tenant: str, digest: str) -> Query[Optional[ComponentRow]]:
     """A component version `tenant` may run (it deployed or registered it): another
     tenant's version is answered like a missing one."""
     return Query(
         "SELECT c.digest, c.size, c.workflows FROM tenant_components t JOIN components c ON c.digest = t.digest "
         "WHERE t.tenant=? AND t.digest=?",
         (tenant, digest),
-        lambda rows: (rows[0][0], rows[0][1], json.loads(rows[0][2])) if rows else None,
+        _component_row,
     )
 
 
@@ -257,12 +264,8 @@ def _holds_component(conn: sqlite3.Connection, tenant: str, digest: str) -> bool
     return conn.execute("SELECT 1 FROM tenant_components WHERE tenant=? AND digest=?", (tenant, digest)).fetchone() is not None
 
 
-def component_query(digest: str) -> Query[Optional[tuple[str, int, list[str]]]]:
-    return Query(
-        "SELECT digest, size, workflows FROM components WHERE digest=?",
-        (digest,),
-        lambda rows: (rows[0][0], rows[0][1], json.loads(rows[0][2])) if rows else None,
-    )
+def component_query(digest: str) -> Query[Optional[ComponentRow]]:
+    return Query("SELECT digest, size, workflows FROM components WHERE digest=?", (digest,), _component_row)
 
 
 # ---- writes (run by the group-commit writer) ----------------------------------------
@@ -301,12 +304,11 @@ def _insert_instances(
     for inst in new:
         digest = inst.digest
         if digest is not None:  # a pin (or a child's parent's version): the tenant's own, checked as it is used
-            key = (inst.tenant, digest)
-            if key not in held:
-                if not _holds_component(conn, *key):
+            if (inst.tenant, digest) not in held:
+                if not _holds_component(conn, inst.tenant, digest):
                     raise UnknownWorkflow(f"component {digest[:12]} is not registered")
-                held.add(key)
-        if digest is None:  # the deployed version, read in the same transaction
+                held.add((inst.tenant, digest))
+        else:  # the deployed version, read in the same transaction
             key = (inst.tenant, inst.workflow)
             if key not in current:
                 found = current_digest_query(*key).run(conn)

@@ -17,6 +17,7 @@
     memory_mib = 256
     step_timeout_max_seconds = 300
     unfinished_instances_max = 100000  # the tenant's quota (default: the engine's)
+    retention_days = 30                # how long its finished instances are kept (default: the engine's)
     http_timeout_seconds = 30
     http_max_response_mib = 10
     http_max_redirects = 5

@@ -34,7 +34,6 @@ class Closed:
     api_keys: int
 
 
-
 def close_tenant(tenant: str) -> jn.WriteOp[Closed]:
     def op(conn: sqlite3.Connection) -> Closed:
         holds = conn.execute("SELECT 1 FROM tenant_components WHERE tenant=? LIMIT 1", (tenant,)).fetchone() is not None
