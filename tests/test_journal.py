@@ -3,6 +3,7 @@ instance's generation and status, so a late write from an abandoned invocation i
 
 from __future__ import annotations
 
+import pickle
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +78,27 @@ def test_record_entry_after_the_instance_moved_on_is_fenced(conn: sqlite3.Connec
     with pytest.raises(jn.Fenced):
         run(conn, jn.record_entry(row.pk, row.generation, step(0, "changed"), suspend=(NOW + 1000, None), now=NOW))
     assert journal(conn, row.pk) == before
+
+
+def test_an_entry_record_crosses_to_the_engine_as_plain_values_and_writes_the_same_row(conn: sqlite3.Connection) -> None:
+    """A runner sends its writes pickled (`wire_form`); the engine applies `from_wire_form`."""
+    row = new_instance(conn)
+    failed = jn.JournalEntry(0, "step", "s", "retrying", 2, None, "E", "boom", NOW + 5, None, NOW, NOW + 1,
+                             [{"attempt": 1, "error": {"name": "E", "message": "boom"}}])
+    for entry in (failed, step(1, '{"a": [1, 2]}')):
+        op = jn.record_entry(row.pk, row.generation, entry, now=NOW)
+        form = jn.wire_form(op)
+        assert type(form) is tuple and all(isinstance(v, (int, str, list, type(None))) for v in form)
+        run(conn, jn.from_wire_form(pickle.loads(pickle.dumps(form))))
+    got = jn.journal_query(row.pk).run(conn)
+    assert got == [failed, step(1, '{"a": [1, 2]}')]
+    # A record that suspends or consumes an event, and every other write, crosses as it is.
+    suspending = jn.record_entry(row.pk, row.generation, step(2, None, "waiting"), suspend=(NOW + 1000, None), now=NOW)
+    assert jn.wire_form(suspending) is suspending and jn.from_wire_form(suspending) is suspending
+    finishing = jn.finish(row.pk, row.generation, "complete", "1", None, NOW)
+    assert jn.wire_form(finishing) is finishing
+    run(conn, jn.from_wire_form(pickle.loads(pickle.dumps(jn.wire_form(suspending)))))
+    assert jn.instance_by_pk_query(row.pk).run(conn).status == "waiting"  # type: ignore[union-attr]
 
 
 def test_record_entry_for_a_finished_instance_is_fenced(conn: sqlite3.Connection) -> None:

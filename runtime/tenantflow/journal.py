@@ -426,6 +426,32 @@ def _record_entry(
     return None
 
 
+# A write crosses from a runner process to the engine pickled (wire.py). A step's result
+# is one on every step's path, and pickling its `partial` and `JournalEntry` (a function
+# and a class by name, the entry's __dict__) took ~4 µs to send and as much to read back,
+# ~14 µs in a runner whose caches the guest had just cycled; as a tuple of plain values,
+# ~1 µs each way. Other writes are rare and cross as they are.
+_ENTRY_FORM = "entry"
+
+
+def wire_form(op: WriteOp[Any]) -> Any:
+    """`op` as it crosses to the engine: a plain entry's record as a tuple of values."""
+    if type(op) is partial and op.func is _record_entry and op.args[3] is None and op.args[4] is None:
+        pk, generation, e, _, _, now = op.args
+        return (_ENTRY_FORM, pk, generation, e.seq, e.kind, e.name, e.status, e.attempts, e.result, e.error_name,
+                e.error_message, e.wake_at, e.event_type, e.started_at, e.ended_at, e.history, now)
+    return op
+
+
+def from_wire_form(form: Any) -> WriteOp[Any]:
+    """The write op a runner sent (see `wire_form`)."""
+    if type(form) is tuple and form[0] == _ENTRY_FORM:
+        entry = JournalEntry(*form[3:16])
+        return partial(_record_entry, form[1], form[2], entry, None, None, form[16])
+    op: WriteOp[Any] = form
+    return op
+
+
 def start_children(
     pk: int, generation: int, entry: JournalEntry, children: list[NewInstance], quota: Optional[int] = None
 ) -> WriteOp[tuple[list[int], str]]:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 from . import isolates
+from . import journal as jn
 from .clock import SystemClock
 from .database import DEFER_MS, Readers, WriteOp
 from .executor import Control, Executor, InvocationResult, Prepared, build_linker
@@ -78,11 +79,33 @@ class RunnerConfig:
 
 
 class _Reply(Future[Any]):
-    """A request's answer; `rid` names the request to the engine (`after` dependencies)."""
+    """A request's answer; `rid` names the request to the engine (`after` dependencies).
 
-    def __init__(self, rid: int) -> None:
-        super().__init__()
+    Made, answered and waited for by its lane's thread alone (`Lane.take` runs on it), so
+    it needs none of a Future's lock and condition, which cost ~2.7 µs on every step's
+    path: only `done`, `result`, `set_result` and `set_exception` are supported."""
+
+    def __init__(self, rid: int) -> None:  # no super().__init__(): no condition to make
         self.rid = rid
+        self._settled = False
+        self._ok = False
+        self._value: Any = None
+
+    def done(self) -> bool:
+        return self._settled
+
+    def set_result(self, result: Any) -> None:
+        self._settled, self._ok, self._value = True, True, result
+
+    def set_exception(self, exception: Optional[BaseException]) -> None:
+        self._settled, self._ok, self._value = True, False, exception
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        if not self._settled:
+            raise RuntimeError("a lane's reply was read before its answer came")
+        if not self._ok:
+            raise self._value
+        return self._value
 
 
 class Lane:
@@ -186,7 +209,7 @@ class RemoteWriter:
     def _queue(self, op: WriteOp[T], after: Optional[Future[Any]]) -> _Reply:
         lane = self.lane
         reply = lane.reply()
-        lane.defer((reply.rid, after.rid if isinstance(after, _Reply) else None, op))
+        lane.defer((reply.rid, after.rid if isinstance(after, _Reply) else None, jn.wire_form(op)))
         return reply
 
     def defer(self, op: WriteOp[T], after: Optional[Future[Any]] = None) -> Future[T]:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Optional
 
+from . import journal as jn
 from .database import GroupCommitWriter
 from .executor import Control, InvocationResult, Prepared
 from .policy import TenantPolicy
@@ -335,7 +336,7 @@ class RunnerPool:
         if kind == "w":
             _, writes, lead = message
             for rid, after_rid, op in writes:
-                future = self._writer.defer(op, after=self._after(lane, after_rid))
+                future = self._writer.defer(jn.from_wire_form(op), after=self._after(lane, after_rid))
                 lane.queued[rid] = future
                 future.add_done_callback(partial(self._durable, lane, rid))
             return bool(lead)
