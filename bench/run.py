@@ -1710,6 +1710,38 @@ runs), on 2 cores shared with other jobs (±30%).
 
 ### What changed this round
 
+- **A runner's writes cross to the engine as plain values, and its replies need no lock**
+  (`journal.wire_form` / `from_wire_form`, `runner._Reply`). A step's result went to the engine
+  as a pickled `partial` of the journal function with its `JournalEntry` (a function and a class
+  by name, the entry's `__dict__`: 334 bytes, 4.2 µs to pickle and 4.6 to read back, measured
+  alone); inside a runner, right after the guest's code, a probe (per-thread CPU clocks around
+  the calls) measured 13.6 µs per pickle, its caches cold. Now a plain entry record is a tuple of
+  its values (102 bytes, 1.3 µs each way; other writes are rare and cross as they are;
+  `tests/test_journal.py` sends one through pickle into SQLite). A lane's reply was a
+  `concurrent.futures.Future` (a lock and a condition: 2.75 µs to make, answer and read); it is
+  made, answered and read on its lane's thread alone, so it is a plain object now (0.54 µs). A/B
+  in alternating processes, 64 × 100 steps on one runner with 16 lanes, 4 pairs: 7,389-8,013 →
+  8,258-9,996 steps/s, the runner's CPU per step 123-134 → 97-120 µs and the engine's 80-84 →
+  62-73 µs, the new code ahead in every pair. Rounds before had measured these items alone and
+  left them as within noise; inside the runner each costs about 3× its figure alone.
+- **Where a runner's step went before that** (the same probe, ~150 µs of the runner's CPU per
+  step): `start-step` 51-66 µs, of which waiting for the previous result's commit ~50 (sending it
+  19.5: the pickle 13.6, the socket 6.4; receiving the answer 19.8: the syscall, the thread's
+  wake-up and switch), `end-attempt-ok` 14-16 µs, a workflow's instance (the warm instance, the
+  guest's start, the store's close) ~15 µs spread over its steps, the rest the guest's own code
+  and the crossings. `perf record` of the runner: libpython 37%, the guest's CPython-in-Wasm 24%,
+  the kernel 15%, libc 12% (memmove 7.5%: the pooled slot's reset as a store closes, once per
+  workflow), wasmtime 7%, pickle 2.5%.
+- **Measured, not kept:** the hub polling its sockets for 100-1,000 µs before it sleeps. A
+  sleeping vCPU here costs its waker an interrupt through the hypervisor (the kernel's
+  `haltpoll.guest_halt_poll_ns=0`): in a ping-pong between processes on the two cores, a send
+  that wakes a sleeping receiver took 10-14 µs of the sender's CPU, 3.4 µs when the receiver
+  polled. In the aggregate it changed nothing beyond noise (4 rounds): under that load the hub is
+  seldom asleep. And the runner's closer and warmer threads allowed onto the hub's core (~40% idle
+  there): no better in 3 rounds (their stores' resets then shoot down the other core's TLB).
+
+### The round before
+
 - **A commit after a step's code costs up to 2-3× a bare one** (why sequential steps reach
   28-49% of the raw commit limit from one run to the next, against a 45% target). Timing each
   `COMMIT` of the engine's writer during a 1,000-step run (a probe wrapping the connection):
@@ -1763,7 +1795,7 @@ runs), on 2 cores shared with other jobs (±30%).
   13.6% (memmove 9%: instance memory), the kernel 8.8%, wasmtime 8%, pickle 3%; hub — host
   Python 54%, the kernel 22%, SQLite 10%.
 
-### The round before
+### Two rounds ago
 
 - **A step crosses the guest-host boundary without records** (WIT `start-step`,
   `end-attempt-ok`, `idempotency-key`; `executor.Invocation.start_step`, the guest SDK's
@@ -1787,7 +1819,7 @@ runs), on 2 cores shared with other jobs (±30%).
   that calls them directly: same journal, same keys, retries in place and replay), and a failed
   attempt still ends with `end-attempt`.
 
-### Two rounds ago
+### Three rounds ago
 
 - **A status waiter no longer reads its instance before it can have settled, nor each time some
   other invocation ends** (`TenantBinding.wait`, `Scheduler.watch`). `wait` read the instance
@@ -1818,7 +1850,7 @@ runs), on 2 cores shared with other jobs (±30%).
   the same GIL. And for this round's aggregate figure: the runner process was not the engine's
   neighbour on its core (engine threads pinned to the other core: within noise of unpinned).
 
-### Three rounds ago
+### Four rounds ago
 
 - **A finished invocation's outcome reaches the event loop before its store is let go**
   (`Executor.invoke(publish=...)`, used by the engine's workers and by runner processes). The
@@ -1863,7 +1895,7 @@ runs), on 2 cores shared with other jobs (±30%).
   - *Less of a pooled slot kept resident* (16 → 4 → 0 MiB): the close 1.6 → 0.75 → 0.45 ms of
     CPU, but the guest's first pass 0.6 → 2.0 ms (page faults): back-to-back p50 3.5 → 4.6-4.9 ms.
 
-### Four rounds ago
+### Five rounds ago
 
 - **The one-step latency comparison, interleaved in time** (`bench/latency_ab.py`, since folded
   into `bench/interleaved.py`: tenantflow's and each peer's one-step workload, one repeat each,
@@ -1885,10 +1917,10 @@ runs), on 2 cores shared with other jobs (±30%).
     engine (a shared host's neighbours), the p99 went from 28 ms to 56 (nice 10) and 145 ms
     (nice 19) and the p50 from 9.3 to 10.2 and 12.1 ms: a low-priority thread preempted while it
     holds the GIL stalls every engine thread until the scheduler runs it again (SCHED_IDLE was
-    rejected for the same inversion: see "Six rounds ago"). A tail that long under load is worse than
+    rejected for the same inversion: see "Seven rounds ago"). A tail that long under load is worse than
     the quiet-machine gain.
 
-### Five rounds ago
+### Six rounds ago
 
 - **Replay and cold start are compared with every peer** (workloads 5 and 4, side by side above,
   `replay.png` and the cold start in `latency.png`). Replay: each peer goes through a finished
@@ -1898,7 +1930,7 @@ runs), on 2 cores shared with other jobs (±30%).
   is a new process serving that tenant's code; tenantflow loads the tenant's artifact into the
   running host. What bounds each is under [What bounds the remaining gaps](#what-bounds-the-remaining-gaps).
 
-### Six rounds ago
+### Seven rounds ago
 
 - **Memory with 10,000 waiting workflows is compared with every peer** (workload 6, side by
   side above and in `memory.png`): each peer parks the same one-step-then-wait workflows and its
@@ -1942,33 +1974,23 @@ round).
 {machine_speed}
 
 **Aggregate throughput (10,000 steps/s on 2 cores needs ≤ 200 µs of CPU per step, every core
-busy).** In this run {agg_runners} steps/s at {agg_cpu} µs of CPU per step. The figure follows the
-machine's load more than any other: the same engine, in a probe of 3 repeats per configuration
-on a quiet machine an hour before this run's aggregate, ran 10,000-11,900 steps/s with one runner
-(8 or 16 lanes) at 131-164 µs of CPU per step, and 5,500-7,100 at 140-170 µs a minute later
-while a neighbour's load came and went (more steps per commit: the commits, not the CPU, got
-slower); the full runs of the last rounds measured 4,588 (at 350 µs per step) and 7,369 (206 µs).
-So 10,000 is reached here when the machine is quiet and missed when it is not; the median of a
-full run has not reached it. With one runner (8 or 16 lanes) the runner's core is saturated. Probes of an earlier round on a quiet machine (`perf record` of each process, CPU per step from `/proc/<pid>/stat`): 187-220 µs of CPU
-per step in the runner (host Python 37%, the guest's CPython-in-Wasm 26%, the kernel 14%:
-switches between the lane threads and socket I/O, libc 11%: mostly memcpy of instance memory, a
-new instance per workflow and the pooled slot's reset, wasmtime 7%) and 105-140 µs in the engine
-(Python 42%, the kernel 40%: the fsync and socket paths, SQLite 10%), at ~1.5 steps per commit:
-the hub commits as soon as a write arrives, and the runner is the bottleneck (the engine's core
-is ~60% busy). No one item of the runner's host path is large. Measured alone: a
-`concurrent.futures.Future` per write 2.6 µs (a slotted reply object would be 0.2), pickling one
-step's write 5.8 µs and unpickling it 4.6 (3.8 and 3.1 with a tuple reduction of the journal
-entry), a host import crossing 11-13 µs with the guest's bindings (`bench/fastcall_bench.py`);
-all of these together are ~5% of the runner's CPU, within this machine's noise, so they were not
-made. What was made the round before is a step without records on either side of its two crossings
-(`start-step` 8-9 µs where `begin-step` took 12-21, nothing sent back at an attempt's end): the
-runner's CPU per step 20-25% lower in alternating A/B, on a machine that ran that session at 2-3×
-the session before's CPU per step (the old code's 64 × 100 steps on one runner: 2,600-3,700 steps/s
-today, 6,300-9,000 then). Two runners put a runner beside the hub on each core: the CPU per step of every process
-rises with the cross-core traffic, and throughput stays within noise of one runner's. What would
-close the gap is a step path several times cheaper: the host's per-step work (the import
-crossing, the journal write, the IPC) in native code with a native writer, or guests without an
-interpreter inside Wasm; not more processes, and not more Python shaved off.
+busy).** In this run {agg_runners} steps/s at {agg_cpu} µs of CPU per step. With one runner (8 or 16
+lanes) the runner's core is saturated and the engine's hub uses ~60% of the other (most of its
+time there is the fsync of each group commit, 3-4 writes a commit): the runner's CPU per step
+bounds the rate, ~100 µs for 10,000 steps/s. After this round's change the probes of 64 × 100 steps
+ran 8,300-10,300 steps/s at 95-120 µs of the runner's CPU per step, on the same machine as this
+run's (a quiet AMD EPYC); the figure follows the machine more than any other (on the slower
+machines of earlier rounds the same probe gave 2,600-3,700). So 10,000 is at this machine's edge:
+reached in the quieter minutes, missed in the others. What is left of a runner's step
+(*What changed this round*) is spread thin: the guest's interpreter, the two import crossings
+(8-13 µs each with the guest's bindings, `bench/fastcall_bench.py`), the socket round trip to the
+hub (a syscall each way and a thread wake-up, ~20 µs), the journal record and its checks.
+Two runners put a runner beside the hub on each core: the CPU per step of every process rises
+with the cross-core traffic, and throughput stays within noise of one runner's (this round again,
+3 rounds: 5,300-6,500 steps/s with a runner on each core, 5,900-6,200 with both on one, 7,400-8,200 for one runner). What would
+move the figure well past the target is a step path several times cheaper: the host's per-step
+work (the crossing, the journal write, the IPC) in native code with a native writer, or guests
+without an interpreter inside Wasm.
 
 **Sequential steps.** One fsync plus the CPU of a step, in series: {seq_cpu} µs of CPU per step
 in this run. The ratio to DBOS moves with DBOS's own figure between runs (530-890 steps/s on this
@@ -2106,7 +2128,7 @@ def machine_speed_text(workloads: Json) -> str:
                    if memory else ",")
     return (f"**This machine.** Before this run's workloads a fixed Python loop took {min(speeds):,.0f}-{max(speeds):,.0f} µs{memory_text} and "
             f"while they ran the hypervisor held back {min(steal):.0f}-{max(steal):.0f}% of the CPU time the VM asked for "
-            "(per workload in the conditions table below; what these mean in *What changed this round*). "
+            "(per workload in the conditions table below; what these mean in *The round before*). "
             "Figures quoted from other sessions were taken on the same VM at other speeds; ratios within a run are like for like.")
 
 
