@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Any, Callable, Generic, Iterable, Optional, Sequence, TypeVar
 
@@ -432,6 +432,10 @@ def _record_entry(
 # ~14 µs in a runner whose caches the guest had just cycled; as a tuple of plain values,
 # ~1 µs each way. Other writes are rare and cross as they are.
 _ENTRY_FORM = "entry"
+_WIRED_FIELDS = ("seq", "kind", "name", "status", "attempts", "result", "error_name", "error_message", "wake_at",
+                 "event_type", "started_at", "ended_at", "history")
+# The form lists JournalEntry's fields by position: a field added there must be added here.
+assert tuple(f.name for f in fields(JournalEntry)) == _WIRED_FIELDS, "update wire_form for JournalEntry's fields"
 
 
 def wire_form(op: WriteOp[Any]) -> Any:
