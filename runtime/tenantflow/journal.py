@@ -15,6 +15,7 @@ import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from functools import partial
+from operator import attrgetter
 from typing import Any, Callable, Generic, Iterable, Optional, Sequence, TypeVar
 
 import aiosqlite
@@ -432,26 +433,21 @@ def _record_entry(
 # ~14 µs in a runner whose caches the guest had just cycled; as a tuple of plain values,
 # ~1 µs each way. Other writes are rare and cross as they are.
 _ENTRY_FORM = "entry"
-_WIRED_FIELDS = ("seq", "kind", "name", "status", "attempts", "result", "error_name", "error_message", "wake_at",
-                 "event_type", "started_at", "ended_at", "history")
-# The form lists JournalEntry's fields by position: a field added there must be added here.
-assert tuple(f.name for f in fields(JournalEntry)) == _WIRED_FIELDS, "update wire_form for JournalEntry's fields"
+_entry_values = attrgetter(*(f.name for f in fields(JournalEntry)))  # in field order: JournalEntry(*values)
 
 
 def wire_form(op: WriteOp[Any]) -> Any:
     """`op` as it crosses to the engine: a plain entry's record as a tuple of values."""
     if type(op) is partial and op.func is _record_entry and op.args[3] is None and op.args[4] is None:
-        pk, generation, e, _, _, now = op.args
-        return (_ENTRY_FORM, pk, generation, e.seq, e.kind, e.name, e.status, e.attempts, e.result, e.error_name,
-                e.error_message, e.wake_at, e.event_type, e.started_at, e.ended_at, e.history, now)
+        pk, generation, entry, _, _, now = op.args
+        return (_ENTRY_FORM, pk, generation, now) + _entry_values(entry)
     return op
 
 
 def from_wire_form(form: Any) -> WriteOp[Any]:
     """The write op a runner sent (see `wire_form`)."""
     if type(form) is tuple and form[0] == _ENTRY_FORM:
-        entry = JournalEntry(*form[3:16])
-        return partial(_record_entry, form[1], form[2], entry, None, None, form[16])
+        return partial(_record_entry, form[1], form[2], JournalEntry(*form[4:]), None, None, form[3])
     op: WriteOp[Any] = form
     return op
 
